@@ -1,0 +1,58 @@
+# Two commands (see README.md):
+#   make book   install into .venv, build the site into _build/html executing every chapter
+#   make test   install into .venv, then lint, unit tests, nbval, strict book build, timing table
+# Needs only Python 3.11 and pip. PYTHON picks the interpreter that creates the venv.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# -W: warnings are errors; -n: nitpicky (broken references); --keep-going: report all of them;
+# --all: rebuild every page, so every chapter is executed again (execute_notebooks: force).
+JB_FLAGS := --all -W -n --keep-going
+NBVAL_CELL_TIMEOUT ?= 300
+export NBVAL_CELL_TIMEOUT
+
+.PHONY: book test install lint unit nbval build-strict check-html exec-table clean
+
+book: install
+	$(BIN)/jupyter-book build $(JB_FLAGS) .
+	$(PY) scripts/book_tools.py check-html _build/html
+	@echo "Site built: $(CURDIR)/_build/html/index.html"
+
+test: install
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory nbval
+	$(MAKE) --no-print-directory build-strict
+	$(MAKE) --no-print-directory exec-table
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -e .
+	touch $(STAMP)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/codespell redge_mini tests scripts chapters book README.md NOTES.md \
+	    _config.yml _toc.yml Makefile .ci
+
+unit:
+	$(PY) -m pytest -q -p no:cacheprovider tests/
+
+nbval:
+	scripts/nbval_chapters.sh $(PY)
+
+build-strict:
+	$(BIN)/jupyter-book build $(JB_FLAGS) .
+	$(PY) scripts/book_tools.py check-html _build/html
+
+exec-table:
+	$(PY) scripts/exec_table.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,198 @@
+"""Gaussian diffusion of one-hot vectors: time grid, exact denoisers and the DDIM sampler.
+
+A categorical variable ``X_0`` (a one-hot vector in ``R^K``) is noised as
+``X_t = alpha_t X_0 + sigma_t Z`` with the linear schedule ``alpha_t = 1 - t``, ``sigma_t = t``.
+Because every one-hot vector has the same norm, the posterior mean of ``X_0`` given ``X_t = x`` is a
+softmax (:func:`denoise`), so the "diffusion model" of a categorical distribution is exact and needs
+no training. :func:`ddim_sample` runs the deterministic DDIM sampler from pure noise down to the
+stopping time ``t_1`` and returns the soft sample ``S = D_{t_1}(x)`` that ReDGE differentiates.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+
+from .validation import check_n_steps, check_t_1
+
+ALPHA_END = 1e-4
+"""Signal level at the last grid point (almost pure noise), as in the authors' package."""
+
+MIN_VARIANCE = 0.1
+"""Floor on the per-category variance of the moment-matched reference noise (ReDGE-cov)."""
+
+
+def time_grid(n_steps: int, t_1: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The authors' time grid: ``n_steps`` signal levels ``alpha`` and noise levels ``sigma``.
+
+    ``alpha[0] = 1`` (clean data), ``alpha[1..n_steps-1] = linspace(1 - t_1, 1e-4, n_steps - 1)``
+    and ``sigma = 1 - alpha``. Index 1 is the stopping time ``t_1``; the last index is (almost) pure
+    noise. Returned as Python floats, which keeps the sampler free of tiny scalar tensors.
+
+    Example:
+        >>> alphas, sigmas = time_grid(5, 0.5)
+        >>> [round(a, 4) for a in alphas]
+        [1.0, 0.5, 0.3334, 0.1667, 0.0001]
+    """
+    n_steps = check_n_steps(n_steps)
+    t_1 = check_t_1(t_1)
+    start = 1.0 - t_1
+    if n_steps == 2:
+        tail = [start]
+    else:
+        step = (ALPHA_END - start) / (n_steps - 2)
+        tail = [start + j * step for j in range(n_steps - 2)] + [ALPHA_END]
+    alphas = (1.0, *tail)
+    sigmas = tuple(1.0 - a for a in alphas)
+    return alphas, sigmas
+
+
+def posterior_logits(
+    x: torch.Tensor, logits: torch.Tensor, alpha: float, sigma: float
+) -> torch.Tensor:
+    """Unnormalised log-posterior ``log p(e_k | X_t = x) = logits_k + alpha x_k / sigma^2 + c``.
+
+    The Gaussian likelihood ``N(x; alpha e_k, sigma^2 I)`` contributes
+    ``-(|x|^2 - 2 alpha x_k + alpha^2) / (2 sigma^2)``; only ``alpha x_k / sigma^2`` depends on ``k``
+    because every one-hot vector has the same norm.
+    """
+    return torch.add(logits, x, alpha=alpha / sigma**2)
+
+
+def posterior_logits_cov(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    var: torch.Tensor,
+    alpha: float,
+    sigma: float,
+) -> torch.Tensor:
+    """Log-posterior under moment-matched reference noise ``xi ~ N(probs, diag(var))``.
+
+    With ``X_t = alpha X_0 + sigma xi`` the ``k``-dependent part of the log-likelihood is
+    ``(alpha x_k - alpha sigma probs_k - alpha^2 / 2) / (var_k sigma^2)``.
+    """
+    return logits + (alpha * x - (alpha * sigma) * probs - 0.5 * alpha**2) / (var * sigma**2)
+
+
+def denoise(x: torch.Tensor, logits: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """Posterior mean ``E[X_0 | X_t = x] = softmax(logits + alpha x / sigma^2)`` (exact)."""
+    return torch.softmax(posterior_logits(x, logits, alpha, sigma), dim=-1)
+
+
+def denoise_cov(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    var: torch.Tensor,
+    alpha: float,
+    sigma: float,
+) -> torch.Tensor:
+    """Posterior mean of ``X_0`` under ReDGE-cov's moment-matched reference noise."""
+    return torch.softmax(posterior_logits_cov(x, logits, probs, var, alpha, sigma), dim=-1)
+
+
+def ddim_step(
+    x: torch.Tensor, x0_hat: torch.Tensor, alpha_s: float, sigma_s: float, alpha_t: float,
+    sigma_t: float,
+) -> torch.Tensor:
+    """One deterministic DDIM move from level ``t`` to the less noisy level ``s``.
+
+    ``x_s = alpha_s x0_hat + sigma_s (x_t - alpha_t x0_hat) / sigma_t``: keep the predicted clean
+    point and rescale the implied noise.
+    """
+    ratio = sigma_s / sigma_t
+    return torch.add(x0_hat * (alpha_s - ratio * alpha_t), x, alpha=ratio)
+
+
+class DDIMResult(NamedTuple):
+    """What :func:`ddim_sample` returns.
+
+    Attributes:
+        soft: the soft sample ``S = D_{t_1}(x)``, a point of the simplex, differentiable in logits.
+        log_weights: the unnormalised log-posterior at ``t_1`` (``S = softmax(log_weights)``);
+            a hard sample ``H ~ Cat(S)`` is ``argmax(log_weights + Gumbel)``.
+        x_t1: the sampler's state at ``t_1`` (input of the last denoiser).
+        states: when asked, the states ``x`` at grid indices ``n_steps - 1, ..., 1`` (else None).
+        denoised: when asked, the denoiser outputs at the same indices (else None).
+    """
+
+    soft: torch.Tensor
+    log_weights: torch.Tensor
+    x_t1: torch.Tensor
+    states: tuple[torch.Tensor, ...] | None
+    denoised: tuple[torch.Tensor, ...] | None
+
+
+def reference_moments(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``probs`` and floored variance ``max(probs (1 - probs), 0.1)`` of ReDGE-cov's noise."""
+    probs = torch.softmax(logits, dim=-1)
+    var = (probs * (1.0 - probs)).clamp(min=MIN_VARIANCE)
+    return probs, var
+
+
+def ddim_sample(
+    logits: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    n_steps: int,
+    t_1: float,
+    variant: Literal["plain", "cov"] = "plain",
+    trajectory: bool = False,
+) -> DDIMResult:
+    """Run the deterministic DDIM sampler of ``Cat(softmax(logits))`` from ``noise`` down to ``t_1``.
+
+    Args:
+        logits: ``(..., K)`` logits (already validated, in the working dtype).
+        noise: standard normal noise of the same shape; the starting state is ``noise`` for the
+            plain variant and ``probs + sqrt(var) * noise`` for ``variant="cov"``.
+        n_steps: number of grid points (``n_steps - 1`` denoiser calls, ``n_steps - 2`` moves).
+        t_1: stopping time in ``(0, 1]``.
+        variant: ``"plain"`` (ReDGE) or ``"cov"`` (ReDGE-cov, moment-matched reference noise).
+        trajectory: also return every intermediate state and denoiser output.
+
+    Returns:
+        A :class:`DDIMResult`.
+    """
+    if noise.shape != logits.shape:
+        raise ValueError(
+            f"noise must have the shape of logits {tuple(logits.shape)}, got {tuple(noise.shape)}"
+        )
+    alphas, sigmas = time_grid(n_steps, t_1)
+    if variant == "plain":
+        x = noise
+
+        def log_weights_at(x: torch.Tensor, j: int) -> torch.Tensor:
+            return posterior_logits(x, logits, alphas[j], sigmas[j])
+
+    elif variant == "cov":
+        probs, var = reference_moments(logits)
+        x = probs + var.sqrt() * noise
+
+        def log_weights_at(x: torch.Tensor, j: int) -> torch.Tensor:
+            return posterior_logits_cov(x, logits, probs, var, alphas[j], sigmas[j])
+
+    else:
+        raise ValueError(f"variant must be 'plain' or 'cov', got {variant!r}")
+
+    states: list[torch.Tensor] = []
+    denoised: list[torch.Tensor] = []
+    for j in range(n_steps - 1, 1, -1):
+        x0_hat = torch.softmax(log_weights_at(x, j), dim=-1)
+        if trajectory:
+            states.append(x)
+            denoised.append(x0_hat)
+        x = ddim_step(x, x0_hat, alphas[j - 1], sigmas[j - 1], alphas[j], sigmas[j])
+    log_weights = log_weights_at(x, 1)
+    soft = torch.softmax(log_weights, dim=-1)
+    if trajectory:
+        states.append(x)
+        denoised.append(soft)
+    return DDIMResult(
+        soft=soft,
+        log_weights=log_weights,
+        x_t1=x,
+        states=tuple(states) if trajectory else None,
+        denoised=tuple(denoised) if trajectory else None,
+    )

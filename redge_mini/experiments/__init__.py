@@ -1,0 +1,169 @@
+"""Command-line entry points for the full-scale experiments, and the helpers they share.
+
+Run ``python -m redge_mini.experiments.<name> --help``. Each script is a thin layer over the
+matching :mod:`redge_mini.tasks` module and writes small JSON result files through
+:func:`redge_mini.runtime.save_results` into ``book/results/<name>/``. The summaries that the
+chapters print (mean and standard error, "wins / ties / loses" verdicts) are computed here from
+those files, so a table in the book is always generated from stored or freshly computed numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Deadline",
+    "add_common_arguments",
+    "compact",
+    "existing_result",
+    "mean_se",
+    "resolve_device",
+    "verdict",
+]
+
+
+def mean_se(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and standard error ``std / sqrt(n)`` (``ddof = 1``) of ``values``; SE is NaN for n=1."""
+    data = [float(v) for v in values]
+    if not data:
+        raise ValueError("values must not be empty")
+    n = len(data)
+    mean = math.fsum(data) / n
+    if n == 1:
+        return mean, math.nan
+    var = math.fsum((v - mean) ** 2 for v in data) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def verdict(
+    mean: float,
+    se: float,
+    other_mean: float,
+    other_se: float,
+    *,
+    lower_is_better: bool = True,
+    n_se: float = 2.0,
+    tolerance: float = 0.0,
+) -> str:
+    """``"wins"``, ``"ties"`` or ``"loses"``: the first estimate against the second.
+
+    The difference counts only if it exceeds ``n_se`` standard errors of the difference
+    (``sqrt(se^2 + other_se^2)``) *and* ``tolerance`` (an absolute difference too small to
+    matter, e.g. two optimality gaps both at numerical zero). Otherwise it is a tie.
+    """
+    for name, value in (("mean", mean), ("other_mean", other_mean)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    spread = math.sqrt((se if math.isfinite(se) else 0.0) ** 2
+                       + (other_se if math.isfinite(other_se) else 0.0) ** 2)
+    diff = mean - other_mean
+    if abs(diff) <= max(n_se * spread, tolerance):
+        return "ties"
+    better = diff < 0 if lower_is_better else diff > 0
+    return "wins" if better else "loses"
+
+
+def compact(value: Any, digits: int = 5) -> Any:
+    """Round every float inside nested lists / dicts / tensors to ``digits`` significant digits.
+
+    Keeps result files small; NaN and infinities are kept as they are.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: compact(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [compact(v, digits) for v in value]
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"`` (which must exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+        return torch.device("cuda")
+    raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every experiment script accepts."""
+    parser.add_argument("--scale", choices=("small", "full"), default=None,
+                        help="protocol size (default: REDGE_SCALE, else full on CUDA, small on CPU)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the result files (default: book/results/<experiment>)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--estimators", default=None,
+                        help="comma-separated estimator names (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no new run after this many minutes; rerun to resume")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, same code path: checks the script end to end")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def parse_estimators(text: str | None, allowed: Sequence[str]) -> list[str]:
+    """Split ``--estimators``; refuse unknown names with the list of valid ones."""
+    if text is None:
+        return list(allowed)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--estimators is empty")
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"unknown estimator(s) {unknown}; choose from {list(allowed)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--estimators lists a name twice: {names}")
+    return names
+
+
+class Deadline:
+    """A wall-clock budget: ``expired()`` once ``minutes`` have passed (never when None)."""
+
+    def __init__(self, minutes: float | None) -> None:
+        if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+            raise ValueError(f"--max-minutes must be a positive number, got {minutes}")
+        self.minutes = minutes
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since the start."""
+        return time.perf_counter() - self.start
+
+    def expired(self) -> bool:
+        """Whether the budget is spent."""
+        return self.minutes is not None and self.elapsed() > 60.0 * self.minutes
+
+
+def existing_result(folder: Path, name: str, config: dict[str, Any]) -> bool:
+    """Whether ``folder/name.json`` already holds a finished run of ``config``.
+
+    Returns False when the file is absent. Raises ValueError when it exists but was made with
+    another configuration, so a resumed run never mixes protocols silently.
+    """
+    path = Path(folder) / f"{name}.json"
+    if not path.is_file():
+        return False
+    stored = json.loads(path.read_text(encoding="utf-8")).get("config")
+    normalised = json.loads(json.dumps(config))
+    if stored != normalised:
+        raise ValueError(
+            f"{path} was written with a different configuration; delete it or choose another "
+            f"--out folder.\n stored: {stored}\n now:    {normalised}"
+        )
+    return True

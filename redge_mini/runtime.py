@@ -1,0 +1,298 @@
+"""Where and how big: the compute device, the scale switch and stored full-scale results.
+
+Every chapter and experiment asks this module three questions:
+
+* :func:`device` -- where to compute (CUDA when available, else CPU);
+* :func:`scale` -- how much to compute: ``"small"`` (a chapter runs in well under a minute on
+  two CPU cores) or ``"full"`` (the paper-sized protocol, the default on a CUDA GPU);
+* :func:`load_results` -- what a full-scale run stored earlier, found from any working directory
+  (nbval executes a notebook from the build folder, jupyter-book from ``chapters/``).
+
+Environment variables:
+
+``REDGE_SCALE``
+    ``small`` or ``full`` (case-insensitive); overrides the automatic choice. An empty value
+    counts as unset; any other value raises :class:`ValueError`.
+``REDGE_RESULTS_DIR``
+    Root folder of stored results; default ``<repository>/book/results``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import tempfile
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SCALES",
+    "device",
+    "load_results",
+    "results_dir",
+    "run_metadata",
+    "save_results",
+    "scale",
+    "set_seed",
+]
+
+#: The accepted values of :func:`scale`.
+SCALES: tuple[str, ...] = ("small", "full")
+
+_SCALE_ENV = "REDGE_SCALE"
+_RESULTS_ENV = "REDGE_RESULTS_DIR"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def device() -> torch.device:
+    """Return the compute device: ``cuda`` if a CUDA GPU is available, else ``cpu``.
+
+    Returns
+    -------
+    torch.device
+        ``torch.device("cuda")`` or ``torch.device("cpu")``.
+    """
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def scale() -> str:
+    """Return the compute scale, ``"small"`` or ``"full"``.
+
+    The environment variable ``REDGE_SCALE`` (``small`` or ``full``, case-insensitive) wins;
+    otherwise the scale is ``"full"`` when a CUDA GPU is available and ``"small"`` on CPU.
+
+    Returns
+    -------
+    str
+        ``"small"`` or ``"full"``.
+
+    Raises
+    ------
+    ValueError
+        If ``REDGE_SCALE`` is set to anything other than ``small`` or ``full``.
+    """
+    raw = os.environ.get(_SCALE_ENV, "")
+    value = raw.strip().lower()
+    if value == "":
+        return "full" if torch.cuda.is_available() else "small"
+    if value not in SCALES:
+        raise ValueError(
+            f"environment variable {_SCALE_ENV}={raw!r} is invalid: expected one of {SCALES}"
+        )
+    return value
+
+
+def _check_name(value: object, argument: str) -> str:
+    """Validate a file or folder name component (no separators, not empty)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be a str, got {type(value).__name__}")
+    if value in ("", ".", "..") or "/" in value or "\\" in value or value.strip() != value:
+        raise ValueError(f"{argument}={value!r} is not a valid name (no slashes, not empty)")
+    return value
+
+
+def results_dir(experiment: str | None = None) -> Path:
+    """Return the folder of stored results, or of one experiment's results.
+
+    The root is ``<repository>/book/results``, computed from this file's location so that it does
+    not depend on the working directory; the environment variable ``REDGE_RESULTS_DIR`` overrides
+    it. The folder is not created.
+
+    Parameters
+    ----------
+    experiment : str or None
+        Experiment name (a single path component, e.g. ``"polyprog"``); ``None`` for the root.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute path of ``<root>`` or ``<root>/<experiment>``.
+    """
+    override = os.environ.get(_RESULTS_ENV, "").strip()
+    root = Path(override).expanduser().resolve() if override else _REPO_ROOT / "book" / "results"
+    if experiment is None:
+        return root
+    return root / _check_name(experiment, "experiment")
+
+
+def _package_version(name: str) -> str:
+    try:
+        return _metadata.version(name)
+    except _metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def run_metadata() -> dict[str, Any]:
+    """Describe the software and hardware a result was computed with.
+
+    Returns
+    -------
+    dict
+        Keys ``python``, ``torch``, ``numpy``, ``redge_mini`` (version strings), ``device``
+        (``"cpu"`` or ``"cuda"``), ``device_name``, ``num_threads`` (torch CPU threads),
+        ``scale``, ``platform`` (OS and architecture, no hostname) and ``timestamp_utc``
+        (ISO 8601).
+    """
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "redge_mini": _package_version("redge_mini"),
+        "device": device().type,
+        "device_name": _device_name(),
+        "num_threads": torch.get_num_threads(),
+        "scale": scale(),
+        "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}",
+        "timestamp_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _to_jsonable(value: Any) -> Any:
+    """``json.dump`` fallback for tensors, arrays and numpy scalars."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"object of type {type(value).__name__} cannot be stored as JSON")
+
+
+def save_results(
+    experiment: str,
+    name: str,
+    data: dict[str, Any],
+    *,
+    config: dict[str, Any],
+    seed: int | None = None,
+    root: Path | None = None,
+) -> Path:
+    """Store one run's results as JSON, atomically.
+
+    Writes ``<root or results_dir(experiment)>/<name>.json`` holding
+    ``{"experiment", "name", "config", "seed", "metadata": run_metadata(), "data": data}``.
+    Tensors, numpy arrays and numpy scalars are converted to lists and numbers. The file is
+    written to a temporary file in the same folder and then renamed, so a reader never sees a
+    half-written file.
+
+    Parameters
+    ----------
+    experiment : str
+        Experiment name (one path component).
+    name : str
+        File stem (one path component), e.g. ``"L20_K3_seed0"``.
+    data : dict
+        The metrics and histories to store.
+    config : dict
+        The configuration that produced ``data``.
+    seed : int or None
+        The seed of the run, if any.
+    root : pathlib.Path or None
+        Folder to write into instead of ``results_dir(experiment)``.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of the written file.
+    """
+    _check_name(experiment, "experiment")
+    _check_name(name, "name")
+    if not isinstance(data, dict):
+        raise TypeError(f"data must be a dict, got {type(data).__name__}")
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    folder = Path(root) if root is not None else results_dir(experiment)
+    record = {
+        "experiment": experiment,
+        "name": name,
+        "config": config,
+        "seed": seed,
+        "metadata": run_metadata(),
+        "data": data,
+    }
+    text = json.dumps(record, indent=1, default=_to_jsonable, allow_nan=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_results(experiment: str, name: str | None = None) -> dict | list[dict] | None:
+    """Load stored results of an experiment.
+
+    Parameters
+    ----------
+    experiment : str
+        Experiment name (one path component).
+    name : str or None
+        File stem of one result; ``None`` loads every ``*.json`` of the experiment.
+
+    Returns
+    -------
+    dict, list of dict, or None
+        The record written by :func:`save_results` when ``name`` is given; otherwise the list of
+        all records sorted by file name. ``None`` when nothing is stored (missing file, or a
+        missing or empty folder).
+    """
+    folder = results_dir(experiment)
+    if name is not None:
+        path = folder / f"{_check_name(name, 'name')}.json"
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+    if not files:
+        return None
+    return [json.loads(p.read_text(encoding="utf-8")) for p in files]
+
+
+def set_seed(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's global generators and return a fresh CPU generator.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative seed, below ``2**63``.
+
+    Returns
+    -------
+    torch.Generator
+        A CPU generator seeded with ``seed``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    return generator

@@ -1,0 +1,312 @@
+"""Polynomial programming: the toy optimisation problem of the ReinMax paper, used by ReDGE.
+
+``L`` binary variables ``x_l`` (stored one-hot with ``K = 2``; the value of variable ``l`` is
+``x[l, 1]``) are drawn independently with ``q_l = softmax(logits_l)[1]``; the goal is
+
+``min_logits  F(logits) = E[ (1/L) sum_l |x_l - c|^p ]``.
+
+Because the objective is separable and ``x_l`` only takes the values 0 and 1,
+
+``F = (1/L) sum_l [(1 - q_l) c^p + q_l (1 - c)^p]``,
+
+a closed form (:func:`exact_objective`). With ``c < 1/2`` the optimum is ``c^p`` (every variable
+at 0), so the *optimality gap* ``F - c^p = ((1 - c)^p - c^p) * mean_l q_l`` measures progress
+exactly, with no Monte-Carlo error (:func:`optimality_gap`).
+
+:func:`optimise` runs Adam on the logits with any estimator of :mod:`redge_mini.registry` (or
+``"reinforce"``, REINFORCE with a leave-one-out baseline) for several values of the estimator's
+knob, several exponents ``p`` and several independent replicate runs **at once**: all of them are
+slices of one logits tensor, and since Adam acts elementwise and the summed loss separates, each
+slice follows exactly the trajectory it would follow alone.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..registry import check_knobs, make_estimator
+from ..score_function import reinforce_loss
+
+__all__ = [
+    "PolyProgConfig",
+    "PolyProgRun",
+    "exact_objective",
+    "objective",
+    "optimality_gap",
+    "optimise",
+    "optimum",
+    "st_stationary_prob",
+]
+
+ESTIMATOR_NAMES = ("st", "gumbel", "reinmax", "redge", "redge_cov", "reindge", "reinforce")
+"""Every estimator :func:`optimise` accepts (``"reinforce"`` is RLOO over the batch)."""
+
+
+def _check_c(c: object) -> float:
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
+        raise TypeError(f"c must be a real number, got {type(c).__name__}")
+    c = float(c)
+    if not 0.0 <= c <= 1.0:
+        raise ValueError(f"c must lie in [0, 1], got {c}")
+    return c
+
+
+def _check_power(p: object, name: str = "p") -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(p).__name__}")
+    p = float(p)
+    if not (math.isfinite(p) and p >= 1.0):
+        raise ValueError(f"{name} must be a finite number >= 1 (so |x - c|^p is "
+                         f"differentiable at the soft samples), got {p}")
+    return p
+
+
+def objective(x: torch.Tensor, c: float, p: float | torch.Tensor) -> torch.Tensor:
+    """``(1/L) sum_l |x[..., l, 1] - c|^p`` for one-hot (or soft) samples ``x`` of shape ``(..., L, 2)``.
+
+    ``p`` is a number or a tensor broadcastable to ``x[..., 0, 1]`` (one exponent per problem).
+    Differentiable in ``x``; returns shape ``x.shape[:-2]``.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != 2:
+        raise ValueError("x must be a tensor of shape (..., L, 2)")
+    c = _check_c(c)
+    if isinstance(p, torch.Tensor):
+        p = p.unsqueeze(-1)
+    else:
+        p = _check_power(p)
+    return (x[..., 1] - c).abs().pow(p).mean(dim=-1)
+
+
+def exact_objective(logits: torch.Tensor, c: float, p: float | torch.Tensor) -> torch.Tensor:
+    """``E[objective(X)]`` under ``X_l ~ Cat(softmax(logits_l))``, in closed form.
+
+    ``logits`` has shape ``(..., L, 2)``; ``p`` as in :func:`objective`. Returns ``(...)``.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 2 or logits.shape[-1] != 2:
+        raise ValueError("logits must be a tensor of shape (..., L, 2)")
+    c = _check_c(c)
+    if not isinstance(p, torch.Tensor):
+        p = torch.tensor(_check_power(p), dtype=logits.dtype, device=logits.device)
+    q = torch.softmax(logits, dim=-1)[..., 1].mean(dim=-1)
+    return (1.0 - q) * c**p + q * (1.0 - c) ** p
+
+
+def optimum(c: float, p: float) -> float:
+    """The minimum of the objective over all configurations, ``min(c, 1 - c)^p``."""
+    c, p = _check_c(c), _check_power(p)
+    return min(c, 1.0 - c) ** p
+
+
+def optimality_gap(logits: torch.Tensor, c: float, p: float | torch.Tensor) -> torch.Tensor:
+    """``exact_objective - optimum``, computed without cancellation.
+
+    For ``c <= 1/2`` it is ``((1 - c)^p - c^p) mean_l q_l``: exact even when the gap is far below
+    the float32 resolution of the objective itself.
+    """
+    c = _check_c(c)
+    if c > 0.5:
+        raise ValueError(f"optimality_gap assumes c <= 1/2 (optimum at x = 0), got c={c}")
+    if not isinstance(p, torch.Tensor):
+        p = torch.tensor(_check_power(p), dtype=logits.dtype, device=logits.device)
+    q = torch.softmax(logits, dim=-1)[..., 1].mean(dim=-1)
+    return q * ((1.0 - c) ** p - c**p)
+
+
+def st_stationary_prob(c: float, p: float) -> float:
+    """The probability ``q*`` at which Straight-Through's expected gradient vanishes.
+
+    With ``g(x) = d/dx |x - c|^p`` Straight-Through's expected update of a variable's logit is
+    proportional to ``q (1 - q) E[g(x)]`` and ``E[g(x)] = p[q (1 - c)^(p-1) - (1 - q) c^(p-1)]``,
+    which changes sign at ``q* = c^(p-1) / (c^(p-1) + (1 - c)^(p-1))``. For ``c < 1/2`` this
+    ``q*`` is far from the optimum ``q = 0``: Straight-Through stalls there.
+    """
+    c, p = _check_c(c), _check_power(p)
+    a, b = c ** (p - 1.0), (1.0 - c) ** (p - 1.0)
+    return a / (a + b)
+
+
+@dataclass(frozen=True)
+class PolyProgConfig:
+    """One polynomial-programming protocol.
+
+    Attributes:
+        n_vars: number ``L`` of binary variables.
+        c: the target in ``|x - c|^p`` (``0 <= c <= 1/2``).
+        powers: exponents ``p`` optimised side by side.
+        n_samples: Monte-Carlo samples per step (a batch of independent draws of all ``L``).
+        n_iters: Adam steps.
+        lr: Adam learning rate.
+        n_runs: independent replicate runs per (knob value, ``p``).
+        record_every: record the optimality gap every this many steps (and at the last one).
+    """
+
+    n_vars: int = 128
+    c: float = 0.45
+    powers: tuple[float, ...] = (1.5, 2.0, 3.0)
+    n_samples: int = 256
+    n_iters: int = 1000
+    lr: float = 0.05
+    n_runs: int = 8
+    record_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("n_vars", "n_samples", "n_iters", "n_runs", "record_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        c = _check_c(self.c)
+        if c > 0.5:
+            raise ValueError(f"c must be <= 1/2 (the optimum is then all zeros), got {c}")
+        if not isinstance(self.powers, tuple) or not self.powers:
+            raise TypeError("powers must be a non-empty tuple of numbers")
+        for p in self.powers:
+            _check_power(p, "powers")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (
+            math.isfinite(self.lr) and self.lr > 0
+        ):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class PolyProgRun:
+    """The outcome of :func:`optimise`.
+
+    Attributes:
+        estimator: estimator name.
+        knob_values: the knob settings, one per leading index of the tensors below.
+        powers: the exponents, one per second index.
+        steps: ``(T,)`` Adam step counts at which the gap was recorded (0 = initial logits).
+        gaps: ``(G, P, R, T)`` optimality gaps (knob value, power, run, record).
+        final_probs: ``(G, P, R)`` mean of ``q_l`` over the variables after the last step.
+    """
+
+    estimator: str
+    knob_values: tuple[dict[str, float | int], ...]
+    powers: tuple[float, ...]
+    steps: torch.Tensor
+    gaps: torch.Tensor
+    final_probs: torch.Tensor
+
+
+def _check_estimator(estimator: object) -> str:
+    if not isinstance(estimator, str):
+        raise TypeError(f"estimator must be a str, got {type(estimator).__name__}")
+    if estimator not in ESTIMATOR_NAMES:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {list(ESTIMATOR_NAMES)}")
+    return estimator
+
+
+def normalise_grid(
+    estimator: str, knob_values: Sequence[dict[str, float | int]] | None
+) -> tuple[dict[str, float | int], ...]:
+    """Validate a list of knob settings for ``estimator`` (``None``: the defaults only)."""
+    estimator = _check_estimator(estimator)
+    if knob_values is None:
+        knob_values = [{}]
+    if isinstance(knob_values, dict) or not isinstance(knob_values, Sequence) or not knob_values:
+        raise TypeError("knob_values must be a non-empty list of dicts (one knob setting each)")
+    out = []
+    for knobs in knob_values:
+        if not isinstance(knobs, dict):
+            raise TypeError(f"every entry of knob_values must be a dict, got {knobs!r}")
+        if estimator == "reinforce":
+            if knobs:
+                raise ValueError(f"estimator 'reinforce' has no knob, got {sorted(knobs)}")
+            out.append({})
+        else:
+            out.append(check_knobs(estimator, **knobs))
+    return tuple(out)
+
+
+def optimise(
+    estimator: str,
+    knob_values: Sequence[dict[str, float | int]] | None = None,
+    config: PolyProgConfig | None = None,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> PolyProgRun:
+    """Minimise the polynomial programming objective with Adam and one estimator.
+
+    Every combination of knob setting, exponent and replicate run is optimised in the same
+    batch: logits of shape ``(G, P, R, L, 2)``, all starting at 0. At each step the estimator
+    draws ``config.n_samples`` samples per problem, the loss is the Monte-Carlo mean of
+    :func:`objective`, and Adam updates the logits. ``"reinforce"`` uses the score function with a
+    leave-one-out baseline over the same number of samples.
+
+    Args:
+        estimator: a name of :data:`ESTIMATOR_NAMES`.
+        knob_values: knob settings (e.g. ``[{"t_1": 0.1}, {"t_1": 0.5}]``); defaults when None.
+        config: the protocol (default :class:`PolyProgConfig()`, the full-scale one).
+        seed: seed of the generator every random draw comes from.
+        device: where to compute (default CPU).
+        progress: show a ``tqdm`` progress bar.
+
+    Returns:
+        A :class:`PolyProgRun` with the recorded optimality gaps on the CPU.
+    """
+    estimator = _check_estimator(estimator)
+    grid = normalise_grid(estimator, knob_values)
+    config = PolyProgConfig() if config is None else config
+    if not isinstance(config, PolyProgConfig):
+        raise TypeError(f"config must be a PolyProgConfig, got {type(config).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    if estimator == "reinforce" and config.n_samples < 2:
+        raise ValueError("estimator 'reinforce' needs n_samples >= 2 (leave-one-out baseline)")
+
+    n_grid, n_pow = len(grid), len(config.powers)
+    shape = (n_grid, n_pow, config.n_runs, config.n_vars, 2)
+    logits = torch.zeros(shape, device=device, requires_grad=True)
+    powers = torch.tensor(config.powers, dtype=torch.float32, device=device)
+    p_runs = powers.view(1, n_pow, 1).expand(n_grid, n_pow, config.n_runs)
+    samplers = [None if estimator == "reinforce" else make_estimator(estimator, **knobs)
+                for knobs in grid]
+    optimiser = torch.optim.Adam([logits], lr=config.lr)
+    c, n_samples = config.c, config.n_samples
+
+    def loss_of(g: int) -> torch.Tensor:
+        theta = logits[g]                                       # (P, R, L, 2)
+        if samplers[g] is None:
+            p = powers.view(1, n_pow, 1)                        # against (S, P, R)
+            return reinforce_loss(lambda x: objective(x, c, p), theta, n_samples,
+                                  generator=generator).sum()
+        batch = theta.unsqueeze(2).expand(n_pow, config.n_runs, n_samples, config.n_vars, 2)
+        x = samplers[g](batch, generator=generator)
+        return objective(x, c, powers.view(n_pow, 1, 1)).mean(dim=-1).sum()
+
+    records, steps = [], []
+    with torch.no_grad():
+        records.append(optimality_gap(logits, c, p_runs))
+    steps.append(0)
+    for step in tqdm(range(1, config.n_iters + 1), disable=not progress,
+                     desc=f"polyprog {estimator}", leave=False):
+        optimiser.zero_grad(set_to_none=True)
+        loss = sum(loss_of(g) for g in range(n_grid))
+        loss.backward()
+        optimiser.step()
+        if step % config.record_every == 0 or step == config.n_iters:
+            with torch.no_grad():
+                records.append(optimality_gap(logits, c, p_runs))
+            steps.append(step)
+    with torch.no_grad():
+        final_probs = torch.softmax(logits, dim=-1)[..., 1].mean(dim=-1)
+    return PolyProgRun(
+        estimator=estimator,
+        knob_values=grid,
+        powers=tuple(float(p) for p in config.powers),
+        steps=torch.tensor(steps),
+        gaps=torch.stack(records, dim=-1).cpu(),
+        final_probs=final_probs.cpu(),
+    )
