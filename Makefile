@@ -38,8 +38,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 lint:
 	$(BIN)/ruff check .
-	$(BIN)/codespell redge_mini tests scripts chapters book README.md NOTES.md \
-	    _config.yml _toc.yml Makefile .ci
+	$(BIN)/codespell
 
 unit:
 	$(PY) -m pytest -q -p no:cacheprovider tests/

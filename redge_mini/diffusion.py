@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .validation import check_n_steps, check_t_1
 
@@ -54,8 +55,8 @@ def posterior_logits(
     """Unnormalised log-posterior ``log p(e_k | X_t = x) = logits_k + alpha x_k / sigma^2 + c``.
 
     The Gaussian likelihood ``N(x; alpha e_k, sigma^2 I)`` contributes
-    ``-(|x|^2 - 2 alpha x_k + alpha^2) / (2 sigma^2)``; only ``alpha x_k / sigma^2`` depends on ``k``
-    because every one-hot vector has the same norm.
+    ``-(|x|^2 - 2 alpha x_k + alpha^2) / (2 sigma^2)``; only ``alpha x_k / sigma^2`` depends on
+    ``k`` because every one-hot vector has the same norm.
     """
     return torch.add(logits, x, alpha=alpha / sigma**2)
 
@@ -141,7 +142,7 @@ def ddim_sample(
     variant: Literal["plain", "cov"] = "plain",
     trajectory: bool = False,
 ) -> DDIMResult:
-    """Run the deterministic DDIM sampler of ``Cat(softmax(logits))`` from ``noise`` down to ``t_1``.
+    """Run the deterministic DDIM sampler of ``Cat(softmax(logits))`` from ``noise`` to ``t_1``.
 
     Args:
         logits: ``(..., K)`` logits (already validated, in the working dtype).
@@ -196,3 +197,63 @@ def ddim_sample(
         states=tuple(states) if trajectory else None,
         denoised=tuple(denoised) if trajectory else None,
     )
+
+
+class _SamplerAdjoint(torch.autograd.Function):
+    """The plain sampler's soft sample with a hand-derived backward pass (the adjoint).
+
+    The forward pass is :func:`ddim_sample` run without autograd; the backward pass walks the
+    trajectory back from ``t_1``. With ``w_j = logits + c_j x_j`` (``c_j = alpha_j / sigma_j^2``),
+    ``D_j = softmax(w_j)`` and ``x_{j-1} = r_j x_j + b_j D_j`` (``r_j = sigma_{j-1} / sigma_j``,
+    ``b_j = alpha_{j-1} - r_j alpha_j``), the vector-Jacobian products are
+    ``g_w = J(D_j)^T g_D``, ``g_logits += g_w`` and ``g_{x_j} = r_j g_{x_{j-1}} + c_j g_w``. Only
+    the denoiser outputs are stored, so autograd records one node instead of four per step.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, noise: torch.Tensor, n_steps: int, t_1: float):
+        result = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, trajectory=True)
+        ctx.save_for_backward(*result.denoised)
+        ctx.grid = time_grid(n_steps, t_1)
+        ctx.mark_non_differentiable(result.log_weights)
+        return result.soft, result.log_weights
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_soft: torch.Tensor, _grad_log_weights: torch.Tensor | None):
+        alphas, sigmas = ctx.grid
+        denoised = ctx.saved_tensors  # indices n_steps - 1, ..., 2, then 1 (the soft sample)
+        grad_logits = None
+        grad_x = None
+        grad_d = grad_soft
+        for position, j in enumerate(range(1, len(denoised) + 1)):
+            d = denoised[len(denoised) - 1 - position]
+            grad_w = d * grad_d
+            grad_w.addcmul_(d, grad_w.sum(dim=-1, keepdim=True), value=-1.0)
+            c = alphas[j] / sigmas[j] ** 2
+            if grad_logits is None:
+                grad_logits = grad_w.clone()
+                grad_x = grad_w.mul_(c)
+            else:
+                grad_logits.add_(grad_w)
+                grad_x.add_(grad_w, alpha=c)
+            if j + 1 < len(alphas):
+                ratio = sigmas[j] / sigmas[j + 1]
+                grad_x.mul_(ratio)
+                grad_d = grad_x * ((alphas[j] - ratio * alphas[j + 1]) / ratio)
+        return grad_logits, grad_x, None, None
+
+
+def soft_sample(
+    logits: torch.Tensor, noise: torch.Tensor, *, n_steps: int, t_1: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReDGE's soft sample ``S`` and the log-weights at ``t_1``, with a fused backward pass.
+
+    Same values and gradients as ``ddim_sample(logits, noise, ...)`` (plain variant), computed
+    faster: the backward pass is the sampler's adjoint (see ``_SamplerAdjoint``).
+    """
+    if noise.shape != logits.shape:
+        raise ValueError(
+            f"noise must have the shape of logits {tuple(logits.shape)}, got {tuple(noise.shape)}"
+        )
+    return _SamplerAdjoint.apply(logits, noise, n_steps, t_1)

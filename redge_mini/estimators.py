@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from .diffusion import ddim_sample
+from .diffusion import ddim_sample, soft_sample
 from .validation import (
     check_generator,
     check_logits,
@@ -204,9 +204,12 @@ def _redge_family(
     t_1 = check_t_1(t_1)
     work, generator = _prepare(logits, generator)
     noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
-    result = ddim_sample(work, noise, n_steps=n_steps, t_1=t_1, variant=variant)
-    soft = result.soft
-    sample = sample_categorical(result.log_weights, generator)
+    if variant == "plain":
+        soft, log_weights = soft_sample(work, noise, n_steps=n_steps, t_1=t_1)
+    else:
+        result = ddim_sample(work, noise, n_steps=n_steps, t_1=t_1, variant=variant)
+        soft, log_weights = result.soft, result.log_weights
+    sample = sample_categorical(log_weights, generator)
     if not reinmax_step:
         return _finish(straight_through(sample, soft), soft, hard_flag=hard,
                        return_soft=return_soft, dtype=dtype)
@@ -237,9 +240,9 @@ def redge(
 ) -> torch.Tensor | Sample:
     """ReDGE: reparameterise a categorical sample through an exact diffusion sampler.
 
-    Draw ``x ~ N(0, I)``, run ``n_steps - 2`` deterministic DDIM moves of the closed-form categorical
-    denoiser down to ``t_1``, take the soft sample ``S = D_{t_1}(x)`` and the hard sample
-    ``H ~ Cat(S)``; return ``H`` with the pathwise gradient of ``S(logits, noise)``.
+    Draw ``x ~ N(0, I)``, run ``n_steps - 2`` deterministic DDIM moves of the closed-form
+    categorical denoiser down to ``t_1``, take the soft sample ``S = D_{t_1}(x)`` and the hard
+    sample ``H ~ Cat(S)``; return ``H`` with the pathwise gradient of ``S(logits, noise)``.
 
     Args:
         logits: ``(..., K)`` finite floating tensor.
@@ -287,8 +290,8 @@ def reindge(
 ) -> torch.Tensor | Sample:
     """ReinDGE: ReDGE's trajectory gradient plus a ReinMax correction at ``t_1``.
 
-    Forward as :func:`redge`. Backward: the gradient through the trajectory (``logits`` held fixed in
-    the last denoiser) plus ``[J(S)^T g + (g . (H - S)) (H - S)] / 2``, the ReinMax (``tau = 1``)
+    Forward as :func:`redge`. Backward: the gradient through the trajectory (``logits`` held fixed
+    in the last denoiser) plus ``[J(S)^T g + (g . (H - S)) (H - S)] / 2``, the ReinMax (``tau = 1``)
     estimator of the conditional categorical ``Cat(S)``. Implemented as a surrogate with no tensor
     hooks, so repeated backward passes and other paths to the logits are handled by autograd. The
     soft sample (``hard=False``) is ReDGE's ``S`` with its full pathwise gradient.

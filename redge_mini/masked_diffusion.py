@@ -31,6 +31,7 @@ directory works).
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Callable
@@ -486,9 +487,10 @@ def save_denoiser(
         key: (value.detach().cpu().half() if half and value.is_floating_point() else value.cpu())
         for key, value in model.state_dict().items()
     }
+    plain_meta = json.loads(json.dumps(meta or {}, default=str))  # only plain types in the file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.config(), "state_dict": state, "meta": meta or {}}, path)
+    torch.save({"config": model.config(), "state_dict": state, "meta": plain_meta}, path)
     return path
 
 

@@ -1,4 +1,4 @@
-"""One figure style for the whole book: colour-blind-safe palette, estimator colours, simplex plots."""
+"""One figure style for the book: colour-blind-safe palette, estimator colours, simplex plots."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ _ESTIMATOR_MARKERS = {
 
 
 def use_style() -> None:
-    """Apply the book's matplotlib style (sizes legible at 1280 px, light grid, no top/right axes)."""
+    """Apply the book's matplotlib style (legible at 1280 px, light grid, no top/right axes)."""
     mpl.rcParams.update({
         "figure.figsize": (6.4, 4.0),
         "figure.dpi": 110,
@@ -80,8 +80,8 @@ _VERTICES = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3.0) / 2.0]])
 def simplex_xy(p: np.ndarray | torch.Tensor) -> np.ndarray:
     """Map points ``(..., 3)`` of the plane ``sum = 1`` to 2-D triangle coordinates.
 
-    The corners ``e_1, e_2, e_3`` go to ``(0, 0)``, ``(1, 0)`` and ``(1/2, sqrt(3)/2)``. Points off the
-    simplex (e.g. noisy states of the sampler, projected) land outside the triangle.
+    The corners ``e_1, e_2, e_3`` go to ``(0, 0)``, ``(1, 0)`` and ``(1/2, sqrt(3)/2)``. Points off
+    the simplex (e.g. noisy states of the sampler, projected) land outside the triangle.
     """
     if isinstance(p, torch.Tensor):
         p = p.detach().cpu().double().numpy()

@@ -72,7 +72,7 @@ def check_n_steps(n_steps: object) -> int:
 
 
 def check_tau(tau: object, *, minimum: float = 0.0, name: str = "tau") -> float:
-    """Check a temperature: a finite real number ``> 0`` (or ``>= minimum`` when ``minimum > 0``)."""
+    """Check a temperature: a finite real ``> 0`` (or ``>= minimum`` when ``minimum > 0``)."""
     value = _real_number(tau, name)
     if minimum > 0.0:
         if value < minimum:
@@ -87,7 +87,9 @@ def check_generator(generator: object, device: torch.device) -> torch.Generator 
     if generator is None:
         return None
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
     if torch.device(generator.device).type != torch.device(device).type:
         raise ValueError(
             f"generator is on device {generator.device} but logits are on {device}; create it with "

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr)
     n_pages = len(list(args.build_dir.rglob("*.html")))
     if problems:
-        print(f"offline check FAILED: {len(problems)} problem(s) in {n_pages} pages", file=sys.stderr)
+        print(f"offline check FAILED: {len(problems)} problem(s), {n_pages} pages", file=sys.stderr)
         return 1
     print(f"offline check passed: {n_pages} pages load no remote script, style or image")
     return 0

@@ -49,7 +49,7 @@ def test_scale_empty_env_counts_as_unset(clean_env: pytest.MonkeyPatch) -> None:
     assert runtime.scale() == ("full" if torch.cuda.is_available() else "small")
 
 
-@pytest.mark.parametrize("value", ["medium", "0", "fulll", "small,full"])
+@pytest.mark.parametrize("value", ["medium", "0", "fast", "small,full"])
 def test_scale_invalid_env_raises(clean_env: pytest.MonkeyPatch, value: str) -> None:
     clean_env.setenv("REDGE_SCALE", value)
     with pytest.raises(ValueError, match="REDGE_SCALE"):

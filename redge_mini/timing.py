@@ -1,0 +1,154 @@
+"""Cost per call of the estimators (forward + backward) against torch's ``gumbel_softmax``.
+
+One *call* is what a training step pays for a sample: fresh leaf logits -> estimator (hard
+sample) -> ``(sample * weights).sum()`` -> ``backward()``. All contenders of one shape, and the
+reference ``torch.nn.functional.gumbel_softmax(logits, tau=1, hard=True)``, are timed in
+interleaved blocks in one process, so that a change of machine load hits them alike; the result is
+the median over blocks of the mean time per call. Ratios to the reference are the portable result:
+absolute times depend on the machine.
+
+Example:
+    >>> rows = time_estimators([(64, 10)], ["st", "redge"], rounds=3, block_s=0.002)
+    >>> [row.name for row in rows]
+    ['st', 'redge']
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+
+from .registry import ESTIMATORS, make_estimator
+
+__all__ = ["REFERENCE", "TimingRow", "time_block", "time_estimators"]
+
+REFERENCE = "torch.nn.functional.gumbel_softmax"
+"""What every ratio is relative to (``tau = 1``, ``hard = True``)."""
+
+
+class TimingRow(NamedTuple):
+    """The cost of one estimator at one shape.
+
+    Attributes:
+        shape: the logits' shape.
+        name: the estimator's registry name.
+        knobs: its knob values.
+        seconds: median seconds per forward + backward call.
+        reference_seconds: the same for ``torch.nn.functional.gumbel_softmax`` (same blocks).
+        ratio: ``seconds / reference_seconds``.
+    """
+
+    shape: tuple[int, ...]
+    name: str
+    knobs: dict[str, float | int]
+    seconds: float
+    reference_seconds: float
+    ratio: float
+
+
+def _call(
+    sampler: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, weights: torch.Tensor
+) -> Callable[[], None]:
+    def call() -> None:
+        leaf = logits.detach().requires_grad_(True)
+        (sampler(leaf) * weights).sum().backward()
+
+    return call
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_block(call: Callable[[], None], calls: int, device: torch.device) -> float:
+    """Mean seconds per call over ``calls`` consecutive calls of ``call``."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    _sync(device)
+    return (time.perf_counter() - start) / calls
+
+
+def _check_positive(value: object, name: str, integer: bool) -> float | int:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, "
+                        f"got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def time_estimators(
+    shapes: Sequence[Sequence[int]],
+    names: Sequence[str] | None = None,
+    *,
+    knobs: Mapping[str, Mapping[str, float | int]] | None = None,
+    rounds: int = 7,
+    block_s: float = 0.01,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+) -> list[TimingRow]:
+    """Median forward + backward time per call of each estimator at each logits shape.
+
+    Args:
+        shapes: logits shapes, each ``(..., K)`` with ``K >= 2``.
+        names: registry names (default: every pathwise estimator of
+            :data:`redge_mini.registry.ESTIMATORS`).
+        knobs: optional knob values per name, e.g. ``{"redge": {"n_steps": 9}}``; missing knobs
+            take the registry defaults.
+        rounds: interleaved timing blocks per contender (the median is over these).
+        block_s: target length of one block in seconds (sets the calls per block after a
+            warm-up).
+        device: where to time (default CPU).
+        seed: seeds the logits and the weights of the linear loss.
+
+    Returns:
+        One :class:`TimingRow` per (shape, name), shapes in the given order.
+    """
+    names = list(ESTIMATORS) if names is None else list(names)
+    knobs = dict(knobs or {})
+    rounds = int(_check_positive(rounds, "rounds", integer=True))
+    block_s = float(_check_positive(block_s, "block_s", integer=False))
+    device = torch.device("cpu" if device is None else device)
+    unknown = (set(names) | set(knobs)) - set(ESTIMATORS)
+    if unknown:
+        raise ValueError(
+            f"unknown estimator names {sorted(unknown)}; choose from {list(ESTIMATORS)}"
+        )
+    samplers = {name: make_estimator(name, **knobs.get(name, {})) for name in names}
+    used = {name: {**ESTIMATORS[name].defaults(), **knobs.get(name, {})} for name in names}
+    generator = torch.Generator().manual_seed(seed)
+    rows: list[TimingRow] = []
+    for shape in shapes:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 1 or shape[-1] < 2 or min(shape) < 1:
+            raise ValueError(f"shapes must be (..., K) with K >= 2 and no empty dimension, "
+                             f"got {shape}")
+        logits = torch.randn(shape, generator=generator).to(device)
+        weights = torch.randn(shape, generator=generator).to(device)
+        calls = {name: _call(samplers[name], logits, weights) for name in names}
+        calls[REFERENCE] = _call(
+            lambda x: torch.nn.functional.gumbel_softmax(x, tau=1.0, hard=True), logits, weights
+        )
+        sizes = {}
+        for key, call in calls.items():
+            for _ in range(2):
+                call()
+            single = time_block(call, 3, device)
+            sizes[key] = max(1, int(block_s / max(single, 1e-7)))
+        times: dict[str, list[float]] = {key: [] for key in calls}
+        for _ in range(rounds):
+            for key, call in calls.items():
+                times[key].append(time_block(call, sizes[key], device))
+        reference = statistics.median(times[REFERENCE])
+        for name in names:
+            seconds = statistics.median(times[name])
+            rows.append(TimingRow(shape, name, used[name], seconds, reference, seconds / reference))
+    return rows

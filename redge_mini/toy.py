@@ -1,0 +1,289 @@
+"""The book's running toy problems: small objectives whose exact gradient can be enumerated.
+
+Chapters 1–5 measure every estimator on the same family of problems. A problem has ``L``
+independent categorical variables with ``K`` classes, logits ``θ`` of shape ``(L, K)`` and an
+objective ``f`` on one-hot configurations, through one linear score
+
+``s(x) = ⟨A, x⟩ / sqrt(L) = (1/sqrt(L)) Σ_l A[l, x_l]``     (``A`` has shape ``(L, K)``)
+
+and a target ``b``:
+
+===============  ======================  ===================================================
+kind             ``f(x)``                what it teaches
+===============  ======================  ===================================================
+``"smooth"``     ``(s(x) − b)²``         a quadratic: pathwise estimators see a useful
+                                         gradient, but the linearisation is not exact
+``"nonsmooth"``  ``|s(x) − b|``          piecewise linear with a kink at ``s = b``: the
+                                         gradient at a one-hot point says nothing about the
+                                         other side of the kink
+``"step"``       ``1[s(x) > b]``         an indicator: its gradient is zero almost
+                                         everywhere, so every pathwise estimator returns 0
+                                         while the score-function estimator still works
+===============  ======================  ===================================================
+
+Each ``f`` is defined on all of ``R^{L×K}`` (soft samples too), maps ``(..., L, K)`` to ``(...)``
+(in particular ``(B, L, K)`` to ``(B,)``, the convention of :mod:`redge_mini.exact`) and is
+differentiable where the formula is. ``A ~ N(0, 1)`` and ``θ ~ N(0, logit_scale²)`` entrywise
+come from a generator seeded with ``seed``; by default ``b = E_{π_θ}[s(X)] + SD_{π_θ}[s(X)] / 2``
+(mean and standard deviation of the score under ``π_θ``, in closed form), which puts the kink (or
+step) where the probability mass is, so that ``f`` is not one linear function on all the likely
+configurations, and keeps it off-centre, so that no estimator is exact by symmetry.
+
+:func:`reinforce_gradients` draws independent REINFORCE (leave-one-out) gradient estimates, the
+score-function counterpart of :func:`redge_mini.exact.per_sample_gradients`.
+
+Example:
+    >>> from redge_mini.exact import exact_gradient
+    >>> problem = make_toy_problem(3, 4, kind="smooth", seed=0)
+    >>> exact_gradient(problem.f, problem.logits).shape
+    torch.Size([3, 4])
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .exact import exact_expectation, exact_gradient
+from .score_function import reinforce_loss
+from .validation import check_generator, check_logits
+
+__all__ = [
+    "KINDS",
+    "ToyObjective",
+    "ToyProblem",
+    "make_toy_problem",
+    "reinforce_gradients",
+]
+
+KINDS = ("smooth", "nonsmooth", "step")
+"""The accepted values of ``make_toy_problem(kind=...)``."""
+
+_FORMULAS = {
+    "smooth": "(s(x) - b)^2",
+    "nonsmooth": "|s(x) - b|",
+    "step": "1[s(x) > b]",
+}
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_real(value: object, name: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0.0):
+        kind = "a finite number > 0" if positive else "finite"
+        raise ValueError(f"{name} must be {kind}, got {value}")
+    return value
+
+
+class ToyObjective:
+    """``f(x) = φ(s(x) − b)``, ``s(x) = ⟨A, x⟩ / sqrt(L)``, φ(u) = ``u²``, ``|u|`` or ``1[u > 0]``.
+
+    Callable on tensors ``(..., L, K)`` (one-hot or soft), returning ``(...)`` in the input's
+    dtype. Use :func:`make_toy_problem` rather than building one directly.
+    """
+
+    def __init__(self, weights: torch.Tensor, target: float, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if not isinstance(weights, torch.Tensor) or weights.dim() != 2:
+            raise ValueError("weights must be a tensor of shape (L, K)")
+        self.weights = weights.detach()
+        self.target = _check_real(target, "target")
+        self.kind = kind
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(L, K)``, the shape of one configuration."""
+        return tuple(self.weights.shape)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """``s(x) = ⟨A, x⟩ / sqrt(L)`` for ``x`` of shape ``(..., L, K)``; returns ``(...)``."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 2 or tuple(x.shape[-2:]) != self.shape:
+            raise ValueError(
+                f"x must have shape (..., L, K) = (..., {self.shape[0]}, {self.shape[1]}), "
+                f"got {tuple(x.shape)}"
+            )
+        weights = self.weights.to(device=x.device, dtype=x.dtype)
+        return (x * weights).sum(dim=(-2, -1)) / math.sqrt(self.shape[0])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.score(x) - self.target
+        if self.kind == "smooth":
+            return u.square()
+        if self.kind == "nonsmooth":
+            return u.abs()
+        return (u > 0).to(x.dtype) + 0.0 * u  # zero gradient, but still attached to the graph
+
+    def __repr__(self) -> str:
+        L, K = self.shape
+        return f"ToyObjective(kind={self.kind!r}, L={L}, K={K}, target={self.target:.4f})"
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    """A running toy problem: an objective ``f``, the logits ``θ`` it is studied at, a description.
+
+    Attributes:
+        f: the objective, ``(..., L, K) -> (...)`` (a :class:`ToyObjective`).
+        logits: ``(L, K)`` float64 tensor (no gradient); ``π = softmax(logits)``.
+        description: one line for captions and prose,
+            e.g. ``"smooth f(x) = (s(x) - b)^2, L=3, K=4"``.
+        kind: ``"smooth"``, ``"nonsmooth"`` or ``"step"``.
+        seed: the seed the problem was generated from.
+    """
+
+    f: ToyObjective
+    logits: torch.Tensor
+    description: str
+    kind: str
+    seed: int
+
+    @property
+    def L(self) -> int:
+        """Number of categorical variables."""
+        return int(self.logits.shape[0])
+
+    @property
+    def K(self) -> int:
+        """Number of classes per variable."""
+        return int(self.logits.shape[1])
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """``π = softmax(logits)``, shape ``(L, K)``."""
+        return torch.softmax(self.logits, dim=-1)
+
+    def exact_value(self) -> float:
+        """``F(θ) = E_{X ~ π}[f(X)]`` by enumeration of the ``K**L`` configurations."""
+        return float(exact_expectation(self.f, self.logits))
+
+    def exact_gradient(self) -> torch.Tensor:
+        """``∇_θ F(θ)`` by enumeration, shape ``(L, K)``."""
+        return exact_gradient(self.f, self.logits)
+
+
+def make_toy_problem(
+    L: int,
+    K: int,
+    *,
+    kind: str = "smooth",
+    seed: int = 0,
+    logit_scale: float = 1.0,
+    target: float | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> ToyProblem:
+    """The running toy problem with ``L`` variables of ``K`` classes, deterministic given ``seed``.
+
+    Parameters
+    ----------
+    L, K:
+        Number of variables (``>= 1``) and classes per variable (``>= 2``).
+    kind:
+        ``"smooth"`` (``(s − b)²``), ``"nonsmooth"`` (``|s − b|``) or ``"step"`` (``1[s > b]``);
+        see the module docstring.
+    seed:
+        Seeds the draw of ``A`` and ``θ`` (a fresh CPU generator; the global RNG is untouched).
+        Problems of the same ``seed``, ``L`` and ``K`` share ``A`` and ``θ`` whatever the kind.
+    logit_scale:
+        Standard deviation of the logits (``> 0``); larger values give peakier ``π``.
+    target:
+        ``b``; by default ``E_π[s(X)] + SD_π[s(X)] / 2`` where ``E_π[s] = Σ_l π_l · A_l / sqrt(L)``
+        and ``Var_π[s] = Σ_l Var_{π_l}(A[l, X_l]) / L`` (the variables are independent).
+    dtype:
+        Floating dtype of ``A`` and of the logits (default float64, so exact references are
+        accurate).
+
+    Returns
+    -------
+    ToyProblem
+    """
+    L = _check_int(L, "L", 1)
+    K = _check_int(K, "K", 2)
+    seed = _check_int(seed, "seed", 0)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    logit_scale = _check_real(logit_scale, "logit_scale", positive=True)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randn(L, K, generator=generator, dtype=torch.float64)
+    logits = logit_scale * torch.randn(L, K, generator=generator, dtype=torch.float64)
+    if target is None:
+        probs = torch.softmax(logits, dim=-1)
+        mean_l = (probs * weights).sum(-1)
+        var_l = (probs * weights.square()).sum(-1) - mean_l.square()
+        target = float(mean_l.sum() / math.sqrt(L) + 0.5 * (var_l.sum() / L).sqrt())
+    f = ToyObjective(weights.to(dtype), target, kind)
+    description = f"{kind} f(x) = {_FORMULAS[kind]}, L={L}, K={K}"
+    return ToyProblem(f=f, logits=logits.to(dtype), description=description, kind=kind, seed=seed)
+
+
+def reinforce_gradients(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    logits: torch.Tensor,
+    n: int,
+    n_samples: int,
+    *,
+    generator: torch.Generator | None = None,
+    baseline: str | None = "loo",
+) -> torch.Tensor:
+    """``n`` independent REINFORCE estimates of ``∇_θ E_{X ~ softmax(θ)}[f(X)]``, each from
+    ``n_samples`` samples.
+
+    The score-function counterpart of :func:`redge_mini.exact.per_sample_gradients`: the logits
+    are copied ``n`` times and :func:`redge_mini.score_function.reinforce_loss` draws
+    ``n_samples`` samples per copy, so one backward pass gives all ``n`` estimates, which can be
+    passed to :func:`redge_mini.exact.gradient_diagnostics`.
+
+    Parameters
+    ----------
+    f:
+        Maps ``(B, L, K)`` one-hot samples to ``(B,)``, each value depending on its own sample.
+    logits:
+        ``(L, K)``.
+    n:
+        Number of independent estimates (``>= 1``).
+    n_samples:
+        Samples per estimate (``>= 2`` with the leave-one-out baseline).
+    generator:
+        Source of the draws (``None``: the global RNG).
+    baseline:
+        ``"loo"`` (RLOO) or ``None`` (plain REINFORCE), as in ``reinforce_loss``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, L, K)``, detached, in the logits' dtype.
+    """
+    logits = check_logits(logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (L, K), got shape {tuple(logits.shape)}")
+    n = _check_int(n, "n", 1)
+    check_generator(generator, logits.device)
+    L, K = logits.shape
+    copies = logits.detach().unsqueeze(0).repeat(n, 1, 1).requires_grad_(True)
+
+    def batched(x: torch.Tensor) -> torch.Tensor:
+        # (S, n, L, K) -> (S, n): one problem per copy of the logits.
+        return f(x.reshape(-1, L, K)).reshape(x.shape[0], n)
+
+    with torch.enable_grad():
+        loss = reinforce_loss(batched, copies, n_samples, generator=generator, baseline=baseline)
+        (grad,) = torch.autograd.grad(loss.sum(), copies)
+    return grad
