@@ -54,16 +54,20 @@ def make_call(
     return call
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
 def time_block(call: Callable[[], None], calls: int, device: torch.device) -> float:
     """Mean seconds per call over ``calls`` consecutive calls."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(calls):
         call()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
 
 
 def calls_per_block(call: Callable[[], None], device: torch.device, target_s: float) -> int:
@@ -92,9 +96,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing blocks")
     parser.add_argument("--block-ms", type=float, default=20.0, help="target length of a block")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (steadier on a busy machine, "
+        "meaningful with --threads 1 on CPU only)",
+    )
     parser.add_argument("--estimators", nargs="*", default=list(CONTENDERS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"redge_mini {redge_mini.__version__}, torch {torch.__version__}, device {device}, "
-        f"threads {torch.get_num_threads()}, {platform.machine()}; "
+        f"threads {torch.get_num_threads()}, {platform.machine()}, {args.clock} clock; "
         f"median of {args.rounds} interleaved blocks of ~{args.block_ms:g} ms"
     )
     header = (

@@ -82,18 +82,12 @@ def enumerate_onehot(
 ) -> torch.Tensor:
     """All ``K**L`` configurations of ``L`` one-hot variables with ``K`` classes.
 
-    Parameters
-    ----------
-    L, K:
-        Number of variables (``>= 1``) and of classes (``>= 2``).
-    dtype, device:
-        Of the returned tensor.
-    max_configs:
-        Refuse (``ValueError``) when ``K**L`` exceeds this.
+    Args:
+        L, K: Number of variables (``>= 1``) and of classes (``>= 2``).
+        dtype, device: Of the returned tensor.
+        max_configs: Refuse (``ValueError``) when ``K**L`` exceeds this.
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         Shape ``(K**L, L, K)``, in lexicographic order of the class indices with variable 0 the
         slowest (row ``i`` encodes the base-``K`` digits of ``i``).
     """
@@ -124,19 +118,13 @@ def exact_expectation(
 
     Differentiable in ``logits`` (and in any parameters ``f`` uses).
 
-    Parameters
-    ----------
-    f:
-        Maps one-hot configurations ``(B, L, K)`` to values ``(B,)``.
-    logits:
-        Finite floating tensor ``(L, K)``; the variables are independent with
-        ``π^l = softmax(logits[l])``.
-    max_configs:
-        Refuse (``ValueError``) when ``K**L`` exceeds this.
+    Args:
+        f: Maps one-hot configurations ``(B, L, K)`` to values ``(B,)``.
+        logits: Finite floating tensor ``(L, K)``; the variables are independent with
+            ``π^l = softmax(logits[l])``.
+        max_configs: Refuse (``ValueError``) when ``K**L`` exceeds this.
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         A scalar in the logits' dtype.
     """
     logits = _check_problem_logits(logits)
@@ -182,27 +170,19 @@ def per_sample_gradients(
     ``n`` values with respect to copy ``i`` is the estimator's gradient for sample ``i`` alone.
     One backward pass gives all ``n`` draws.
 
-    Parameters
-    ----------
-    estimator_fn:
-        ``estimator_fn(logits, generator=...) -> sample`` acting on the last dimension, e.g.
-        ``registry.make_estimator(name, **knobs)`` or ``functools.partial(redge, t_1=0.5)``.
-        Its output's gradient is the estimator's surrogate.
-    f:
-        Maps ``(B, L, K)`` to ``(B,)`` with each value depending on its own sample only (no
-        coupling across the batch, e.g. no batch normalisation).
-    logits:
-        ``(L, K)``.
-    n:
-        Number of draws.
-    generator:
-        Source of every random draw (``None``: the global RNG).
-    chunk_size:
-        Draws per backward pass (default: all ``n`` at once); lowers peak memory.
+    Args:
+        estimator_fn: ``estimator_fn(logits, generator=...) -> sample`` acting on the last
+            dimension, e.g. ``registry.make_estimator(name, **knobs)`` or
+            ``functools.partial(redge, t_1=0.5)``. Its output's gradient is the estimator's
+            surrogate.
+        f: Maps ``(B, L, K)`` to ``(B,)`` with each value depending on its own sample only (no
+            coupling across the batch, e.g. no batch normalisation).
+        logits: ``(L, K)``.
+        n: Number of draws.
+        generator: Source of every random draw (``None``: the global RNG).
+        chunk_size: Draws per backward pass (default: all ``n`` at once); lowers peak memory.
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         ``(n, L, K)``, detached, in the logits' dtype.
     """
     logits = _check_problem_logits(logits)
@@ -255,16 +235,12 @@ def gradient_diagnostics(grads: torch.Tensor, exact: torch.Tensor) -> dict[str, 
     The delta-method errors assume a roughly Gaussian mean and are unreliable when the quantity
     sits at a singular point (``bias`` near 0, ``ḡ`` near 0 for the cosine).
 
-    Parameters
-    ----------
-    grads:
-        ``(n, *shape)`` draws, ``n >= 2``.
-    exact:
-        ``shape``, the exact gradient.
+    Args:
+        grads: ``(n, *shape)`` draws, ``n >= 2``.
+        exact: ``shape``, the exact gradient.
 
-    Returns
-    -------
-    dict[str, float]
+    Returns:
+        A dict of Python floats with the keys above.
     """
     if not isinstance(grads, torch.Tensor) or not isinstance(exact, torch.Tensor):
         raise TypeError("grads and exact must be torch.Tensor")
@@ -437,20 +413,13 @@ def hard_sample_tv(
     ``(1/L) Σ_l ½ sign(p̂^l − π^l)·H^l`` divided by ``sqrt(n)`` (it allows correlated variables
     within a sample).
 
-    Parameters
-    ----------
-    sampler:
-        ``sampler(logits_batch, generator=...) -> one-hot samples`` of the batch's shape.
-    logits:
-        ``(L, K)``.
-    n:
-        Number of samples (``>= 2``).
-    generator:
-        Source of all random draws (``None``: global RNG).
-    null_reps:
-        Number of simulated exact samplers for ``null_tv``.
-    chunk_size:
-        Samples per call of ``sampler`` (default: all at once).
+    Args:
+        sampler: ``sampler(logits_batch, generator=...) -> one-hot samples`` of the batch's shape.
+        logits: ``(L, K)``.
+        n: Number of samples (``>= 2``).
+        generator: Source of all random draws (``None``: global RNG).
+        null_reps: Number of simulated exact samplers for ``null_tv``.
+        chunk_size: Samples per call of ``sampler`` (default: all at once).
     """
     logits = _check_problem_logits(logits)
     n = _check_positive_int(n, "n", minimum=2)

@@ -99,6 +99,16 @@ class MaskedDenoiser(nn.Module):
         conditional model has one extra learned "no class" embedding used when ``cond`` is
         ``None`` or equal to ``n_classes``, so it can be trained with label dropout and sampled
         unconditionally.
+    position_groups : sequence of sequences of int, or None
+        Optional structure of the positions: ``G`` lists of ``N`` group ids (e.g. the row, the
+        column and the box of every Sudoku cell, or the row and column of every pixel). Each
+        grouping gets its own embedding table and the position embedding of cell ``n`` becomes
+        ``own[n] + sum_g table_g[group_g[n]]``, so cells that share a group start out similar
+        and attention finds them quickly. ``None``: one free embedding per position.
+    attend_within_groups : bool
+        Restrict attention to pairs of cells that share at least one group of
+        ``position_groups`` (for Sudoku: the 20 peers of a cell and itself, i.e. the constraint
+        graph; for images with row and column groups: a cross). ``False``: full attention.
 
     Notes
     -----
@@ -117,6 +127,8 @@ class MaskedDenoiser(nn.Module):
         depth: int = 2,
         heads: int = 4,
         n_classes: int = 0,
+        position_groups: list[list[int]] | None = None,
+        attend_within_groups: bool = False,
     ) -> None:
         super().__init__()
         self.vocab_size = _positive_int(vocab_size, "vocab_size", 2)
@@ -130,6 +142,28 @@ class MaskedDenoiser(nn.Module):
         self.mask_id = self.vocab_size
         self.token_embedding = nn.Embedding(self.vocab_size + 1, self.width)
         self.position_embedding = nn.Parameter(0.02 * torch.randn(self.seq_len, self.width))
+        groups = torch.zeros(0, self.seq_len, dtype=torch.long)
+        if position_groups is not None:
+            groups = torch.as_tensor(position_groups, dtype=torch.long)
+            if groups.dim() != 2 or groups.shape[1] != self.seq_len or groups.numel() == 0:
+                raise ValueError(f"position_groups must be G lists of seq_len={self.seq_len} "
+                                 f"group ids, got shape {tuple(groups.shape)}")
+            if int(groups.min()) < 0:
+                raise ValueError("position_groups must hold non-negative group ids")
+        self.register_buffer("position_groups", groups, persistent=False)
+        self.attend_within_groups = bool(attend_within_groups)
+        if self.attend_within_groups and groups.shape[0] == 0:
+            raise ValueError("attend_within_groups=True needs position_groups")
+        # additive attention mask: 0 where allowed, -inf where blocked (None: full attention)
+        blocked = None
+        if self.attend_within_groups:
+            shared = (groups[:, :, None] == groups[:, None, :]).any(0)
+            blocked = torch.zeros(self.seq_len, self.seq_len).masked_fill(~shared, float("-inf"))
+        self.register_buffer("attention_mask", blocked, persistent=False)
+        self.group_embeddings = nn.ModuleList(
+            nn.Embedding(int(row.max()) + 1, self.width) for row in groups)
+        for table in self.group_embeddings:
+            nn.init.normal_(table.weight, std=0.5)
         self.class_embedding = (
             nn.Embedding(self.n_classes + 1, self.width) if self.n_classes > 0 else None
         )
@@ -146,7 +180,7 @@ class MaskedDenoiser(nn.Module):
         self.norm = nn.LayerNorm(self.width)
         self.head = nn.Linear(self.width, self.vocab_size)
 
-    def config(self) -> dict[str, int]:
+    def config(self) -> dict[str, Any]:
         """The constructor arguments, as stored next to the weights by :func:`save_denoiser`."""
         return {
             "vocab_size": self.vocab_size,
@@ -155,7 +189,16 @@ class MaskedDenoiser(nn.Module):
             "depth": self.depth,
             "heads": self.heads,
             "n_classes": self.n_classes,
+            "position_groups": self.position_groups.tolist() or None,
+            "attend_within_groups": self.attend_within_groups,
         }
+
+    def position_codes(self) -> torch.Tensor:
+        """The ``(N, width)`` position embedding (own term plus the group terms)."""
+        codes = self.position_embedding
+        for table, ids in zip(self.group_embeddings, self.position_groups, strict=True):
+            codes = codes + table(ids)
+        return codes
 
     def check_tokens(self, tokens: object, name: str = "tokens") -> torch.Tensor:
         """Check a ``(B, N)`` integer tensor with ids in ``[0, K]`` (``K`` = mask)."""
@@ -196,11 +239,11 @@ class MaskedDenoiser(nn.Module):
     def network_logits(self, tokens: torch.Tensor, cond: object = None) -> torch.Tensor:
         """The raw network output ``(B, N, K)`` before the SUBS substitution (for inspection)."""
         tokens = self.check_tokens(tokens)
-        h = self.token_embedding(tokens) + self.position_embedding
+        h = self.token_embedding(tokens) + self.position_codes()
         index = self._class_index(cond, tokens.shape[0], tokens.device)
         if index is not None:
             h = h + self.class_embedding(index)[:, None, :]
-        return self.head(self.norm(self.encoder(h)))
+        return self.head(self.norm(self.encoder(h, mask=self.attention_mask)))
 
     def forward(self, tokens: torch.Tensor, cond: object = None) -> torch.Tensor:
         """SUBS log-probabilities ``(B, N, K)`` of the clean tokens given ``tokens``.

@@ -33,19 +33,13 @@ def sample_onehot(
     The draws are Gumbel-max samples (:func:`redge_mini.estimators.sample_categorical`), computed
     in float32 for half-precision logits.
 
-    Parameters
-    ----------
-    logits:
-        Finite floating tensor ``(..., K)``, ``K >= 2``; each leading index is an independent
-        categorical variable.
-    n_samples:
-        Number of draws (``>= 1``).
-    generator:
-        Source of the draws (``None``: the global RNG); must be on the logits' device.
+    Args:
+        logits: Finite floating tensor ``(..., K)``, ``K >= 2``; each leading index is an
+            independent categorical variable.
+        n_samples: Number of draws (``>= 1``).
+        generator: Source of the draws (``None``: the global RNG), on the logits' device.
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         ``(n_samples, *logits.shape)`` one-hot, in the logits' dtype, without gradient.
     """
     logits = check_logits(logits)
@@ -77,32 +71,24 @@ def reinforce_loss(
     logits, ``(1/S) Σ_s (f(X_s) − b_s) ∇ log π(X_s)`` — the REINFORCE estimator — and, with respect
     to any parameters inside ``f``, the gradient of ``mean_s f(X_s)``.
 
-    Parameters
-    ----------
-    f:
-        Maps one-hot samples ``(S, *logits.shape)`` to values of shape ``(S,)`` or ``(S, *b)``,
-        where ``b`` is a prefix of ``logits.shape[:-1]`` (independent problems in a batch, e.g.
-        one per data point). ``log π(X_s)`` sums over the dimensions of ``logits`` after ``b``.
-    logits:
-        Finite floating tensor ``(..., K)``, ``K >= 2``.
-    n_samples:
-        ``S``, the number of samples (``>= 2`` for the leave-one-out baseline).
-    generator:
-        Source of the draws (``None``: global RNG).
-    baseline:
-        ``"loo"``: ``b_s`` is the mean of the other ``S − 1`` values (RLOO); ``None``: ``b_s = 0``
-        (plain REINFORCE).
+    Args:
+        f: Maps one-hot samples ``(S, *logits.shape)`` to values of shape ``(S,)`` or
+            ``(S, *b)``, where ``b`` is a prefix of ``logits.shape[:-1]`` (independent problems in
+            a batch, e.g. one per data point). ``log π(X_s)`` sums over the dimensions of
+            ``logits`` after ``b``.
+        logits: Finite floating tensor ``(..., K)``, ``K >= 2``.
+        n_samples: ``S``, the number of samples (``>= 2`` for the leave-one-out baseline).
+        generator: Source of the draws (``None``: global RNG).
+        baseline: ``"loo"``: ``b_s`` is the mean of the other ``S − 1`` values (RLOO);
+            ``None``: ``b_s = 0`` (plain REINFORCE).
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         Shape ``b`` (a scalar when ``f`` returns ``(S,)``).
 
-    Example
-    -------
-    >>> logits = torch.zeros(4, 3, requires_grad=True)
-    >>> loss = reinforce_loss(lambda x: x[..., 0].sum(-1), logits, 8)
-    >>> loss.backward()
+    Example:
+        >>> logits = torch.zeros(4, 3, requires_grad=True)
+        >>> loss = reinforce_loss(lambda x: x[..., 0].sum(-1), logits, 8)
+        >>> loss.backward()
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")

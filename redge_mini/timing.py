@@ -85,6 +85,18 @@ def _check_positive(value: object, name: str, integer: bool) -> float | int:
     return value
 
 
+def _check_shape(shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, Sequence) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in shape
+    ):
+        raise TypeError(f"shapes must hold sequences of ints, got {shape!r}")
+    if len(shape) < 1 or shape[-1] < 2 or min(shape) < 1:
+        raise ValueError(
+            f"shapes must be (..., K) with K >= 2 and no empty dimension, got {tuple(shape)}"
+        )
+    return tuple(shape)
+
+
 def time_estimators(
     shapes: Sequence[Sequence[int]],
     names: Sequence[str] | None = None,
@@ -94,6 +106,7 @@ def time_estimators(
     block_s: float = 0.01,
     device: torch.device | str | None = None,
     seed: int = 0,
+    num_threads: int | None = 1,
 ) -> list[TimingRow]:
     """Median forward + backward time per call of each estimator at each logits shape.
 
@@ -108,6 +121,10 @@ def time_estimators(
             warm-up).
         device: where to time (default CPU).
         seed: seeds the logits and the weights of the linear loss.
+        num_threads: CPU threads of torch while timing (restored afterwards); ``None`` keeps the
+            current setting. One thread (the default) is what small per-call costs are best
+            measured with: on a shared machine, idle worker threads of a multi-threaded run
+            can dominate a call of a few microseconds.
 
     Returns:
         One :class:`TimingRow` per (shape, name), shapes in the given order.
@@ -122,15 +139,31 @@ def time_estimators(
         raise ValueError(
             f"unknown estimator names {sorted(unknown)}; choose from {list(ESTIMATORS)}"
         )
+    shapes = [_check_shape(shape) for shape in shapes]
     samplers = {name: make_estimator(name, **knobs.get(name, {})) for name in names}
     used = {name: {**ESTIMATORS[name].defaults(), **knobs.get(name, {})} for name in names}
+    threads_before = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(_check_positive(num_threads, "num_threads", integer=True)))
+    try:
+        return _time_shapes(shapes, names, samplers, used, rounds, block_s, device, seed)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _time_shapes(
+    shapes: list[tuple[int, ...]],
+    names: list[str],
+    samplers: dict[str, Callable[..., torch.Tensor]],
+    used: dict[str, dict[str, float | int]],
+    rounds: int,
+    block_s: float,
+    device: torch.device,
+    seed: int,
+) -> list[TimingRow]:
     generator = torch.Generator().manual_seed(seed)
     rows: list[TimingRow] = []
     for shape in shapes:
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 1 or shape[-1] < 2 or min(shape) < 1:
-            raise ValueError(f"shapes must be (..., K) with K >= 2 and no empty dimension, "
-                             f"got {shape}")
         logits = torch.randn(shape, generator=generator).to(device)
         weights = torch.randn(shape, generator=generator).to(device)
         calls = {name: _call(samplers[name], logits, weights) for name in names}

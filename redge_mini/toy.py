@@ -31,6 +31,9 @@ configurations, and keeps it off-centre, so that no estimator is exact by symmet
 
 :func:`reinforce_gradients` draws independent REINFORCE (leave-one-out) gradient estimates, the
 score-function counterpart of :func:`redge_mini.exact.per_sample_gradients`.
+:func:`hard_sample_gradient_moments` computes the mean and the variance of the Straight-Through and
+ReinMax estimators exactly, by enumeration: their only randomness is the hard sample
+``H ~ Cat(π)``, so both moments are finite sums over the ``K**L`` configurations.
 
 Example:
     >>> from redge_mini.exact import exact_gradient
@@ -45,17 +48,22 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from .exact import exact_expectation, exact_gradient
+from .estimators import _ReinMax, straight_through
+from .exact import enumerate_onehot, exact_expectation, exact_gradient
 from .score_function import reinforce_loss
-from .validation import check_generator, check_logits
+from .validation import check_generator, check_logits, check_tau
 
 __all__ = [
     "KINDS",
+    "GradientMoments",
+    "HARD_SAMPLE_ESTIMATORS",
     "ToyObjective",
     "ToyProblem",
+    "hard_sample_gradient_moments",
     "make_toy_problem",
     "reinforce_gradients",
 ]
@@ -122,13 +130,17 @@ class ToyObjective:
         weights = self.weights.to(device=x.device, dtype=x.dtype)
         return (x * weights).sum(dim=(-2, -1)) / math.sqrt(self.shape[0])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        u = self.score(x) - self.target
+    def profile(self, score: torch.Tensor) -> torch.Tensor:
+        """``f`` as a function of the score: ``φ(score − b)``, elementwise."""
+        u = score - self.target
         if self.kind == "smooth":
             return u.square()
         if self.kind == "nonsmooth":
             return u.abs()
-        return (u > 0).to(x.dtype) + 0.0 * u  # zero gradient, but still attached to the graph
+        return (u > 0).to(u.dtype) + 0.0 * u  # zero gradient, but still attached to the graph
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.profile(self.score(x))
 
     def __repr__(self) -> str:
         L, K = self.shape
@@ -287,3 +299,77 @@ def reinforce_gradients(
         loss = reinforce_loss(batched, copies, n_samples, generator=generator, baseline=baseline)
         (grad,) = torch.autograd.grad(loss.sum(), copies)
     return grad
+
+
+class GradientMoments(NamedTuple):
+    """Exact mean and variance of a gradient estimator ``ĝ``."""
+
+    mean: torch.Tensor
+    """``E[ĝ]``, shape ``(L, K)``."""
+    variance: float
+    """``E‖ĝ − E[ĝ]‖²`` (the trace of the covariance)."""
+
+
+HARD_SAMPLE_ESTIMATORS = ("st", "reinmax")
+"""Estimators whose only randomness is ``H ~ Cat(π)`` (accepted by
+:func:`hard_sample_gradient_moments`)."""
+
+
+def hard_sample_gradient_moments(
+    name: str,
+    f: Callable[[torch.Tensor], torch.Tensor],
+    logits: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    max_configs: int = 2**16,
+) -> GradientMoments:
+    """Exact mean and variance of the ST or ReinMax gradient of ``E[f(X)]``, by enumeration.
+
+    Straight-Through and ReinMax draw ``H ~ Cat(softmax(logits))`` and then compute a
+    deterministic surrogate gradient ``ĝ(H)``. So ``E[ĝ] = Σ_x π(x) ĝ(x)`` and
+    ``E‖ĝ − E ĝ‖² = Σ_x π(x) ‖ĝ(x) − E ĝ‖²`` are finite sums, with no Monte-Carlo error. ``ĝ(x)``
+    is obtained by backpropagating ``f`` through the package's own surrogates
+    (:func:`redge_mini.estimators.straight_through` for ST, ReinMax's autograd function) with the
+    hard sample set to ``x``, so this checks the implementation, not a re-derivation.
+
+    Parameters
+    ----------
+    name:
+        ``"st"`` or ``"reinmax"``.
+    f:
+        Maps ``(B, L, K)`` to ``(B,)``; differentiable (the pathwise estimators need ``∇f``).
+    logits:
+        ``(L, K)``.
+    tau:
+        ReinMax's temperature (``>= 1``); ignored by ST.
+    max_configs:
+        Refuse (``ValueError``) when ``K**L`` exceeds this (all configurations are
+        backpropagated at once).
+
+    Returns
+    -------
+    GradientMoments
+        ``mean`` (``(L, K)``, detached, in the logits' dtype) and ``variance`` (a float).
+    """
+    if name not in HARD_SAMPLE_ESTIMATORS:
+        raise ValueError(f"name must be one of {HARD_SAMPLE_ESTIMATORS}, got {name!r}")
+    logits = check_logits(logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (L, K), got shape {tuple(logits.shape)}")
+    tau = check_tau(tau, minimum=1.0)
+    L, K = logits.shape
+    configs = enumerate_onehot(
+        L, K, dtype=logits.dtype, device=logits.device, max_configs=max_configs
+    )
+    n = configs.shape[0]
+    weights = torch.einsum("nlk,lk->n", configs, torch.log_softmax(logits.detach(), -1)).exp()
+    copies = logits.detach().unsqueeze(0).expand(n, L, K).clone().requires_grad_(True)
+    with torch.enable_grad():
+        if name == "st":
+            surrogate = straight_through(configs, torch.softmax(copies, dim=-1))
+        else:
+            surrogate = _ReinMax.apply(copies, configs, tau)
+        (grads,) = torch.autograd.grad(f(surrogate).sum(), copies)
+    mean = torch.einsum("n,nlk->lk", weights, grads)
+    variance = float(torch.einsum("n,n->", weights, (grads - mean).square().sum((-2, -1))))
+    return GradientMoments(mean=mean, variance=variance)

@@ -1,14 +1,27 @@
 """The running toy problems against loop-based evaluation; determinism; REINFORCE draws."""
 
+import functools
 import itertools
 import math
 
 import pytest
 import torch
 
-from redge_mini.exact import exact_expectation, exact_gradient, gradient_diagnostics
+from redge_mini import reinmax, st
+from redge_mini.exact import (
+    exact_expectation,
+    exact_gradient,
+    gradient_diagnostics,
+    per_sample_gradients,
+)
 from redge_mini.score_function import sample_onehot
-from redge_mini.toy import KINDS, make_toy_problem, reinforce_gradients
+from redge_mini.toy import (
+    HARD_SAMPLE_ESTIMATORS,
+    KINDS,
+    hard_sample_gradient_moments,
+    make_toy_problem,
+    reinforce_gradients,
+)
 
 
 def loop_value(problem, classes: tuple[int, ...]) -> float:
@@ -166,3 +179,62 @@ def test_reinforce_gradients_match_single_reinforce_loss_calls():
         logp = (x * torch.log_softmax(theta, -1)).sum((-2, -1))
         (loo * logp).mean().backward()
         torch.testing.assert_close(batched[i], theta.grad)
+
+
+def test_st_moments_match_hand_formula():
+    """E[ĝ_ST] = Σ_x π(x) J(π)ᵀ ∇f(x), with J and ∇f of the smooth kind written out by hand."""
+    problem = make_toy_problem(2, 3, kind="smooth", seed=9)
+    moments = hard_sample_gradient_moments("st", problem.f, problem.logits)
+    probs = problem.probs
+    jac = [torch.diag(p) - torch.outer(p, p) for p in probs]
+    A, b = problem.f.weights, problem.f.target
+    mean = torch.zeros(2, 3, dtype=torch.float64)
+    second = 0.0
+    draws = []
+    for classes in itertools.product(range(3), repeat=2):
+        weight = math.prod(float(probs[j, k]) for j, k in enumerate(classes))
+        s = sum(float(A[j, k]) for j, k in enumerate(classes)) / math.sqrt(2)
+        grad_x = 2 * (s - b) * A / math.sqrt(2)
+        g = torch.stack([jac[j] @ grad_x[j] for j in range(2)])
+        draws.append((weight, g))
+        mean += weight * g
+    for weight, g in draws:
+        second += weight * float((g - mean).square().sum())
+    torch.testing.assert_close(moments.mean, mean)
+    assert moments.variance == pytest.approx(second, rel=1e-10)
+
+
+@pytest.mark.parametrize("name", HARD_SAMPLE_ESTIMATORS)
+def test_moments_match_monte_carlo_of_package_estimators(name):
+    problem = make_toy_problem(2, 3, kind="nonsmooth", seed=2)
+    fn = st if name == "st" else functools.partial(reinmax, tau=1.5)
+    moments = hard_sample_gradient_moments(name, problem.f, problem.logits, tau=1.5)
+    n = 20000
+    draws = per_sample_gradients(
+        fn, problem.f, problem.logits, n, generator=torch.Generator().manual_seed(0)
+    )
+    se = draws.std(0) / math.sqrt(n)
+    assert bool(((draws.mean(0) - moments.mean).abs() <= 4.5 * se + 1e-12).all())
+    stats = gradient_diagnostics(draws, moments.mean)
+    assert abs(stats["variance"] - moments.variance) <= 4.5 * stats["variance_se"]
+
+
+@pytest.mark.parametrize(("L", "K"), [(1, 5), (3, 3)])
+def test_reinmax_is_unbiased_for_a_quadratic_and_st_is_not(L, K):
+    """ReinMax is second-order accurate: exact in expectation for quadratic f; ST is first-order."""
+    problem = make_toy_problem(L, K, kind="smooth", seed=1)
+    exact = problem.exact_gradient()
+    reinmax_mean = hard_sample_gradient_moments("reinmax", problem.f, problem.logits).mean
+    st_mean = hard_sample_gradient_moments("st", problem.f, problem.logits).mean
+    torch.testing.assert_close(reinmax_mean, exact, rtol=1e-10, atol=1e-12)
+    assert float((st_mean - exact).norm()) > 0.05 * float(exact.norm())
+
+
+def test_moments_bad_input():
+    problem = make_toy_problem(2, 3)
+    with pytest.raises(ValueError, match="name"):
+        hard_sample_gradient_moments("gumbel", problem.f, problem.logits)
+    with pytest.raises(ValueError, match="tau"):
+        hard_sample_gradient_moments("reinmax", problem.f, problem.logits, tau=0.5)
+    with pytest.raises(ValueError, match="max_configs"):
+        hard_sample_gradient_moments("st", problem.f, problem.logits, max_configs=4)

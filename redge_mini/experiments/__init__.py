@@ -103,7 +103,8 @@ def resolve_device(name: str) -> torch.device:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every experiment script accepts."""
     parser.add_argument("--scale", choices=("small", "full"), default=None,
-                        help="protocol size (default: REDGE_SCALE, else full on CUDA, small on CPU)")
+                        help="protocol size (default: REDGE_SCALE, else full on CUDA, "
+                        "small on CPU)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the result files (default: book/results/<experiment>)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")

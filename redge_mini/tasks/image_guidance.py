@@ -34,7 +34,6 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +42,40 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from redge_mini.datasets import load_digits_8x8
+from redge_mini.guidance import guided_sample
+from redge_mini.masked_diffusion import (
+    MaskedDenoiser,
+    data_path,
+    load_denoiser,
+    save_denoiser,
+    train_masked_denoiser,
+)
+
 __all__ = [
     "IMAGE_SIDE",
     "N_CLASSES",
     "N_LEVELS",
+    "PRIOR_FILE",
     "SEQ_LEN",
     "WEIGHTS_FILE",
     "DigitCNN",
     "DigitMLP",
+    "GuidanceRun",
     "ImageModels",
     "accuracy",
     "class_log_prob",
     "decode",
     "grey_levels",
+    "guide_images",
     "image_grid",
     "load_digit_tokens",
     "load_image_models",
     "quantise",
+    "save_image_models",
+    "steering_targets",
     "train_classifier",
+    "train_prior",
 ]
 
 #: Side of a digit image in pixels.
@@ -73,9 +88,6 @@ N_LEVELS: int = 4
 N_CLASSES: int = 10
 #: File name of the stored models in ``redge_mini/data``.
 WEIGHTS_FILE: str = "image_guidance_models.pt"
-
-_MAX_INTENSITY = 16.0  # scikit-learn's digits take integer values 0..16
-
 
 def _check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -124,86 +136,56 @@ def grey_levels(n_levels: int = N_LEVELS) -> torch.Tensor:
 
 
 def quantise(images: np.ndarray | torch.Tensor, n_levels: int = N_LEVELS) -> torch.Tensor:
-    """Quantise intensities in ``[0, 16]`` to the nearest of ``n_levels`` evenly spaced levels.
+    """Quantise intensities in ``[0, 1]`` to the nearest of ``n_levels`` evenly spaced levels.
 
     Parameters
     ----------
     images : array or tensor
-        Intensities in ``[0, 16]`` (scikit-learn's digits), any shape.
+        Intensities in ``[0, 1]``, any shape.
     n_levels : int
         Number of grey levels.
 
     Returns
     -------
     torch.Tensor
-        Long tensor of tokens in ``{0, .., n_levels - 1}`` with the shape of ``images``; decoding a
-        token with :func:`grey_levels` returns the level nearest to ``intensity / 16``.
+        Long tensor of tokens in ``{0, .., n_levels - 1}`` with the shape of ``images``: the index
+        of the level of :func:`grey_levels` nearest to each intensity.
     """
     n_levels = _check_int(n_levels, "n_levels", 2)
     x = torch.as_tensor(np.asarray(images, dtype=np.float64))
-    if x.numel() and (x.min() < 0 or x.max() > _MAX_INTENSITY):
-        raise ValueError(f"images must lie in [0, {_MAX_INTENSITY:g}]")
-    return torch.round(x / _MAX_INTENSITY * (n_levels - 1)).long()
+    if x.numel() and not (bool(torch.isfinite(x).all()) and x.min() >= 0 and x.max() <= 1):
+        raise ValueError("images must hold finite intensities in [0, 1]")
+    return torch.round(x * (n_levels - 1)).long()
 
 
-def _digits_8x8() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8 x 8 digits as ``(images (N, 8, 8) in 0..16, labels (N,))``."""
-    try:
-        from redge_mini.datasets import load_digits_8x8
-    except ImportError:
-        load_digits_8x8 = None
-    if load_digits_8x8 is not None:
-        loaded = load_digits_8x8()
-        images, labels = loaded[0], loaded[1]
-        images = np.asarray(images, dtype=np.float64).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
-        if images.max() <= 1.0:  # a loader that rescales to [0, 1]
-            images = images * _MAX_INTENSITY
-        return images, np.asarray(labels)
-    from sklearn.datasets import load_digits
+def load_digit_tokens(split: str = "train", *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8 x 8 digits as token images, split as in :mod:`redge_mini.datasets`.
 
-    bunch = load_digits()
-    return bunch.images, bunch.target
-
-
-def load_digit_tokens(
-    split: str = "train", *, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load the 8 x 8 digits as token images, with a fixed stratified train/test split.
+    The split is the data module's default (shuffled with ``seed``; 200 validation and 200 test
+    images, 1,397 training images). The stored models were trained on ``split="train"`` with
+    ``seed=0``; their accuracies are measured on ``"test"``.
 
     Parameters
     ----------
-    split : {"train", "test", "all"}
+    split : {"train", "valid", "test"}
         Which part to return.
-    test_fraction : float
-        Fraction of each class held out for testing (in ``(0, 1)``).
     seed : int
-        Seed of the split (the stored models use ``seed=0``).
+        Seed of the shuffle (keep 0 to stay disjoint from the stored models' training images).
 
     Returns
     -------
     tokens : torch.Tensor
-        Long tensor ``(N, 64)`` with values in ``{0, 1, 2, 3}``, row-major pixels.
+        Long tensor ``(N, 64)`` with values in ``{0, 1, 2, 3}``, pixels in row-major order.
     labels : torch.Tensor
         Long tensor ``(N,)`` of digit classes.
     """
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    if not (isinstance(test_fraction, numbers.Real) and 0.0 < float(test_fraction) < 1.0):
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
     seed = _check_int(seed, "seed", 0)
-    images, labels = _digits_8x8()
-    tokens = quantise(images).reshape(len(images), SEQ_LEN)
-    labels_t = torch.as_tensor(labels, dtype=torch.long)
-    if split == "all":
-        return tokens, labels_t
-    rng = np.random.default_rng(seed)
-    test_mask = np.zeros(len(labels), dtype=bool)
-    for c in range(N_CLASSES):
-        idx = np.flatnonzero(labels == c)
-        n_test = int(round(float(test_fraction) * len(idx)))
-        test_mask[rng.choice(idx, size=n_test, replace=False)] = True
-    keep = torch.as_tensor(test_mask if split == "test" else ~test_mask)
-    return tokens[keep], labels_t[keep]
+    parts = load_digits_8x8(seed=seed)
+    images = getattr(parts, f"x_{split}")
+    labels = torch.as_tensor(getattr(parts, f"y_{split}"), dtype=torch.long)
+    return quantise(images).reshape(len(labels), SEQ_LEN), labels
 
 
 def decode(one_hot: torch.Tensor) -> torch.Tensor:
@@ -435,3 +417,304 @@ def image_grid(tokens: torch.Tensor, n_cols: int, *, pad: int = 1) -> np.ndarray
         r, c = divmod(i, n_cols)
         grid[r * step : r * step + IMAGE_SIDE, c * step : c * step + IMAGE_SIDE] = image
     return grid
+
+
+def train_prior(
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    width: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    steps: int = 600,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    label_dropout: float = 0.1,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> tuple[MaskedDenoiser, dict[str, list[float]]]:
+    """Train the class-conditional masked token model (the prior) on token images.
+
+    A :class:`~redge_mini.masked_diffusion.MaskedDenoiser` over ``K = 4`` grey levels and
+    ``L = 64`` positions with 10 classes (plus the "no class" label used with probability
+    ``label_dropout``), trained by :func:`~redge_mini.masked_diffusion.train_masked_denoiser`.
+
+    Parameters
+    ----------
+    tokens, labels : torch.Tensor
+        Long tensors ``(N, 64)`` and ``(N,)``.
+    width, depth, heads : int
+        Transformer size.
+    steps, batch_size : int
+        Adam steps and images per step.
+    lr : float
+        Peak learning rate.
+    label_dropout : float
+        Probability of training a sequence without its class.
+    generator : torch.Generator
+        CPU generator for the initialisation and every training draw.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    (MaskedDenoiser, dict)
+        The model in eval mode and the loss history ``{"step", "loss"}``.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    tokens, labels = _check_tokens_labels(tokens, labels)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MaskedDenoiser(
+            N_LEVELS, SEQ_LEN, width=width, depth=depth, heads=heads, n_classes=N_CLASSES
+        )
+    history = train_masked_denoiser(
+        model, tokens, steps=steps, batch_size=batch_size, lr=lr, generator=generator,
+        labels=labels, label_dropout=label_dropout, progress=progress,
+    )
+    return model, history
+
+
+@dataclass
+class ImageModels:
+    """The three trained models of the image experiment and what is known about their training.
+
+    Attributes
+    ----------
+    prior : MaskedDenoiser
+        Class-conditional masked token model (plays MaskGIT).
+    reward : DigitCNN
+        Classifier whose log-probability is the reward (plays CLIP).
+    judge : DigitMLP
+        Independent classifier used only to evaluate guided samples.
+    meta : dict
+        Training configuration, losses and held-out accuracies recorded when the models were made.
+    """
+
+    prior: MaskedDenoiser
+    reward: nn.Module
+    judge: nn.Module
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> ImageModels:
+        """Move the three models to ``device`` (in place) and return ``self``."""
+        for model in (self.prior, self.reward, self.judge):
+            model.to(device)
+        return self
+
+
+PRIOR_FILE: str = "image_prior.pt"
+
+
+def save_image_models(models: ImageModels, folder: str | Path | None = None) -> list[Path]:
+    """Store the models: the prior with :func:`~redge_mini.masked_diffusion.save_denoiser`
+    (float16) and both classifiers (float32 state dicts) in :data:`WEIGHTS_FILE`.
+
+    Parameters
+    ----------
+    models : ImageModels
+        The models to store.
+    folder : str, pathlib.Path or None
+        Destination folder; default the package's ``redge_mini/data``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The two files written.
+    """
+    if not isinstance(models, ImageModels):
+        raise TypeError(f"models must be an ImageModels, got {type(models).__name__}")
+    folder = Path(folder) if folder is not None else data_path(WEIGHTS_FILE).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    prior_path = save_denoiser(
+        models.prior, folder / PRIOR_FILE, half=True, meta=models.meta.get("prior", {})
+    )
+    record = {
+        "reward": {k: v.detach().cpu() for k, v in models.reward.state_dict().items()},
+        "judge": {k: v.detach().cpu() for k, v in models.judge.state_dict().items()},
+        "meta": models.meta,
+    }
+    classifier_path = folder / WEIGHTS_FILE
+    torch.save(record, classifier_path)
+    return [prior_path, classifier_path]
+
+
+def load_image_models(
+    folder: str | Path | None = None, *, device: torch.device | str | None = None
+) -> ImageModels:
+    """Load the stored prior, reward classifier and judge (from any working directory).
+
+    Parameters
+    ----------
+    folder : str, pathlib.Path or None
+        Folder holding :data:`PRIOR_FILE` and :data:`WEIGHTS_FILE`; default the package's
+        ``redge_mini/data`` (found through :mod:`importlib.resources`).
+    device : torch.device, str or None
+        Where to put the models (default CPU).
+
+    Returns
+    -------
+    ImageModels
+        The three models in eval mode, float32.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the weights were never made (see ``redge_mini.experiments.train_image_models``).
+    """
+    if folder is None:
+        classifier_path = data_path(WEIGHTS_FILE)
+        prior_path = data_path(PRIOR_FILE)
+    else:
+        classifier_path = Path(folder) / WEIGHTS_FILE
+        prior_path = Path(folder) / PRIOR_FILE
+    for path in (classifier_path, prior_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no stored image model at {path}; make it with "
+                "`python -m redge_mini.experiments.train_image_models`"
+            )
+    prior, _ = load_denoiser(prior_path, device=device)
+    record = torch.load(classifier_path, map_location="cpu", weights_only=True)
+    reward, judge = DigitCNN(), DigitMLP()
+    reward.load_state_dict(record["reward"])
+    judge.load_state_dict(record["judge"])
+    models = ImageModels(prior, reward.eval(), judge.eval(), dict(record.get("meta", {})))
+    return models.to(device or "cpu")
+
+
+def steering_targets(source: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """The target class of each source class: ``(source + shift) mod 10``.
+
+    A fixed rule rather than hand-picked pairs, so that easy and hard conversions (``1 -> 2``,
+    ``7 -> 8``, ...) are averaged alike.
+    """
+    shift = _check_int(shift, "shift", 1)
+    if shift % N_CLASSES == 0:
+        raise ValueError(f"shift must not be a multiple of {N_CLASSES}, got {shift}")
+    return (source + shift) % N_CLASSES
+
+
+@dataclass
+class GuidanceRun:
+    """One batch of guided (or unguided) samples and its per-image metrics.
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        ``(B, 64)`` generated token images (CPU).
+    source, target : torch.Tensor
+        ``(B,)`` class given to the prior and class the reward asks for.
+    per_image : dict of torch.Tensor
+        ``(B,)`` tensors: ``reward`` (``log p_reward(target | x)``), ``reward_hit`` (the reward
+        classifier's top class is the target), ``judge_hit`` (the judge's top class is the
+        target), ``judge_source`` (the judge still sees the source class), ``kl`` (KL of the
+        variational distributions to the prior, summed over each cell at its reveal step) and
+        ``nll_prior`` (minus the prior log-probability of the revealed tokens).
+    seconds : float
+        Wall time of the sampling.
+    """
+
+    tokens: torch.Tensor
+    source: torch.Tensor
+    target: torch.Tensor
+    per_image: dict[str, torch.Tensor]
+    seconds: float
+
+
+def guide_images(
+    models: ImageModels,
+    estimator: str,
+    *,
+    n_per_class: int,
+    n_inner: int,
+    lr: float = 0.1,
+    knobs: dict[str, Any] | None = None,
+    lam: float = 1.0,
+    reward_scale: float = 10.0,
+    n_unmask_steps: int = 16,
+    shift: int = 1,
+    seed: int = 0,
+) -> GuidanceRun:
+    """Generate ``n_per_class`` images of every class and steer them towards another class.
+
+    The prior is conditioned on the source class ``c``; the reward is
+    ``reward_scale * log p_reward(target | x)`` with ``target = (c + shift) mod 10``; guidance is
+    :func:`redge_mini.guidance.guided_sample` with ``maximize=True`` (so the inner loss is
+    ``-reward_scale * log p + lam * KL``). ``n_inner = 0`` gives the unguided baseline (greedy
+    decoding of the prior on the same unmasking schedule). Every image is independent of the others
+    (Adam acts elementwise and the loss is a sum over images), so standard errors over images are
+    valid.
+
+    Parameters
+    ----------
+    models : ImageModels
+        Prior, reward and judge, all on the same device.
+    estimator : str
+        Name in :data:`redge_mini.registry.ESTIMATORS`.
+    n_per_class : int
+        Images per source class (batch size ``10 * n_per_class``).
+    n_inner : int
+        Adam steps per unmasking step (the budget ``N``).
+    lr : float
+        Adam learning rate on the variational logits.
+    knobs : dict or None
+        The estimator's knobs.
+    lam : float
+        Weight of the KL to the prior.
+    reward_scale : float
+        Multiplier of the log-probability reward (the authors use ``100 * CLIP``).
+    n_unmask_steps : int
+        Unmasking steps ``T``.
+    shift : int
+        Target class offset, see :func:`steering_targets`.
+    seed : int
+        Seed of the sampling generator.
+
+    Returns
+    -------
+    GuidanceRun
+        The samples and per-image metrics.
+    """
+    if not isinstance(models, ImageModels):
+        raise TypeError(f"models must be an ImageModels, got {type(models).__name__}")
+    n_per_class = _check_int(n_per_class, "n_per_class", 1)
+    reward_scale = _check_positive(reward_scale, "reward_scale")
+    seed = _check_int(seed, "seed", 0)
+    dev = next(models.prior.parameters()).device
+    source = torch.arange(N_CLASSES, device=dev).repeat_interleave(n_per_class)
+    target = steering_targets(source, shift)
+    reward_model = models.reward
+
+    def objective(one_hot: torch.Tensor) -> torch.Tensor:
+        return reward_scale * class_log_prob(reward_model, one_hot, target)
+
+    generator = torch.Generator(device=dev)
+    generator.manual_seed(seed)
+    for model in (models.prior, models.reward, models.judge):
+        model.eval().requires_grad_(False)
+    start = time.perf_counter()
+    tokens, info = guided_sample(
+        models.prior, objective, estimator, n_unmask_steps=n_unmask_steps, n_inner=n_inner,
+        lam=lam, lr=lr, knobs=knobs, generator=generator, n=len(source), cond=source,
+        maximize=True,
+    )
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        one_hot = F.one_hot(tokens, N_LEVELS).float()
+        reward = class_log_prob(models.reward, one_hot, target)
+        reward_top = models.reward(one_hot).argmax(-1)
+        judge_top = models.judge(one_hot).argmax(-1)
+    per_image = {
+        "reward": reward.cpu(),
+        "reward_hit": (reward_top == target).float().cpu(),
+        "judge_hit": (judge_top == target).float().cpu(),
+        "judge_source": (judge_top == source).float().cpu(),
+        "kl": info["kl_revealed"].float().cpu(),
+        "nll_prior": info["nll_prior"].float().cpu(),
+    }
+    return GuidanceRun(tokens.cpu(), source.cpu(), target.cpu(), per_image, seconds)

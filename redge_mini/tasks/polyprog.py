@@ -68,7 +68,7 @@ def _check_power(p: object, name: str = "p") -> float:
 
 
 def objective(x: torch.Tensor, c: float, p: float | torch.Tensor) -> torch.Tensor:
-    """``(1/L) sum_l |x[..., l, 1] - c|^p`` for one-hot (or soft) samples ``x`` of shape ``(..., L, 2)``.
+    """``(1/L) sum_l |x[..., l, 1] - c|^p`` for one-hot (or soft) ``x`` of shape ``(..., L, 2)``.
 
     ``p`` is a number or a tensor broadcastable to ``x[..., 0, 1]`` (one exponent per problem).
     Differentiable in ``x``; returns shape ``x.shape[:-2]``.

@@ -38,6 +38,7 @@ __all__ = [
     "MeanFieldResult",
     "UNITS",
     "base_grid",
+    "cell_groups",
     "clamp_clues_",
     "draw_sudoku",
     "format_grid",
@@ -76,6 +77,14 @@ def _unit_matrix() -> torch.Tensor:
 
 #: Membership matrix ``(27, 81)``: rows 0-8, columns 9-17, boxes 18-26.
 UNITS: torch.Tensor = _unit_matrix()
+
+
+def cell_groups() -> list[list[int]]:
+    """Row, column and box index of every cell: 3 lists of 81 ids (for position embeddings)."""
+    rows = [cell // 9 for cell in range(81)]
+    cols = [cell % 9 for cell in range(81)]
+    boxes = [3 * (r // 3) + c // 3 for r, c in zip(rows, cols, strict=True)]
+    return [rows, cols, boxes]
 
 
 def base_grid() -> torch.Tensor:

@@ -1,0 +1,344 @@
+"""E3, Sudoku by mean-field optimisation: every estimator, knob and learning rate tuned, budgets.
+
+Usage::
+
+    python -m redge_mini.experiments.sudoku --scale full            # the protocol below
+    python -m redge_mini.experiments.sudoku --scale small --out /tmp/sudoku
+    python -m redge_mini.experiments.sudoku --smoke --out /tmp/sudoku   # seconds, end to end
+
+Protocol (full scale). Puzzles with ``n_blanks`` blank cells are generated offline
+(:func:`redge_mini.tasks.sudoku.make_puzzles`). For every estimator, every point of its grid
+(knob values x learning rates) runs :func:`redge_mini.tasks.sudoku.solve_mean_field` on one batch
+holding ``n_select`` *selection* puzzles and ``n_eval`` *evaluation* puzzles, each evaluation
+puzzle ``n_reps`` times (independent replicate runs with their own random draws). At every step
+budget the grid point with the fewest mean violations on the selection puzzles is chosen
+(ties: higher solve rate); the evaluation puzzles, which took no part in the choice, give the
+reported numbers: the violations of the hard sample drawn at that step and the solve rate (that
+sample has no violation), mean +- standard error over puzzles (replicates averaged first).
+
+One result file per estimator, ``<scale>_<estimator>.json``; a rerun skips estimators whose file
+exists (and refuses one written with another configuration), so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import runtime
+from ..registry import ESTIMATORS, label
+from ..tasks.sudoku import make_puzzles, solve_mean_field
+from . import (
+    Deadline,
+    add_common_arguments,
+    compact,
+    existing_result,
+    mean_se,
+    parse_estimators,
+    resolve_device,
+    verdict,
+)
+
+EXPERIMENT = "sudoku"
+ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
+REDGE_FAMILY = ("redge", "redge_cov", "reindge")
+
+_REDGE_GRID = [{"n_steps": 3, "t_1": t} for t in (0.5, 0.7, 0.9)]
+#: Knob grids per scale (the authors' Sudoku demo: ReDGE n_steps 3, t_1 0.9, lr 0.05).
+GRIDS: dict[str, dict[str, list[dict[str, float | int]]]] = {
+    "full": {
+        "st": [{}],
+        "gumbel": [{"tau": t} for t in (0.3, 0.5, 1.0)],
+        "reinmax": [{"tau": t} for t in (1.0, 1.5, 2.0)],
+        "redge": _REDGE_GRID,
+        "redge_cov": _REDGE_GRID,
+        "reindge": _REDGE_GRID,
+    },
+    "small": {
+        "st": [{}],
+        "gumbel": [{"tau": 0.5}],
+        "reinmax": [{"tau": 1.0}],
+        "redge": [{"n_steps": 3, "t_1": 0.9}],
+        "redge_cov": [{"n_steps": 3, "t_1": 0.9}],
+        "reindge": [{"n_steps": 3, "t_1": 0.9}],
+    },
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A scale of the experiment: puzzles, budgets, grids and the selection/evaluation split."""
+
+    scale: str
+    n_blanks: int
+    n_select: int
+    n_eval: int
+    n_reps: int
+    budgets: tuple[int, ...]
+    lrs: tuple[float, ...]
+    grids: dict[str, list[dict[str, float | int]]] = field(repr=False)
+    puzzle_seed: int = 2024
+
+    def __post_init__(self) -> None:
+        if min(self.n_select, self.n_eval, self.n_reps) < 1:
+            raise ValueError("n_select, n_eval and n_reps must be >= 1")
+        if not self.budgets or sorted(self.budgets) != list(self.budgets):
+            raise ValueError(f"budgets must be increasing, got {self.budgets}")
+        if not 0 <= self.n_blanks <= 81:
+            raise ValueError(f"n_blanks must lie in [0, 81], got {self.n_blanks}")
+
+    @property
+    def steps(self) -> int:
+        """Adam steps of every run (the largest budget)."""
+        return self.budgets[-1]
+
+    def as_config(self, estimator: str) -> dict[str, Any]:
+        """The JSON-able configuration of one estimator's result file."""
+        config = {k: v for k, v in asdict(self).items() if k != "grids"}
+        return json.loads(json.dumps({**config, "estimator": estimator,
+                                      "knob_values": self.grids[estimator]}))
+
+
+def protocol(scale: str, *, smoke: bool = False) -> Protocol:
+    """The protocol of ``scale`` (``"small"`` or ``"full"``); ``smoke`` shrinks it to seconds."""
+    if scale not in ("small", "full"):
+        raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
+    if scale == "full":
+        proto = Protocol("full", n_blanks=45, n_select=16, n_eval=64, n_reps=3,
+                         budgets=(100, 300, 1000), lrs=(0.03, 0.1, 0.3), grids=GRIDS["full"])
+    else:
+        proto = Protocol("small", n_blanks=45, n_select=4, n_eval=8, n_reps=3,
+                         budgets=(50, 150), lrs=(0.1, 0.3), grids=GRIDS["small"])
+    if smoke:
+        proto = replace(proto, scale=scale + "-smoke", n_select=2, n_eval=2, n_reps=2,
+                        budgets=(3, 6), lrs=proto.lrs[:2])
+    return proto
+
+
+def puzzles_for(proto: Protocol) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch of one run: selection puzzles, then each evaluation puzzle ``n_reps`` times.
+
+    Returns ``(batch, solutions, eval_index)``; ``eval_index[i]`` is the evaluation puzzle of
+    row ``n_select + i`` (the same puzzles for every estimator: a fixed CPU generator).
+    """
+    generator = torch.Generator().manual_seed(proto.puzzle_seed)
+    puzzles, solutions = make_puzzles(proto.n_select + proto.n_eval, proto.n_blanks,
+                                      generator=generator)
+    eval_index = torch.arange(proto.n_eval).repeat_interleave(proto.n_reps)
+    batch = torch.cat([puzzles[:proto.n_select], puzzles[proto.n_select:][eval_index]])
+    return batch, solutions, eval_index
+
+
+def _per_puzzle(values: torch.Tensor, eval_index: torch.Tensor, n_eval: int) -> list[float]:
+    """Average the replicate rows of each evaluation puzzle: ``(rows,) -> n_eval`` values."""
+    sums = torch.zeros(n_eval).index_add_(0, eval_index, values.float())
+    counts = torch.bincount(eval_index, minlength=n_eval).float()
+    return (sums / counts).tolist()
+
+
+def run_estimator(
+    estimator: str,
+    proto: Protocol,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Run one estimator over its grid; return the record stored in its result file."""
+    if estimator not in ESTIMATOR_NAMES:
+        raise ValueError(f"unknown estimator {estimator!r}; choose from {list(ESTIMATOR_NAMES)}")
+    dev = torch.device(device) if device is not None else runtime.device()
+    batch, _, eval_index = puzzles_for(proto)
+    generator = torch.Generator(device=dev).manual_seed(seed + ESTIMATOR_NAMES.index(estimator))
+    start = time.perf_counter()
+    result = solve_mean_field(batch.to(dev), estimator, steps=proto.steps, lr=list(proto.lrs),
+                              knobs=proto.grids[estimator], generator=generator,
+                              budgets=proto.budgets)
+    wall = time.perf_counter() - start
+    sel = slice(0, proto.n_select)
+    ev = slice(proto.n_select, None)
+    per_config = []
+    for c, config in enumerate(result.configs):
+        entry: dict[str, Any] = {"knobs": config["knobs"], "lr": config["lr"], "budgets": {}}
+        for b, budget in enumerate(proto.budgets):
+            viol = result.violations[c, b]
+            solved = (viol == 0).float()
+            within = result.solved_within(budget)[c].float()
+            v_mean, v_se = mean_se(_per_puzzle(viol[ev], eval_index, proto.n_eval))
+            s_mean, s_se = mean_se(_per_puzzle(solved[ev], eval_index, proto.n_eval))
+            w_mean, _ = mean_se(_per_puzzle(within[ev], eval_index, proto.n_eval))
+            entry["budgets"][str(budget)] = {
+                "select_violations": viol[sel].float().mean().item(),
+                "select_solve": solved[sel].mean().item(),
+                "violations": v_mean, "violations_se": v_se,
+                "solve": s_mean, "solve_se": s_se, "solved_within": w_mean,
+            }
+        per_config.append(entry)
+    every = max(1, proto.steps // 200)
+    trace_steps = list(range(every, proto.steps + 1, every))
+    # examples from the best grid point at the largest budget (by selection violations)
+    best = min(range(len(result.configs)), key=lambda c: (
+        per_config[c]["budgets"][str(proto.steps)]["select_violations"],
+        -per_config[c]["budgets"][str(proto.steps)]["select_solve"]))
+    final_viol = result.violations[best, -1, ev]
+    rows = batch[ev]
+    examples = {}
+    for kind, mask in (("solved", final_viol == 0), ("failed", final_viol > 0)):
+        hits = mask.nonzero().flatten()
+        if len(hits):
+            i = int(hits[0])
+            examples[kind] = {"puzzle": rows[i].tolist(),
+                              "grid": result.final_grids[best, proto.n_select + i].tolist(),
+                              "violations": int(final_viol[i])}
+    data = {
+        "estimator": estimator,
+        "configs": per_config,
+        "trace_steps": trace_steps,
+        "trace_eval_violations": result.mean_violations[:, every - 1::every],
+        "examples": examples,
+        "examples_config": best,
+        "clue_mismatches": result.extra["clue_mismatches"],
+        "wall_seconds": wall,
+        "seconds_per_step_per_config": wall / proto.steps / len(result.configs),
+        "device": str(dev),
+    }
+    return {"experiment": EXPERIMENT, "name": f"{proto.scale}_{estimator}",
+            "config": proto.as_config(estimator), "seed": seed,
+            "metadata": runtime.run_metadata(), "data": compact(data)}
+
+
+def run(
+    proto: Protocol,
+    estimators: list[str] | None = None,
+    *,
+    out: Path | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    max_minutes: float | None = None,
+    save: bool = True,
+) -> list[dict[str, Any]]:
+    """Run (or resume) the experiment; return the records of the estimators run now or found."""
+    estimators = list(ESTIMATOR_NAMES) if estimators is None else estimators
+    folder = Path(out) if out is not None else runtime.results_dir(EXPERIMENT)
+    deadline = Deadline(max_minutes)
+    records = []
+    for estimator in estimators:
+        name = f"{proto.scale}_{estimator}"
+        if save and existing_result(folder, name, proto.as_config(estimator)):
+            records.append(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")))
+            continue
+        if deadline.expired():
+            print(f"sudoku: --max-minutes reached, {estimator} not run (rerun to resume)",
+                  file=sys.stderr)
+            continue
+        record = run_estimator(estimator, proto, seed=seed, device=device)
+        if save:
+            runtime.save_results(EXPERIMENT, name, record["data"], config=record["config"],
+                                 seed=seed, root=folder)
+        records.append(record)
+    return records
+
+
+def knob_text(knobs: dict[str, float | int], lr: float | None = None) -> str:
+    """Short display of a grid point, e.g. ``n=3, t₁=0.9, lr=0.1``."""
+    symbols = {"tau": "τ", "t_1": "t₁", "n_steps": "n"}
+    parts = [f"{symbols.get(k, k)}={v:g}" for k, v in knobs.items()]
+    if lr is not None:
+        parts.append(f"lr={lr:g}")
+    return ", ".join(parts) or "—"
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tables and verdicts from result records (stored or freshly computed).
+
+    Returns a dict with ``rows`` (one per ``(budget, estimator)``: the chosen grid point and its
+    evaluation numbers), ``best`` (per budget: the estimator with the fewest mean violations and
+    the one with the highest solve rate), ``verdicts`` (per budget and ReDGE-family member:
+    against the best estimator outside the family, on violations), ``budgets``, ``estimators``
+    and ``scale``.
+    """
+    if not records:
+        raise ValueError("records is empty: nothing to summarise")
+    scales = {r["config"]["scale"] for r in records}
+    if len(scales) != 1:
+        raise ValueError(f"records mix scales {sorted(scales)}; summarise one scale at a time")
+    budgets = records[0]["config"]["budgets"]
+    rows = []
+    for record in records:
+        data = record["data"]
+        for budget in budgets:
+            key = str(budget)
+            c = min(range(len(data["configs"])), key=lambda i, key=key: (
+                data["configs"][i]["budgets"][key]["select_violations"],
+                -data["configs"][i]["budgets"][key]["select_solve"]))
+            chosen = data["configs"][c]
+            numbers = chosen["budgets"][key]
+            rows.append({
+                "budget": budget, "estimator": data["estimator"],
+                "label": label(data["estimator"]), "config_index": c,
+                "knobs": chosen["knobs"], "lr": chosen["lr"],
+                "setting": knob_text(chosen["knobs"], chosen["lr"]),
+                **{k: numbers[k] for k in ("violations", "violations_se", "solve", "solve_se",
+                                           "solved_within")},
+                "seconds_per_step": data["seconds_per_step_per_config"],
+            })
+    best, verdicts = {}, {}
+    for budget in budgets:
+        at = [r for r in rows if r["budget"] == budget]
+        by_viol = min(at, key=lambda r: r["violations"])
+        by_solve = max(at, key=lambda r: r["solve"])
+        best[budget] = {"violations": by_viol, "solve": by_solve}
+        others = [r for r in at if r["estimator"] not in REDGE_FAMILY]
+        if not others:
+            continue
+        rival = min(others, key=lambda r: r["violations"])
+        for r in at:
+            if r["estimator"] in REDGE_FAMILY:
+                verdicts[(budget, r["estimator"])] = {
+                    "verdict": verdict(r["violations"], r["violations_se"], rival["violations"],
+                                       rival["violations_se"]),
+                    "rival": rival["estimator"], "mean": r["violations"],
+                    "rival_mean": rival["violations"],
+                }
+    return {"rows": rows, "best": best, "verdicts": verdicts, "budgets": budgets,
+            "estimators": [r["data"]["estimator"] for r in records],
+            "scale": records[0]["config"]["scale"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m redge_mini.experiments.sudoku",
+                                     description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        scale = args.scale or runtime.scale()
+        proto = protocol(scale, smoke=args.smoke)
+        estimators = parse_estimators(args.estimators, ESTIMATOR_NAMES)
+        device = resolve_device(args.device)
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        Deadline(args.max_minutes)
+    except ValueError as error:
+        parser.error(str(error))
+    folder = args.out if args.out is not None else runtime.results_dir(EXPERIMENT)
+    start = time.perf_counter()
+    records = run(proto, estimators, out=folder, seed=args.seed, device=device,
+                  max_minutes=args.max_minutes)
+    for row in summarise(records)["rows"] if records else []:
+        print(f"budget {row['budget']:<5} {row['label']:<15} {row['setting']:<24} "
+              f"violations {row['violations']:6.2f} ± {row['violations_se']:.2f}  "
+              f"solved {row['solve']:.2f}")
+    print(f"sudoku ({proto.scale}, {device}): {len(records)}/{len(estimators)} estimators in "
+          f"{folder}, {time.perf_counter() - start:.1f} s")
+    return 0 if len(records) == len(estimators) else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,608 @@
+"""Discrete variational auto-encoder: the ReDGE paper's latent-variable experiment.
+
+Model (the authors' architecture): ``L`` categorical latents with ``K`` classes each, a uniform
+prior ``p(z)``, an MLP encoder ``784 -> 512 -> 256 -> L*K`` giving the logits of
+``q(z | x) = prod_l Cat(softmax(logits_l))``, an MLP decoder ``L*K -> 256 -> 512 -> 784`` giving
+Bernoulli logits of ``p(x | z)``, LeakyReLU activations. The training loss is the single-sample
+negative ELBO
+
+``-ELBO(x) = -log p(x | z) + KL(q(z | x) || p(z))``,  ``z`` drawn by a gradient estimator,
+
+with the KL term in closed form. Evaluation goes further than the authors: the negative ELBO with
+an exact categorical sample (which exposes a biased forward sample), the importance-weighted bound
+``log p(x) >= E[log (1/S) sum_s p(x, z_s) / q(z_s | x)]`` (:func:`importance_weighted_bound`) and,
+when ``K^L`` is small, the exact ``log p(x)`` by enumerating every latent configuration
+(:func:`exact_log_likelihood`).
+
+**Ensembles.** :class:`EnsembleVAE` holds ``R`` independent VAEs as stacked weight tensors
+(batched matrix products); :func:`train` trains them side by side, each with its own estimator,
+knob values, initialisation and mini-batch order. Adam acts elementwise and the loss is a sum of
+per-model losses, so every model follows exactly the trajectory it would follow alone, while a GPU
+runs all of them for little more than the price of one. The whole data set is a tensor on the
+device; mini-batches are index gathers, no ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..registry import check_knobs, make_estimator
+from ..score_function import sample_onehot
+
+__all__ = [
+    "EnsembleLinear",
+    "EnsembleVAE",
+    "Member",
+    "VAEConfig",
+    "enumerate_latents",
+    "evaluate",
+    "exact_log_likelihood",
+    "importance_weighted_bound",
+    "kl_to_uniform",
+    "negative_elbo",
+    "prior_samples",
+    "reconstruct",
+    "time_training_steps",
+    "train",
+]
+
+
+def _positive_int(name: str, value: object, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture and optimiser of the discrete VAE.
+
+    Attributes:
+        n_latent: number ``L`` of categorical latents.
+        n_classes: classes ``K`` per latent (2: binary latents, one-hot as the authors do).
+        n_pixels: data dimension (784 for 28 x 28 images).
+        hidden: widths of the encoder's hidden layers; the decoder mirrors them.
+        negative_slope: slope of the LeakyReLU for negative inputs.
+        lr: Adam learning rate.
+        batch_size: mini-batch size.
+        n_epochs: passes over the training set.
+        eval_every: epochs between two evaluations recorded in the history (and at the end).
+    """
+
+    n_latent: int = 48
+    n_classes: int = 2
+    n_pixels: int = 784
+    hidden: tuple[int, ...] = (512, 256)
+    negative_slope: float = 0.01
+    lr: float = 5e-4
+    batch_size: int = 200
+    n_epochs: int = 200
+    eval_every: int = 10
+
+    def __post_init__(self) -> None:
+        _positive_int("n_latent", self.n_latent)
+        _positive_int("n_classes", self.n_classes, 2)
+        _positive_int("n_pixels", self.n_pixels)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("n_epochs", self.n_epochs)
+        _positive_int("eval_every", self.eval_every)
+        if not isinstance(self.hidden, tuple) or not self.hidden:
+            raise TypeError("hidden must be a non-empty tuple of ints")
+        for width in self.hidden:
+            _positive_int("hidden", width)
+        for name in ("negative_slope", "lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
+                value
+            ):
+                raise TypeError(f"{name} must be a finite number, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.negative_slope < 1:
+            raise ValueError(f"negative_slope must lie in [0, 1), got {self.negative_slope}")
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """``(L, K)``."""
+        return (self.n_latent, self.n_classes)
+
+    @property
+    def n_configurations(self) -> int:
+        """``K^L``, the number of latent configurations."""
+        return self.n_classes**self.n_latent
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of an ensemble: the estimator that trains it, its knobs and a replicate label."""
+
+    estimator: str
+    knobs: dict[str, float | int] = field(default_factory=dict)
+    replicate: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "knobs", check_knobs(self.estimator, **self.knobs))
+        _positive_int("replicate", self.replicate, 0)
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, float | int], ...]]:
+        """``(estimator, sorted knobs)``: members with the same key share one estimator call."""
+        return (self.estimator, tuple(sorted(self.knobs.items())))
+
+
+def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator | None,
+             device: torch.device | None) -> torch.Tensor:
+    out = torch.empty(shape, device=device)
+    return out.uniform_(-bound, bound, generator=generator)
+
+
+class EnsembleLinear(nn.Module):
+    """``R`` independent affine maps ``x_r W_r + b_r`` applied by one batched product.
+
+    Initialised like :class:`torch.nn.Linear`: weights and biases uniform in
+    ``(-1/sqrt(d_in), 1/sqrt(d_in))``.
+    """
+
+    def __init__(self, n_models: int, d_in: int, d_out: int, *,
+                 generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        n_models = _positive_int("n_models", n_models)
+        bound = 1.0 / math.sqrt(_positive_int("d_in", d_in))
+        device = None if device is None else torch.device(device)
+        self.weight = nn.Parameter(_uniform((n_models, d_in, d_out), bound, generator, device))
+        self.bias = nn.Parameter(_uniform((n_models, 1, d_out), bound, generator, device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(R, B, d_in)`` -> ``(R, B, d_out)``."""
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleVAE(nn.Module):
+    """``R`` independent discrete VAEs with the authors' MLP encoder and decoder.
+
+    Args:
+        n_models: ``R``.
+        config: architecture (:class:`VAEConfig`).
+        generator: source of the initial weights (a generator on ``device``).
+        device: where the weights live.
+    """
+
+    def __init__(self, n_models: int, config: VAEConfig, *,
+                 generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, VAEConfig):
+            raise TypeError(f"config must be a VAEConfig, got {type(config).__name__}")
+        self.config = config
+        self.n_models = _positive_int("n_models", n_models)
+        latent = config.n_latent * config.n_classes
+        enc = (config.n_pixels, *config.hidden, latent)
+        dec = (latent, *reversed(config.hidden), config.n_pixels)
+
+        def stack(widths: tuple[int, ...]) -> nn.ModuleList:
+            return nn.ModuleList(
+                EnsembleLinear(n_models, a, b, generator=generator, device=device)
+                for a, b in zip(widths[:-1], widths[1:], strict=True)
+            )
+
+        self.encoder = stack(enc)
+        self.decoder = stack(dec)
+
+    def _mlp(self, layers: nn.ModuleList, h: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(layers):
+            h = layer(h)
+            if i < len(layers) - 1:
+                h = F.leaky_relu(h, self.config.negative_slope)
+        return h
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(R, B, n_pixels)`` (or ``(B, n_pixels)``, shared) -> logits ``(R, B, L, K)``."""
+        if x.dim() == 2:
+            x = x.expand(self.n_models, *x.shape)
+        out = self._mlp(self.encoder, x)
+        return out.view(*out.shape[:-1], *self.config.latent_shape)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """One-hot (or soft) latents ``(R, B, L, K)`` -> Bernoulli logits ``(R, B, n_pixels)``."""
+        return self._mlp(self.decoder, z.flatten(start_dim=-2))
+
+
+def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """``KL(q || Uniform)`` summed over the latents: ``sum_l sum_k q log q + L log K``.
+
+    ``logits``: ``(..., L, K)``; returns ``(...)``.
+    """
+    log_q = torch.log_softmax(logits, dim=-1)
+    n_latent, n_classes = logits.shape[-2:]
+    return (log_q.exp() * log_q).sum(dim=(-2, -1)) + n_latent * math.log(n_classes)
+
+
+def log_likelihood(pixel_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x | z) = sum_d [x_d l_d - softplus(l_d)]`` (Bernoulli with logits ``l``)."""
+    return (x * pixel_logits - F.softplus(pixel_logits)).sum(dim=-1)
+
+
+def negative_elbo(model: EnsembleVAE, x: torch.Tensor, z: torch.Tensor,
+                  logits: torch.Tensor) -> torch.Tensor:
+    """Single-sample ``-ELBO`` per model and datum, ``(R, B)``: ``-log p(x|z) + KL(q || p)``."""
+    return -log_likelihood(model.decode(z), x) + kl_to_uniform(logits)
+
+
+def _groups(members: Sequence[Member]) -> list[tuple[int, int, Callable[..., torch.Tensor]]]:
+    """Consecutive members with the same estimator and knobs: ``(start, stop, sampler)``."""
+    out: list[tuple[int, int, Callable[..., torch.Tensor]]] = []
+    start = 0
+    for i in range(1, len(members) + 1):
+        if i == len(members) or members[i].key != members[start].key:
+            m = members[start]
+            out.append((start, i, make_estimator(m.estimator, **m.knobs)))
+            start = i
+    return out
+
+
+def sample_latents(logits: torch.Tensor, members: Sequence[Member],
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each model's latent sample drawn by its own estimator: ``(R, B, L, K)`` one-hot."""
+    if logits.shape[0] != len(members):
+        raise ValueError(f"logits has {logits.shape[0]} models but members has {len(members)}")
+    return _sample_groups(logits, _groups(members), generator)
+
+
+def _sample_groups(logits: torch.Tensor,
+                   groups: list[tuple[int, int, Callable[..., torch.Tensor]]],
+                   generator: torch.Generator | None) -> torch.Tensor:
+    parts = [sampler(logits[a:b], generator=generator) for a, b, sampler in groups]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def exact_sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """An exact draw from ``q = Cat(softmax(logits))``, one-hot and without gradient."""
+    return sample_onehot(logits.detach(), 1, generator=generator)[0]
+
+
+@dataclass
+class History:
+    """What :func:`train` records (tensors on the CPU).
+
+    Attributes:
+        epochs: ``(E,)`` epochs (1-based) of ``train_loss``.
+        train_loss: ``(R, E)`` mean training loss of each epoch (estimator's own sample).
+        eval_epochs: ``(T,)`` epochs at which the evaluations below were made.
+        train_neg_elbo_exact: ``(R, T)`` ``-ELBO`` on the ``monitor`` subset of the training set,
+            with exact samples.
+        valid_neg_elbo: ``(R, T)`` ``-ELBO`` on the validation set with exact samples (empty if
+            no validation set was given).
+        seconds: wall time of the training loop.
+    """
+
+    epochs: torch.Tensor
+    train_loss: torch.Tensor
+    eval_epochs: torch.Tensor
+    train_neg_elbo_exact: torch.Tensor
+    valid_neg_elbo: torch.Tensor
+    seconds: float
+
+
+@torch.no_grad()
+def mean_negative_elbo(
+    model: EnsembleVAE,
+    x: torch.Tensor,
+    *,
+    members: Sequence[Member] | None = None,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    chunk: int = 1000,
+) -> torch.Tensor:
+    """Average single-sample ``-ELBO`` over ``x`` (``(N, D)``, shared by the models): ``(R,)``.
+
+    ``members=None`` draws exact samples from ``q``; otherwise each model's own estimator draws
+    (its forward value, which for the ReDGE family is ``Cat(S)`` rather than ``q``).
+    """
+    n_samples = _positive_int("n_samples", n_samples)
+    total = torch.zeros(model.n_models, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start:start + chunk]
+        logits = model.encode(xb)
+        for _ in range(n_samples):
+            z = (exact_sample(logits, generator) if members is None
+                 else sample_latents(logits, members, generator))
+            total += negative_elbo(model, xb, z, logits).sum(dim=1)
+    return total / (x.shape[0] * n_samples)
+
+
+def train(
+    model: EnsembleVAE,
+    members: Sequence[Member],
+    x_train: torch.Tensor,
+    *,
+    x_valid: torch.Tensor | None = None,
+    n_epochs: int | None = None,
+    generator: torch.Generator | None = None,
+    monitor: int = 1000,
+    progress: bool = False,
+) -> History:
+    """Train every model of ``model`` with its member's estimator; return the :class:`History`.
+
+    Each model draws its own random permutation of ``x_train`` every epoch (the last incomplete
+    batch is dropped), its latent sample from its estimator, and takes one Adam step on its mean
+    single-sample ``-ELBO``. Every ``config.eval_every`` epochs (and after the last) the
+    exact-sample ``-ELBO`` on ``x_valid`` and on the first ``monitor`` training images is
+    recorded.
+
+    Args:
+        model: the ensemble (trained in place).
+        members: one :class:`Member` per model, in order.
+        x_train: ``(N, n_pixels)`` tensor on the model's device.
+        x_valid: optional validation images.
+        n_epochs: overrides ``model.config.n_epochs``.
+        generator: source of every random draw (permutations, samples), on the model's device.
+        monitor: number of training images in the recorded exact-sample ``-ELBO``.
+        progress: show a ``tqdm`` progress bar over epochs.
+    """
+    config = model.config
+    if len(members) != model.n_models:
+        raise ValueError(f"members has {len(members)} entries for {model.n_models} models")
+    if not all(isinstance(m, Member) for m in members):
+        raise TypeError("members must be a sequence of Member")
+    if x_train.dim() != 2 or x_train.shape[1] != config.n_pixels:
+        raise ValueError(f"x_train must have shape (N, {config.n_pixels}), got "
+                         f"{tuple(x_train.shape)}")
+    n_epochs = config.n_epochs if n_epochs is None else _positive_int("n_epochs", n_epochs)
+    n_models, n_data, batch = model.n_models, x_train.shape[0], config.batch_size
+    n_batches = n_data // batch
+    if n_batches < 1:
+        raise ValueError(f"batch_size={batch} exceeds the {n_data} training images")
+    device = x_train.device
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    groups = _groups(members)
+    losses, evals = [], []
+    eval_epochs: list[int] = []
+    start = time.perf_counter()
+    for epoch in tqdm(range(1, n_epochs + 1), disable=not progress, desc="VAE", leave=False):
+        order = torch.rand(n_models, n_data, device=device, generator=generator).argsort(dim=1)
+        epoch_loss = torch.zeros(n_models, device=device)
+        for b in range(n_batches):
+            index = order[:, b * batch:(b + 1) * batch]
+            xb = x_train[index]                                   # (R, B, D)
+            logits = model.encode(xb)
+            z = _sample_groups(logits, groups, generator)
+            loss = negative_elbo(model, xb, z, logits).mean(dim=1)  # (R,)
+            optimiser.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimiser.step()
+            epoch_loss += loss.detach()
+        losses.append(epoch_loss / n_batches)
+        if epoch % config.eval_every == 0 or epoch == n_epochs:
+            eval_epochs.append(epoch)
+            row = [mean_negative_elbo(model, x_train[:monitor], generator=generator)]
+            if x_valid is not None:
+                row.append(mean_negative_elbo(model, x_valid, generator=generator))
+            evals.append(torch.stack(row))
+    seconds = time.perf_counter() - start
+    stacked = torch.stack(evals, dim=-1).cpu()                    # (1 or 2, R, T)
+    return History(
+        epochs=torch.arange(1, n_epochs + 1),
+        train_loss=torch.stack(losses, dim=-1).cpu(),
+        eval_epochs=torch.tensor(eval_epochs),
+        train_neg_elbo_exact=stacked[0],
+        valid_neg_elbo=stacked[1] if x_valid is not None else torch.empty(n_models, 0),
+        seconds=seconds,
+    )
+
+
+@torch.no_grad()
+def importance_weighted_bound(
+    model: EnsembleVAE,
+    x: torch.Tensor,
+    n_samples: int,
+    *,
+    generator: torch.Generator | None = None,
+    max_rows: int = 200_000,
+) -> torch.Tensor:
+    """The importance-weighted lower bound on ``log p(x)``, per model and datum: ``(R, N)``.
+
+    ``log (1/S) sum_s p(x | z_s) p(z_s) / q(z_s | x)`` with ``z_s ~ q(z | x)`` exact draws. It
+    equals the ELBO for ``S = 1``, increases with ``S`` in expectation and tends to ``log p(x)``.
+    Samples are processed in chunks of at most ``max_rows`` decoder evaluations.
+    """
+    n_samples = _positive_int("n_samples", n_samples)
+    config = model.config
+    log_prior = -config.n_latent * math.log(config.n_classes)
+    n_models, n_data = model.n_models, x.shape[0]
+    out = torch.empty(n_models, n_data, device=x.device)
+    data_chunk = max(1, min(n_data, max_rows // max(1, n_models)))
+    for d0 in range(0, n_data, data_chunk):
+        xb = x[d0:d0 + data_chunk]
+        logits = model.encode(xb)                                 # (R, b, L, K)
+        log_q = torch.log_softmax(logits, dim=-1)
+        b = xb.shape[0]
+        per_chunk = max(1, max_rows // (n_models * b))
+        acc = torch.full((n_models, b), -math.inf, device=x.device)
+        done = 0
+        while done < n_samples:
+            s = min(per_chunk, n_samples - done)
+            z = sample_onehot(logits, s, generator=generator)     # (s, R, b, L, K)
+            log_qz = (z * log_q).sum(dim=(-2, -1))                # (s, R, b)
+            z_flat = z.transpose(0, 1).reshape(n_models, s * b, *config.latent_shape)
+            log_px = log_likelihood(model.decode(z_flat).view(n_models, s, b, -1), xb)
+            log_w = log_px + log_prior - log_qz.transpose(0, 1)   # (R, s, b)
+            acc = torch.logaddexp(acc, torch.logsumexp(log_w, dim=1))
+            done += s
+        out[:, d0:d0 + b] = acc - math.log(n_samples)
+    return out
+
+
+def enumerate_latents(n_latent: int, n_classes: int, *, device: torch.device | str | None = None,
+                      start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """One-hot codes of the configurations ``start..stop-1`` of ``K^L`` (base-``K`` digits).
+
+    Returns ``(M, L, K)``; configuration ``m`` has class ``(m // K^l) % K`` at latent ``l``.
+    """
+    total = n_classes**n_latent
+    stop = total if stop is None else min(stop, total)
+    index = torch.arange(start, stop, device=device)
+    powers = n_classes ** torch.arange(n_latent, device=device)
+    digits = (index[:, None] // powers) % n_classes
+    return F.one_hot(digits, n_classes).float()
+
+
+@torch.no_grad()
+def exact_log_likelihood(
+    model: EnsembleVAE,
+    x: torch.Tensor,
+    *,
+    max_configurations: int = 2**16,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """``log p(x) = log sum_z p(z) p(x | z)`` by enumerating all ``K^L`` latents: ``(R, N)``.
+
+    The decoder runs once per configuration (independently of ``x``); ``log p(x | z)`` for all
+    pairs is then one matrix product. Refuses ``K^L > max_configurations``.
+    """
+    config = model.config
+    total = config.n_configurations
+    if total > max_configurations:
+        raise ValueError(
+            f"K^L = {config.n_classes}^{config.n_latent} = {total} latent configurations exceed "
+            f"max_configurations={max_configurations}; exact enumeration is only for small latents"
+        )
+    log_prior = -config.n_latent * math.log(config.n_classes)
+    acc = torch.full((model.n_models, x.shape[0]), -math.inf, device=x.device)
+    for start in range(0, total, chunk):
+        z = enumerate_latents(config.n_latent, config.n_classes, device=x.device, start=start,
+                              stop=start + chunk)
+        pixel_logits = model.decode(z.expand(model.n_models, *z.shape))    # (R, M, D)
+        log_px = x @ pixel_logits.transpose(1, 2) - F.softplus(pixel_logits).sum(-1)[:, None, :]
+        acc = torch.logaddexp(acc, torch.logsumexp(log_px, dim=-1))
+    return acc + log_prior
+
+
+@torch.no_grad()
+def reconstruct(model: EnsembleVAE, x: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pixel probabilities ``p(x | z)`` for ``z ~ q(z | x)`` (exact draw): ``(R, N, D)``."""
+    logits = model.encode(x)
+    return torch.sigmoid(model.decode(exact_sample(logits, generator)))
+
+
+@torch.no_grad()
+def prior_samples(model: EnsembleVAE, n: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pixel probabilities ``p(x | z)`` for ``z`` from the uniform prior: ``(R, n, D)``.
+
+    The same prior draws are decoded by every model, so their outputs can be compared.
+    """
+    n = _positive_int("n", n)
+    config = model.config
+    device = next(model.parameters()).device
+    logits = torch.zeros(n, *config.latent_shape, device=device)
+    z = sample_onehot(logits, 1, generator=generator)[0]
+    return torch.sigmoid(model.decode(z.expand(model.n_models, *z.shape)))
+
+
+@torch.no_grad()
+def evaluate(
+    model: EnsembleVAE,
+    members: Sequence[Member],
+    *,
+    x_train: torch.Tensor,
+    x_test: torch.Tensor,
+    x_valid: torch.Tensor | None = None,
+    iw_samples: int = 1000,
+    n_elbo_samples: int = 1,
+    generator: torch.Generator | None = None,
+    max_configurations: int = 2**16,
+) -> dict[str, torch.Tensor]:
+    """Every metric of the chapter, per model (``(R,)`` tensors on the CPU, nats per image).
+
+    Keys: ``train_neg_elbo_own`` (training set, each estimator's own forward sample),
+    ``train_neg_elbo_exact`` (training set, exact samples from ``q``), ``valid_neg_elbo``,
+    ``test_neg_elbo`` (exact samples), ``test_iw_nll`` (minus the importance-weighted bound with
+    ``iw_samples`` samples: an upper bound on the test negative log-likelihood) and, when
+    ``K^L <= max_configurations``, ``test_exact_nll`` (by enumeration).
+    """
+    out = {
+        "train_neg_elbo_own": mean_negative_elbo(model, x_train, members=members,
+                                                 n_samples=n_elbo_samples, generator=generator),
+        "train_neg_elbo_exact": mean_negative_elbo(model, x_train, n_samples=n_elbo_samples,
+                                                   generator=generator),
+        "test_neg_elbo": mean_negative_elbo(model, x_test, n_samples=n_elbo_samples,
+                                            generator=generator),
+        "test_iw_nll": -importance_weighted_bound(model, x_test, iw_samples,
+                                                  generator=generator).mean(dim=1),
+    }
+    if x_valid is not None:
+        out["valid_neg_elbo"] = mean_negative_elbo(model, x_valid, n_samples=n_elbo_samples,
+                                                   generator=generator)
+    if model.config.n_configurations <= max_configurations:
+        out["test_exact_nll"] = -exact_log_likelihood(
+            model, x_test, max_configurations=max_configurations).mean(dim=1)
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def time_training_steps(
+    estimators: Sequence[tuple[str, dict[str, float | int]]],
+    x_train: torch.Tensor,
+    config: VAEConfig,
+    *,
+    n_steps: int = 20,
+    n_warmup: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Median wall time (seconds) of one training step of a single VAE, per estimator.
+
+    All estimators are timed in the same process, interleaved step by step (round robin) so that
+    a slow phase of the machine affects them alike; CUDA work is synchronised before each clock
+    reading. A step is: forward of encoder, latent sample, decoder, loss, backward, Adam update.
+    """
+    n_steps = _positive_int("n_steps", n_steps)
+    n_warmup = _positive_int("n_warmup", n_warmup, 0)
+    device = x_train.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batch = config.batch_size
+    if x_train.shape[0] < batch:
+        raise ValueError(f"x_train has {x_train.shape[0]} images, fewer than batch_size={batch}")
+    setups = []
+    for name, knobs in estimators:
+        member = Member(name, knobs)
+        model = EnsembleVAE(1, config, generator=generator, device=device)
+        setups.append((name, model, torch.optim.Adam(model.parameters(), lr=config.lr),
+                       _groups([member])))
+    names = [name for name, *_ in setups]
+    if len(set(names)) != len(names):
+        raise ValueError(f"estimators lists a name twice: {names}")
+    times: dict[str, list[float]] = {name: [] for name in names}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for step in range(n_warmup + n_steps):
+        index = torch.randint(0, x_train.shape[0], (1, batch), device=device,
+                              generator=generator)
+        xb = x_train[index]
+        for name, model, optimiser, groups in setups:
+            sync()
+            tic = time.perf_counter()
+            logits = model.encode(xb)
+            z = groups[0][2](logits, generator=generator)
+            loss = negative_elbo(model, xb, z, logits).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            sync()
+            if step >= n_warmup:
+                times[name].append(time.perf_counter() - tic)
+    return {name: float(torch.tensor(t).median()) for name, t in times.items()}
