@@ -126,9 +126,11 @@ class DDIMResult(NamedTuple):
     denoised: tuple[torch.Tensor, ...] | None
 
 
-def reference_moments(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_moments(
+    logits: torch.Tensor, dim: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``probs`` and floored variance ``max(probs (1 - probs), 0.1)`` of ReDGE-cov's noise."""
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=dim)
     var = (probs * (1.0 - probs)).clamp(min=MIN_VARIANCE)
     return probs, var
 
@@ -141,6 +143,7 @@ def ddim_sample(
     t_1: float,
     variant: Literal["plain", "cov"] = "plain",
     trajectory: bool = False,
+    dim: int = -1,
 ) -> DDIMResult:
     """Run the deterministic DDIM sampler of ``Cat(softmax(logits))`` from ``noise`` to ``t_1``.
 
@@ -152,6 +155,7 @@ def ddim_sample(
         t_1: stopping time in ``(0, 1]``.
         variant: ``"plain"`` (ReDGE) or ``"cov"`` (ReDGE-cov, moment-matched reference noise).
         trajectory: also return every intermediate state and denoiser output.
+        dim: the dimension that holds the categories (default: the last).
 
     Returns:
         A :class:`DDIMResult`.
@@ -168,7 +172,7 @@ def ddim_sample(
             return posterior_logits(x, logits, alphas[j], sigmas[j])
 
     elif variant == "cov":
-        probs, var = reference_moments(logits)
+        probs, var = reference_moments(logits, dim)
         x = probs + var.sqrt() * noise
 
         def log_weights_at(x: torch.Tensor, j: int) -> torch.Tensor:
@@ -180,13 +184,13 @@ def ddim_sample(
     states: list[torch.Tensor] = []
     denoised: list[torch.Tensor] = []
     for j in range(n_steps - 1, 1, -1):
-        x0_hat = torch.softmax(log_weights_at(x, j), dim=-1)
+        x0_hat = torch.softmax(log_weights_at(x, j), dim=dim)
         if trajectory:
             states.append(x)
             denoised.append(x0_hat)
         x = ddim_step(x, x0_hat, alphas[j - 1], sigmas[j - 1], alphas[j], sigmas[j])
     log_weights = log_weights_at(x, 1)
-    soft = torch.softmax(log_weights, dim=-1)
+    soft = torch.softmax(log_weights, dim=dim)
     if trajectory:
         states.append(x)
         denoised.append(soft)
@@ -199,37 +203,66 @@ def ddim_sample(
     )
 
 
-class _SamplerAdjoint(torch.autograd.Function):
-    """The plain sampler's soft sample with a hand-derived backward pass (the adjoint).
+SMALL_K = 16
+"""Up to this many categories (and from ``LARGE_NUMEL`` elements) the fused sampler puts the
+categories first in memory: torch's CPU softmax and sums over a short last dimension are an order
+of magnitude slower than over the first."""
 
-    The forward pass is :func:`ddim_sample` run without autograd; the backward pass walks the
-    trajectory back from ``t_1``. With ``w_j = logits + c_j x_j`` (``c_j = alpha_j / sigma_j^2``),
-    ``D_j = softmax(w_j)`` and ``x_{j-1} = r_j x_j + b_j D_j`` (``r_j = sigma_{j-1} / sigma_j``,
-    ``b_j = alpha_{j-1} - r_j alpha_j``), the vector-Jacobian products are
-    ``g_w = J(D_j)^T g_D``, ``g_logits += g_w`` and ``g_{x_j} = r_j g_{x_{j-1}} + c_j g_w``. Only
-    the denoiser outputs are stored, so autograd records one node instead of four per step.
+LARGE_NUMEL = 4096
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """One-hot draw from ``Cat(probs)`` by inversion, one uniform number per variable.
+
+    ``uniform`` has the shape of ``probs`` with size 1 along ``dim`` and values in ``[0, 1)``. The
+    category is the first ``k`` whose cumulative sum reaches ``(1 - u)`` times the total, so a
+    category of probability zero is never drawn.
+    """
+    cdf = probs.cumsum(dim=dim)
+    level = (1.0 - uniform) * cdf.narrow(dim, cdf.shape[dim] - 1, 1)
+    index = (cdf < level).sum(dim=dim, keepdim=True)  # <= K - 1 since level <= cdf[-1]
+    return torch.zeros_like(probs).scatter_(dim, index, 1.0)
+
+
+class _FusedSampler(torch.autograd.Function):
+    """ReDGE's hard and soft samples with a hand-derived backward pass (the sampler's adjoint).
+
+    The forward pass is :func:`ddim_sample` without autograd, then an inverse-CDF draw
+    ``H ~ Cat(S)``. The first output has the value ``H`` and the gradient of ``S``; the second is
+    ``S``. The backward pass walks the trajectory back from ``t_1``: with
+    ``w_j = logits + c_j x_j`` (``c_j = alpha_j / sigma_j^2``), ``D_j = softmax(w_j)`` and
+    ``x_{j-1} = r_j x_j + b_j D_j`` (``r_j = sigma_{j-1} / sigma_j``,
+    ``b_j = alpha_{j-1} - r_j alpha_j``), the vector-Jacobian products are ``g_w = J(D_j)^T g_D``,
+    ``g_logits += g_w`` and ``g_{x_j} = r_j g_{x_{j-1}} + c_j g_w``. Only the denoiser outputs are
+    stored. First-order only: for second derivatives use :func:`ddim_sample`.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, noise: torch.Tensor, n_steps: int, t_1: float):
-        result = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, trajectory=True)
+    def forward(ctx, logits, noise, uniform, n_steps: int, t_1: float):
+        dim = 0 if logits.shape[-1] <= SMALL_K and logits.numel() >= LARGE_NUMEL else -1
+        if dim == 0:
+            logits, noise, uniform = (t.movedim(-1, 0).contiguous() for t in (logits, noise, uniform))
+        result = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, trajectory=True, dim=dim)
+        hard = inverse_cdf_sample(result.soft, uniform, dim)
         ctx.save_for_backward(*result.denoised)
-        ctx.grid = time_grid(n_steps, t_1)
-        ctx.mark_non_differentiable(result.log_weights)
-        return result.soft, result.log_weights
+        ctx.grid, ctx.dim = time_grid(n_steps, t_1), dim
+        if dim == 0:
+            return hard.movedim(0, -1), result.soft.movedim(0, -1)
+        return hard, result.soft
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_soft: torch.Tensor, _grad_log_weights: torch.Tensor | None):
+    def backward(ctx, grad_hard: torch.Tensor, grad_soft: torch.Tensor):
         alphas, sigmas = ctx.grid
-        denoised = ctx.saved_tensors  # indices n_steps - 1, ..., 2, then 1 (the soft sample)
-        grad_logits = None
-        grad_x = None
-        grad_d = grad_soft
-        for position, j in enumerate(range(1, len(denoised) + 1)):
-            d = denoised[len(denoised) - 1 - position]
+        dim = ctx.dim
+        denoised = ctx.saved_tensors[::-1]  # indices 1 (the soft sample), 2, ..., n_steps - 1
+        grad_d = grad_hard + grad_soft
+        if dim == 0:
+            grad_d = grad_d.movedim(-1, 0).contiguous()
+        grad_logits = grad_x = None
+        for j, d in enumerate(denoised, start=1):
             grad_w = d * grad_d
-            grad_w.addcmul_(d, grad_w.sum(dim=-1, keepdim=True), value=-1.0)
+            grad_w.addcmul_(d, grad_w.sum(dim=dim, keepdim=True), value=-1.0)
             c = alphas[j] / sigmas[j] ** 2
             if grad_logits is None:
                 grad_logits = grad_w.clone()
@@ -241,19 +274,32 @@ class _SamplerAdjoint(torch.autograd.Function):
                 ratio = sigmas[j] / sigmas[j + 1]
                 grad_x.mul_(ratio)
                 grad_d = grad_x * ((alphas[j] - ratio * alphas[j + 1]) / ratio)
-        return grad_logits, grad_x, None, None
+        if dim == 0:
+            grad_logits, grad_x = grad_logits.movedim(0, -1), grad_x.movedim(0, -1)
+        return grad_logits, grad_x, None, None, None
 
 
-def soft_sample(
-    logits: torch.Tensor, noise: torch.Tensor, *, n_steps: int, t_1: float
+def fused_sample(
+    logits: torch.Tensor,
+    noise: torch.Tensor,
+    uniform: torch.Tensor,
+    *,
+    n_steps: int,
+    t_1: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ReDGE's soft sample ``S`` and the log-weights at ``t_1``, with a fused backward pass.
+    """ReDGE's ``(hard, soft)`` samples for given noise, with a fused backward pass.
 
-    Same values and gradients as ``ddim_sample(logits, noise, ...)`` (plain variant), computed
-    faster: the backward pass is the sampler's adjoint (see ``_SamplerAdjoint``).
+    ``hard`` has the value of a one-hot draw ``H ~ Cat(S)`` (by inversion with ``uniform``, shape
+    ``(..., 1)``) and the gradient of ``S``; ``soft`` is ``S = ddim_sample(logits, noise).soft``.
+    Same values and gradients as the autograd version, several times faster on small ``K``.
+    First-order only (``create_graph`` double backward is refused).
     """
     if noise.shape != logits.shape:
         raise ValueError(
             f"noise must have the shape of logits {tuple(logits.shape)}, got {tuple(noise.shape)}"
         )
-    return _SamplerAdjoint.apply(logits, noise, n_steps, t_1)
+    if uniform.shape != logits.shape[:-1] + (1,):
+        raise ValueError(
+            f"uniform must have shape {tuple(logits.shape[:-1]) + (1,)}, got {tuple(uniform.shape)}"
+        )
+    return _FusedSampler.apply(logits, noise, uniform, n_steps, t_1)

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from .diffusion import ddim_sample, soft_sample
+from .diffusion import ddim_sample, fused_sample, inverse_cdf_sample
 from .validation import (
     check_generator,
     check_logits,
@@ -204,15 +204,17 @@ def _redge_family(
     t_1 = check_t_1(t_1)
     work, generator = _prepare(logits, generator)
     noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
+    uniform_shape = work.shape[:-1] + (1,)
+    uniform = torch.rand(uniform_shape, generator=generator, device=work.device, dtype=work.dtype)
     if variant == "plain":
-        soft, log_weights = soft_sample(work, noise, n_steps=n_steps, t_1=t_1)
+        sample_st, soft = fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1)
+        sample = sample_st.detach()
     else:
-        result = ddim_sample(work, noise, n_steps=n_steps, t_1=t_1, variant=variant)
-        soft, log_weights = result.soft, result.log_weights
-    sample = sample_categorical(log_weights, generator)
+        soft = ddim_sample(work, noise, n_steps=n_steps, t_1=t_1, variant=variant).soft
+        sample = inverse_cdf_sample(soft.detach(), uniform)
+        sample_st = straight_through(sample, soft)
     if not reinmax_step:
-        return _finish(straight_through(sample, soft), soft, hard_flag=hard,
-                       return_soft=return_soft, dtype=dtype)
+        return _finish(sample_st, soft, hard_flag=hard, return_soft=return_soft, dtype=dtype)
     # ReinDGE. The surrogate's value is exactly H; its gradient in the logits is
     #   J(S)^T g (dlogits + c dx)       (S through the whole trajectory, as ReDGE)
     # - J(S)^T g dlogits / 2            (keep half of the last denoiser's direct term)
@@ -225,7 +227,7 @@ def _redge_family(
         direction * (direction * delta).sum(dim=-1, keepdim=True)
         - (probs * delta - probs * (probs * delta).sum(dim=-1, keepdim=True))
     )
-    hard_sample = straight_through(sample, soft) + correction
+    hard_sample = sample_st + correction
     return _finish(hard_sample, soft, hard_flag=hard, return_soft=return_soft, dtype=dtype)
 
 

@@ -34,8 +34,10 @@ class Knob:
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
         too_low = value < self.low if self.low_inclusive else value <= self.low
-        if too_low or value > self.high or (isinstance(value, float) and math.isnan(value)):
+        if too_low or value > self.high:
             left = "[" if self.low_inclusive else "("
             raise ValueError(f"{name} must lie in {left}{self.low}, {self.high}], got {value}")
         return value
@@ -58,7 +60,7 @@ class EstimatorSpec:
 
 _TAU = Knob(1.0, 0.0, math.inf, low_inclusive=False, description="temperature")
 _REINMAX_TAU = Knob(1.0, 1.0, math.inf, description="temperature (>= 1)")
-_N_STEPS = Knob(5, 2, math.inf, integer=True, description="grid points of the sampler")
+_N_STEPS = Knob(5, 2, 10_000, integer=True, description="grid points of the sampler")
 _T_1 = Knob(0.5, 0.0, 1.0, low_inclusive=False, description="stopping time")
 
 ESTIMATORS: dict[str, EstimatorSpec] = {

@@ -4,8 +4,8 @@ One *call* is what a training step pays for a sample: fresh leaf logits -> estim
 sample) -> ``(sample * weights).sum()`` -> ``backward()``. All contenders of one shape, and the
 reference ``torch.nn.functional.gumbel_softmax(logits, tau=1, hard=True)``, are timed in
 interleaved blocks in one process, so that a change of machine load hits them alike; the result is
-the median over blocks of the mean time per call. Ratios to the reference are the portable result:
-absolute times depend on the machine.
+the median (or, on a busy machine, the minimum) over blocks of the mean time per call. Ratios to
+the reference are the portable result: absolute times depend on the machine.
 
 Example:
     >>> rows = time_estimators([(64, 10)], ["st", "redge"], rounds=3, block_s=0.002)
@@ -26,6 +26,8 @@ from .registry import ESTIMATORS, make_estimator
 
 __all__ = ["REFERENCE", "TimingRow", "time_block", "time_estimators"]
 
+_STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+
 REFERENCE = "torch.nn.functional.gumbel_softmax"
 """What every ratio is relative to (``tau = 1``, ``hard = True``)."""
 
@@ -37,7 +39,7 @@ class TimingRow(NamedTuple):
         shape: the logits' shape.
         name: the estimator's registry name.
         knobs: its knob values.
-        seconds: median seconds per forward + backward call.
+        seconds: seconds per forward + backward call (median or minimum over blocks).
         reference_seconds: the same for ``torch.nn.functional.gumbel_softmax`` (same blocks).
         ratio: ``seconds / reference_seconds``.
     """
@@ -107,6 +109,7 @@ def time_estimators(
     device: torch.device | str | None = None,
     seed: int = 0,
     num_threads: int | None = 1,
+    statistic: str = "median",
 ) -> list[TimingRow]:
     """Median forward + backward time per call of each estimator at each logits shape.
 
@@ -121,6 +124,9 @@ def time_estimators(
             warm-up).
         device: where to time (default CPU).
         seed: seeds the logits and the weights of the linear loss.
+        statistic: ``"median"`` (default) or ``"min"`` over the blocks. On a machine shared with
+            other jobs the minimum estimates the uncontended cost and is far less noisy; the
+            median describes typical conditions on a quiet machine.
         num_threads: CPU threads of torch while timing (restored afterwards); ``None`` keeps the
             current setting. One thread (the default) is what small per-call costs are best
             measured with: on a shared machine, idle worker threads of a multi-threaded run
@@ -132,6 +138,8 @@ def time_estimators(
     names = list(ESTIMATORS) if names is None else list(names)
     knobs = dict(knobs or {})
     rounds = int(_check_positive(rounds, "rounds", integer=True))
+    if statistic not in _STATISTICS:
+        raise ValueError(f"statistic must be one of {sorted(_STATISTICS)}, got {statistic!r}")
     block_s = float(_check_positive(block_s, "block_s", integer=False))
     device = torch.device("cpu" if device is None else device)
     unknown = (set(names) | set(knobs)) - set(ESTIMATORS)
@@ -146,7 +154,8 @@ def time_estimators(
     if num_threads is not None:
         torch.set_num_threads(int(_check_positive(num_threads, "num_threads", integer=True)))
     try:
-        return _time_shapes(shapes, names, samplers, used, rounds, block_s, device, seed)
+        return _time_shapes(shapes, names, samplers, used, rounds, block_s, device, seed,
+                            _STATISTICS[statistic])
     finally:
         torch.set_num_threads(threads_before)
 
@@ -160,6 +169,7 @@ def _time_shapes(
     block_s: float,
     device: torch.device,
     seed: int,
+    summary: Callable[[list[float]], float],
 ) -> list[TimingRow]:
     generator = torch.Generator().manual_seed(seed)
     rows: list[TimingRow] = []
@@ -180,8 +190,8 @@ def _time_shapes(
         for _ in range(rounds):
             for key, call in calls.items():
                 times[key].append(time_block(call, sizes[key], device))
-        reference = statistics.median(times[REFERENCE])
+        reference = summary(times[REFERENCE])
         for name in names:
-            seconds = statistics.median(times[name])
+            seconds = summary(times[name])
             rows.append(TimingRow(shape, name, used[name], seconds, reference, seconds / reference))
     return rows

@@ -119,16 +119,17 @@ class ToyObjective:
         return tuple(self.weights.shape)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """``s(x) = ⟨A, x⟩ / sqrt(L)`` for ``x`` of shape ``(..., L, K)``; returns ``(...)``."""
+        """``s(x) = ⟨A, x⟩ / sqrt(L)`` for ``x`` ``(..., L, K)``; returns ``(...)``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 2 or tuple(x.shape[-2:]) != self.shape:
+        L, K = self.shape
+        if x.dim() < 2 or tuple(x.shape[-2:]) != (L, K):
             raise ValueError(
-                f"x must have shape (..., L, K) = (..., {self.shape[0]}, {self.shape[1]}), "
+                f"x must have shape (..., L, K) = (..., {L}, {K}), "
                 f"got {tuple(x.shape)}"
             )
         weights = self.weights.to(device=x.device, dtype=x.dtype)
-        return (x * weights).sum(dim=(-2, -1)) / math.sqrt(self.shape[0])
+        return (x * weights).sum(dim=(-2, -1)) / math.sqrt(L)
 
     def profile(self, score: torch.Tensor) -> torch.Tensor:
         """``f`` as a function of the score: ``φ(score − b)``, elementwise."""
@@ -137,7 +138,8 @@ class ToyObjective:
             return u.square()
         if self.kind == "nonsmooth":
             return u.abs()
-        return (u > 0).to(u.dtype) + 0.0 * u  # zero gradient, but still attached to the graph
+        # the step has zero gradient, but stays attached to the autograd graph
+        return (u > 0).to(u.dtype) + 0.0 * u
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.profile(self.score(x))
@@ -255,18 +257,19 @@ def reinforce_gradients(
     generator: torch.Generator | None = None,
     baseline: str | None = "loo",
 ) -> torch.Tensor:
-    """``n`` independent REINFORCE estimates of ``∇_θ E_{X ~ softmax(θ)}[f(X)]``, each from
-    ``n_samples`` samples.
+    """``n`` independent REINFORCE estimates of ``∇_θ E_{X ~ softmax(θ)}[f(X)]``.
 
-    The score-function counterpart of :func:`redge_mini.exact.per_sample_gradients`: the logits
-    are copied ``n`` times and :func:`redge_mini.score_function.reinforce_loss` draws
-    ``n_samples`` samples per copy, so one backward pass gives all ``n`` estimates, which can be
-    passed to :func:`redge_mini.exact.gradient_diagnostics`.
+    Each estimate uses ``n_samples`` samples. The score-function counterpart of
+    :func:`redge_mini.exact.per_sample_gradients`: the logits are copied ``n`` times and
+    :func:`redge_mini.score_function.reinforce_loss` draws ``n_samples`` samples per copy, so
+    one backward pass gives all ``n`` estimates (ready for
+    :func:`redge_mini.exact.gradient_diagnostics`).
 
     Parameters
     ----------
     f:
-        Maps ``(B, L, K)`` one-hot samples to ``(B,)``, each value depending on its own sample.
+        Maps ``(B, L, K)`` one-hot samples to ``(B,)``, each value depending on its
+        own sample.
     logits:
         ``(L, K)``.
     n:
@@ -276,7 +279,8 @@ def reinforce_gradients(
     generator:
         Source of the draws (``None``: the global RNG).
     baseline:
-        ``"loo"`` (RLOO) or ``None`` (plain REINFORCE), as in ``reinforce_loss``.
+        ``"loo"`` (RLOO) or ``None`` (plain REINFORCE), as in
+        ``reinforce_loss``.
 
     Returns
     -------
@@ -285,7 +289,9 @@ def reinforce_gradients(
     """
     logits = check_logits(logits)
     if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (L, K), got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must have shape (L, K), got shape {tuple(logits.shape)}"
+        )
     n = _check_int(n, "n", 1)
     check_generator(generator, logits.device)
     L, K = logits.shape
@@ -296,7 +302,9 @@ def reinforce_gradients(
         return f(x.reshape(-1, L, K)).reshape(x.shape[0], n)
 
     with torch.enable_grad():
-        loss = reinforce_loss(batched, copies, n_samples, generator=generator, baseline=baseline)
+        loss = reinforce_loss(
+            batched, copies, n_samples, generator=generator, baseline=baseline
+        )
         (grad,) = torch.autograd.grad(loss.sum(), copies)
     return grad
 

@@ -28,8 +28,9 @@ The last group is measured by a small probe script that is added to a private co
 with the most figures, widgets and math) are written to ``<build>/screenshots/`` (``_build/
 screenshots`` for ``_build/html``).
 
-Chromium: ``--chromium PATH``, else ``$CHROMIUM``, else ``chromium`` on the ``PATH`` (Debian:
-``apt-get install -y chromium``).
+Chromium: ``--chromium PATH``, else ``$CHROMIUM``, else the first of ``chromium``,
+``chromium-browser``, ``google-chrome`` on the ``PATH`` (Debian: ``apt-get install -y chromium``;
+GitHub's Ubuntu runners have Google Chrome).
 """
 
 from __future__ import annotations
@@ -420,7 +421,15 @@ def find_pages(build_dir: Path) -> list[Path]:
 
 def find_chromium(explicit: str | None) -> str:
     """The Chromium executable to use; exits with a clear message when there is none."""
-    for candidate in (explicit, os.environ.get("CHROMIUM"), "chromium", "chromium-browser"):
+    candidates = (
+        explicit,
+        os.environ.get("CHROMIUM"),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    )
+    for candidate in candidates:
         if candidate and shutil.which(candidate):
             return str(shutil.which(candidate))
     sys.exit(

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO_ROOT / "book" / "course" / "problem_set_solutions.md"
@@ -140,23 +141,70 @@ def student_version(solutions: str) -> str:
     return front + "\n" + GENERATED_NOTE + "\n".join(out).lstrip("\n")
 
 
+def _task_of_cells(nb) -> list[str]:
+    """For each code cell, in order, the ``##`` section it belongs to ("" before the first)."""
+    section, owners = "", []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    section = line[3:].strip()
+        elif cell.cell_type == "code":
+            owners.append(section)
+    return owners
+
+
 def grade(notebook: Path, cell_timeout: int, python: str) -> int:
-    """Execute ``notebook`` (``.ipynb`` or MyST ``.md``) with every check strict; pytest's code."""
+    """Execute ``notebook`` (``.ipynb`` or MyST ``.md``) with every check strict.
+
+    Prints pytest's report, then one line per task (a ``##`` section holding a ``check`` cell):
+    solved when every code cell of the section ran without error. Returns 0 when every task is
+    solved and nothing else failed, 1 otherwise.
+    """
     import jupytext
 
     nb = jupytext.read(notebook)
-    for cell in nb.cells:
+    tasks: dict[str, bool] = {}
+    owners = _task_of_cells(nb)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    for cell, owner in zip(code_cells, owners, strict=True):
         tags = cell.get("metadata", {}).get("tags", [])
+        if CHECK_TAG in tags:
+            tasks[owner] = True
         if RAISES_TAG in tags:
             cell["metadata"]["tags"] = [t for t in tags if t != RAISES_TAG]
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         strict = Path(tmp) / f"{notebook.stem}_graded.ipynb"
+        report = Path(tmp) / "junit.xml"
         jupytext.write(nb, strict)
         cmd = [
             python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-            "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}", "-rf", str(strict),
+            "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}",
+            f"--junitxml={report}", str(strict),
         ]
-        return subprocess.run(cmd, check=False).returncode
+        subprocess.run(cmd, check=False)
+        if not report.is_file():
+            print("grade: pytest produced no report", file=sys.stderr)
+            return 1
+        failed = {
+            int(case.get("name", "").removeprefix("Cell "))
+            for case in ElementTree.parse(report).iter("testcase")
+            if case.find("failure") is not None or case.find("error") is not None
+        }
+    other_failures = []
+    for index in sorted(failed):
+        owner = owners[index] if index < len(owners) else ""
+        if owner in tasks:
+            tasks[owner] = False
+        else:
+            other_failures.append(f"code cell {index} ({owner or 'before the first task'})")
+    print("\nGrade of", notebook)
+    for task, solved in tasks.items():
+        print(f"  {'solved    ' if solved else 'NOT SOLVED'}  {task}")
+    for what in other_failures:
+        print(f"  ERROR       {what} failed")
+    print(f"  score: {sum(tasks.values())} of {len(tasks)} tasks")
+    return 0 if all(tasks.values()) and not other_failures else 1
 
 
 def main(argv: list[str] | None = None) -> int:

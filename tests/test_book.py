@@ -55,6 +55,20 @@ def code_cells(text: str) -> list[str]:
     return bodies
 
 
+def prose(text: str) -> str:
+    """The text outside fenced blocks (code cells, directives), where headings live."""
+    kept, fence = [], None
+    for line in text.splitlines():
+        match = re.match(r"^(`{3,}|~{3,})", line)
+        if fence is None and match:
+            fence = match.group(1)
+        elif fence is not None and line.strip() == fence:
+            fence = None
+        elif fence is None:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 # --- table of contents <-> files ---------------------------------------------------------------
 
 
@@ -120,7 +134,7 @@ def test_chapter_front_matter(path: Path) -> None:
 
 @pytest.mark.parametrize("path", chapter_files(), ids=lambda p: p.stem)
 def test_chapter_has_label_and_title(path: Path) -> None:
-    text = path.read_text(encoding="utf-8")
+    text = prose(path.read_text(encoding="utf-8"))
     assert re.search(r"^\([a-z0-9][a-z0-9_-]*\)=\n# \S", text, flags=re.M), (
         "a chapter starts with a `(label)=` target directly above its `# Title`"
     )
@@ -149,6 +163,11 @@ def test_chapter_code_fits_80_columns(path: Path) -> None:
 def test_code_cell_parser() -> None:
     text = "```{code-cell} ipython3\n:tags: [hide-input]\n\nx = 1\n```\n"
     assert code_cells(text) == ["\nx = 1"]
+
+
+def test_prose_drops_fenced_blocks() -> None:
+    text = "# Title\n```{code-cell} ipython3\n# a comment\n```\n````{x}\n```\n````\ntail"
+    assert prose(text) == "# Title\ntail"
 
 
 # --- citations -----------------------------------------------------------------------------------

@@ -22,6 +22,12 @@ def test_rows_cover_every_shape_and_name_with_consistent_ratios():
     assert "gumbel_softmax" in REFERENCE
 
 
+def test_min_statistic_gives_positive_times():
+    kwargs = dict(rounds=5, block_s=0.001, seed=1)
+    low = time_estimators([(16, 4)], ["st"], statistic="min", **kwargs)[0]
+    assert low.seconds > 0 and low.ratio > 0
+
+
 def test_thread_setting_is_restored():
     before = torch.get_num_threads()
     time_estimators([(4, 2)], ["st"], rounds=1, block_s=0.0005, num_threads=1)
@@ -35,6 +41,8 @@ def test_bad_arguments_are_named():
         time_estimators([(4, 1)], ["st"])
     with pytest.raises(TypeError, match="shapes"):
         time_estimators([(4.0, 2)], ["st"])
+    with pytest.raises(ValueError, match="statistic"):
+        time_estimators([(4, 2)], ["st"], statistic="mean")
     with pytest.raises(ValueError, match="rounds"):
         time_estimators([(4, 2)], ["st"], rounds=0)
     with pytest.raises(ValueError, match="t_1"):

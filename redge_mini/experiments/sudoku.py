@@ -11,10 +11,15 @@ Protocol (full scale). Puzzles with ``n_blanks`` blank cells are generated offli
 (knob values x learning rates) runs :func:`redge_mini.tasks.sudoku.solve_mean_field` on one batch
 holding ``n_select`` *selection* puzzles and ``n_eval`` *evaluation* puzzles, each evaluation
 puzzle ``n_reps`` times (independent replicate runs with their own random draws). At every step
-budget the grid point with the fewest mean violations on the selection puzzles is chosen
-(ties: higher solve rate); the evaluation puzzles, which took no part in the choice, give the
-reported numbers: the violations of the hard sample drawn at that step and the solve rate (that
-sample has no violation), mean +- standard error over puzzles (replicates averaged first).
+budget the grid point that solved most selection puzzles is chosen (ties: fewest violations);
+the evaluation puzzles, which took no part in the choice, give the reported numbers, mean +-
+standard error over puzzles (replicates averaged first):
+
+* ``solved``: some hard sample up to the budget had no violation (a solver that checks every
+  sample and stops at the first valid one);
+* ``best_violations``: the fewest violations of any hard sample up to the budget;
+* ``violations`` and ``final_solved``: the same for the single hard sample drawn at the budget
+  step (the sample noise of the last step included).
 
 One result file per estimator, ``<scale>_<estimator>.json``; a rerun skips estimators whose file
 exists (and refuses one written with another configuration), so an interrupted run resumes.
@@ -35,6 +40,7 @@ import torch
 from .. import runtime
 from ..registry import ESTIMATORS, label
 from ..tasks.sudoku import make_puzzles, solve_mean_field
+from ..tasks.sudoku import violations as count_violations
 from . import (
     Deadline,
     add_common_arguments,
@@ -112,10 +118,10 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     if scale == "full":
         proto = Protocol("full", n_blanks=45, n_select=16, n_eval=64, n_reps=3,
-                         budgets=(100, 300, 1000), lrs=(0.03, 0.1, 0.3), grids=GRIDS["full"])
+                         budgets=(100, 300, 1000), lrs=(0.05, 0.1, 0.3), grids=GRIDS["full"])
     else:
-        proto = Protocol("small", n_blanks=45, n_select=4, n_eval=8, n_reps=3,
-                         budgets=(50, 150), lrs=(0.1, 0.3), grids=GRIDS["small"])
+        proto = Protocol("small", n_blanks=40, n_select=4, n_eval=6, n_reps=2,
+                         budgets=(50, 200), lrs=(0.1, 0.3), grids=GRIDS["small"])
     if smoke:
         proto = replace(proto, scale=scale + "-smoke", n_select=2, n_eval=2, n_reps=2,
                         budgets=(3, 6), lrs=proto.lrs[:2])
@@ -167,35 +173,35 @@ def run_estimator(
     for c, config in enumerate(result.configs):
         entry: dict[str, Any] = {"knobs": config["knobs"], "lr": config["lr"], "budgets": {}}
         for b, budget in enumerate(proto.budgets):
-            viol = result.violations[c, b]
-            solved = (viol == 0).float()
-            within = result.solved_within(budget)[c].float()
-            v_mean, v_se = mean_se(_per_puzzle(viol[ev], eval_index, proto.n_eval))
-            s_mean, s_se = mean_se(_per_puzzle(solved[ev], eval_index, proto.n_eval))
-            w_mean, _ = mean_se(_per_puzzle(within[ev], eval_index, proto.n_eval))
-            entry["budgets"][str(budget)] = {
-                "select_violations": viol[sel].float().mean().item(),
-                "select_solve": solved[sel].mean().item(),
-                "violations": v_mean, "violations_se": v_se,
-                "solve": s_mean, "solve_se": s_se, "solved_within": w_mean,
+            metrics = {
+                "solved": result.solved_within(budget)[c].float(),
+                "best_violations": result.best_violations[c, b].float(),
+                "violations": result.violations[c, b].float(),
+                "final_solved": (result.violations[c, b] == 0).float(),
             }
+            numbers: dict[str, float] = {
+                "select_solved": metrics["solved"][sel].mean().item(),
+                "select_best_violations": metrics["best_violations"][sel].mean().item(),
+            }
+            for key, values in metrics.items():
+                numbers[key], numbers[f"{key}_se"] = mean_se(
+                    _per_puzzle(values[ev], eval_index, proto.n_eval))
+            entry["budgets"][str(budget)] = numbers
         per_config.append(entry)
     every = max(1, proto.steps // 200)
     trace_steps = list(range(every, proto.steps + 1, every))
-    # examples from the best grid point at the largest budget (by selection violations)
-    best = min(range(len(result.configs)), key=lambda c: (
-        per_config[c]["budgets"][str(proto.steps)]["select_violations"],
-        -per_config[c]["budgets"][str(proto.steps)]["select_solve"]))
-    final_viol = result.violations[best, -1, ev]
+    # examples from the grid point chosen at the largest budget
+    best = choose(per_config, proto.steps)
+    ok = result.solved_within(proto.steps)[best, ev]
     rows = batch[ev]
     examples = {}
-    for kind, mask in (("solved", final_viol == 0), ("failed", final_viol > 0)):
+    for kind, mask in (("solved", ok), ("failed", ~ok)):
         hits = mask.nonzero().flatten()
         if len(hits):
             i = int(hits[0])
-            examples[kind] = {"puzzle": rows[i].tolist(),
-                              "grid": result.final_grids[best, proto.n_select + i].tolist(),
-                              "violations": int(final_viol[i])}
+            grid = result.first_solution[best, proto.n_select + i]
+            examples[kind] = {"puzzle": rows[i].tolist(), "grid": grid.tolist(),
+                              "violations": int(count_violations(grid[None])[0])}
     data = {
         "estimator": estimator,
         "configs": per_config,
@@ -211,6 +217,15 @@ def run_estimator(
     return {"experiment": EXPERIMENT, "name": f"{proto.scale}_{estimator}",
             "config": proto.as_config(estimator), "seed": seed,
             "metadata": runtime.run_metadata(), "data": compact(data)}
+
+
+def choose(per_config: list[dict[str, Any]], budget: int) -> int:
+    """Index of the grid point chosen at ``budget``: most selection puzzles solved, then fewest
+    violations (the evaluation puzzles play no part)."""
+    key = str(budget)
+    return min(range(len(per_config)), key=lambda c: (
+        -per_config[c]["budgets"][key]["select_solved"],
+        per_config[c]["budgets"][key]["select_best_violations"]))
 
 
 def run(
@@ -258,10 +273,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Tables and verdicts from result records (stored or freshly computed).
 
     Returns a dict with ``rows`` (one per ``(budget, estimator)``: the chosen grid point and its
-    evaluation numbers), ``best`` (per budget: the estimator with the fewest mean violations and
-    the one with the highest solve rate), ``verdicts`` (per budget and ReDGE-family member:
-    against the best estimator outside the family, on violations), ``budgets``, ``estimators``
-    and ``scale``.
+    evaluation numbers), ``best`` (per budget: the estimator with the highest solve rate, ties
+    broken by fewer violations), ``verdicts`` (per budget and ReDGE-family member: against the
+    best estimator outside the family, on the solve rate and on the best violations),
+    ``budgets``, ``estimators`` and ``scale``.
     """
     if not records:
         raise ValueError("records is empty: nothing to summarise")
@@ -273,38 +288,36 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     for record in records:
         data = record["data"]
         for budget in budgets:
-            key = str(budget)
-            c = min(range(len(data["configs"])), key=lambda i, key=key: (
-                data["configs"][i]["budgets"][key]["select_violations"],
-                -data["configs"][i]["budgets"][key]["select_solve"]))
+            c = choose(data["configs"], budget)
             chosen = data["configs"][c]
-            numbers = chosen["budgets"][key]
             rows.append({
                 "budget": budget, "estimator": data["estimator"],
                 "label": label(data["estimator"]), "config_index": c,
                 "knobs": chosen["knobs"], "lr": chosen["lr"],
                 "setting": knob_text(chosen["knobs"], chosen["lr"]),
-                **{k: numbers[k] for k in ("violations", "violations_se", "solve", "solve_se",
-                                           "solved_within")},
+                **{k: v for k, v in chosen["budgets"][str(budget)].items()
+                   if not k.startswith("select_")},
                 "seconds_per_step": data["seconds_per_step_per_config"],
             })
     best, verdicts = {}, {}
     for budget in budgets:
         at = [r for r in rows if r["budget"] == budget]
-        by_viol = min(at, key=lambda r: r["violations"])
-        by_solve = max(at, key=lambda r: r["solve"])
-        best[budget] = {"violations": by_viol, "solve": by_solve}
+        best[budget] = max(at, key=lambda r: (r["solved"], -r["best_violations"]))
         others = [r for r in at if r["estimator"] not in REDGE_FAMILY]
         if not others:
             continue
-        rival = min(others, key=lambda r: r["violations"])
+        rival = max(others, key=lambda r: (r["solved"], -r["best_violations"]))
         for r in at:
             if r["estimator"] in REDGE_FAMILY:
                 verdicts[(budget, r["estimator"])] = {
-                    "verdict": verdict(r["violations"], r["violations_se"], rival["violations"],
-                                       rival["violations_se"]),
-                    "rival": rival["estimator"], "mean": r["violations"],
-                    "rival_mean": rival["violations"],
+                    "solved": verdict(r["solved"], r["solved_se"], rival["solved"],
+                                      rival["solved_se"], lower_is_better=False),
+                    "violations": verdict(r["best_violations"], r["best_violations_se"],
+                                          rival["best_violations"],
+                                          rival["best_violations_se"]),
+                    "rival": rival["estimator"], "solved_mean": r["solved"],
+                    "rival_solved": rival["solved"], "violations_mean": r["best_violations"],
+                    "rival_violations": rival["best_violations"],
                 }
     return {"rows": rows, "best": best, "verdicts": verdicts, "budgets": budgets,
             "estimators": [r["data"]["estimator"] for r in records],
@@ -333,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                   max_minutes=args.max_minutes)
     for row in summarise(records)["rows"] if records else []:
         print(f"budget {row['budget']:<5} {row['label']:<15} {row['setting']:<24} "
-              f"violations {row['violations']:6.2f} ± {row['violations_se']:.2f}  "
-              f"solved {row['solve']:.2f}")
+              f"solved {row['solved']:.2f} ± {row['solved_se']:.2f}  best violations "
+              f"{row['best_violations']:6.2f} ± {row['best_violations_se']:.2f}  at budget "
+              f"{row['violations']:6.2f}")
     print(f"sudoku ({proto.scale}, {device}): {len(records)}/{len(estimators)} estimators in "
           f"{folder}, {time.perf_counter() - start:.1f} s")
     return 0 if len(records) == len(estimators) else 3

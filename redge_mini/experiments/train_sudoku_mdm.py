@@ -39,7 +39,7 @@ ARCHITECTURE: dict[str, Any] = {"vocab_size": 9, "seq_len": 81, "width": 32, "de
 #: Training settings per checkpoint (file name, steps, batch size, peak learning rate, seed).
 CHECKPOINTS: dict[str, dict[str, object]] = {
     "weak": {"file": "sudoku_mdm_weak.pt", "steps": 120, "batch_size": 64, "lr": 3e-3, "seed": 1},
-    "strong": {"file": "sudoku_mdm_strong.pt", "steps": 800, "batch_size": 64, "lr": 3e-3,
+    "strong": {"file": "sudoku_mdm_strong.pt", "steps": 1500, "batch_size": 64, "lr": 3e-3,
                "seed": 2},
 }
 

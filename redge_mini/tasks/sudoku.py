@@ -320,6 +320,9 @@ class MeanFieldResult:
         Step counts at which ``violations`` was recorded (1-based step numbers).
     violations : torch.Tensor
         ``(C, len(budgets), B)`` violations of the hard sample drawn at each budget step.
+    best_violations : torch.Tensor
+        ``(C, len(budgets), B)`` fewest violations of any hard sample up to each budget (what a
+        solver that keeps its best sample reports).
     solved_step : torch.Tensor
         ``(C, B)`` first step whose hard sample solved the puzzle; ``-1`` if none did.
     final_grids : torch.Tensor
@@ -337,6 +340,7 @@ class MeanFieldResult:
     configs: list[dict[str, Any]]
     budgets: list[int]
     violations: torch.Tensor
+    best_violations: torch.Tensor
     solved_step: torch.Tensor
     final_grids: torch.Tensor
     first_solution: torch.Tensor
@@ -425,6 +429,8 @@ def solve_mean_field(
     tiled = puzzles.repeat(n_cfg, 1)
     budget_index = {b: i for i, b in enumerate(budgets)}
     recorded = torch.zeros(n_cfg, len(budgets), batch, dtype=torch.long, device=dev)
+    best_recorded = torch.zeros_like(recorded)
+    best = torch.full((n_cfg, batch), 10**6, dtype=torch.long, device=dev)
     solved_step = torch.full((n_cfg, batch), -1, dtype=torch.long, device=dev)
     first_solution = torch.zeros(n_cfg, batch, 81, dtype=torch.long, device=dev)
     trace = torch.zeros(n_cfg, steps, device=dev)
@@ -452,12 +458,15 @@ def solve_mean_field(
             solved_step = torch.where(new, torch.full_like(solved_step, step), solved_step)
             first_solution = torch.where(new[..., None], grids, first_solution)
             trace[:, step - 1] = viol.float().mean(-1)
+            best = torch.minimum(best, viol)
             if step in budget_index:
                 recorded[:, budget_index[step]] = viol
+                best_recorded[:, budget_index[step]] = best
     seconds = time.perf_counter() - start
     unsolved = solved_step < 0
     first_solution = torch.where(unsolved[..., None], grids, first_solution)
-    return MeanFieldResult(configs, budgets, recorded.cpu(), solved_step.cpu(), grids.cpu(),
+    return MeanFieldResult(configs, budgets, recorded.cpu(), best_recorded.cpu(),
+                           solved_step.cpu(), grids.cpu(),
                            first_solution.cpu(), trace.cpu(), seconds,
                            {"clue_mismatches": int(mismatches)})
 

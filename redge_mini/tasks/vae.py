@@ -365,7 +365,7 @@ def train(
     if n_batches < 1:
         raise ValueError(f"batch_size={batch} exceeds the {n_data} training images")
     device = x_train.device
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     groups = _groups(members)
     losses, evals = [], []
     eval_epochs: list[int] = []
