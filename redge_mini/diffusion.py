@@ -241,7 +241,9 @@ class _FusedSampler(torch.autograd.Function):
     def forward(ctx, logits, noise, uniform, n_steps: int, t_1: float):
         dim = 0 if logits.shape[-1] <= SMALL_K and logits.numel() >= LARGE_NUMEL else -1
         if dim == 0:
-            logits, noise, uniform = (t.movedim(-1, 0).contiguous() for t in (logits, noise, uniform))
+            logits, noise, uniform = (
+                t.movedim(-1, 0).contiguous() for t in (logits, noise, uniform)
+            )
         result = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, trajectory=True, dim=dim)
         hard = inverse_cdf_sample(result.soft, uniform, dim)
         ctx.save_for_backward(*result.denoised)

@@ -147,7 +147,7 @@ def draw_trajectories(
         ax.set_xlim(min(-0.1, xy[..., 0].min() - 0.05), max(1.1, xy[..., 0].max() + 0.05))
         ax.set_ylim(min(-0.1, xy[..., 1].min() - 0.05), max(0.95, xy[..., 1].max() + 0.05))
     if title is not None:
-        ax.set_title(title)
+        ax.set_title(title, pad=12)
     return lines
 
 

@@ -10,7 +10,8 @@ Two kinds of check, each reported as one line per problem; the exit status is 1 
 Static, on the HTML files as built:
   * an ``<img>`` (or a local script, style or frame) whose file is missing;
   * a link (``<a href>``) to an internal page that does not exist, or to an anchor missing there;
-  * a script, style, image or frame loaded from outside the site (``http:``, ``https:``, ``//``).
+  * a script, style, image or frame loaded from outside the site (``http:``, ``https:``, ``//``);
+  * an executed notebook page that offers no ``.ipynb`` download.
 
 In the browser, on the DOM after every script ran (``--dump-dom`` after a virtual-time budget),
 with DNS switched off so that the page sees what an offline reader sees:
@@ -382,6 +383,11 @@ def static_problems(build_dir: Path, pages: Iterable[Path]) -> dict[Path, list[s
         collector.feed(html)
         anchors[page.resolve()] = collector.ids
         found = [f"<{tag}> loads remote {url}" for tag, url in remote_assets(html)]
+        is_notebook = 'class="cell docutils container' in html
+        if is_notebook and not any(
+            tag == "a" and urlsplit(url).path.endswith(".ipynb") for tag, url in collector.refs
+        ):
+            found.append("notebook page without a .ipynb download link")
         for tag, url in collector.refs:
             if not _is_local(url) or url.strip().lower().startswith(("data:", "javascript:")):
                 continue

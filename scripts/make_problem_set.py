@@ -9,7 +9,10 @@ version ``book/course/problem_set.md`` is generated from it:
 * ``% STUDENT: text`` lines become ``text`` (student-only Markdown, a comment in the solutions);
 * code cells tagged ``check`` (and cells whose own TODO stub is at the top level) get the tag
   ``raises-exception``, so the unfilled student notebook still executes in nbval and in the book
-  build: its check cells stop with ``NotImplementedError`` and the run goes on.
+  build: its check cells stop with ``NotImplementedError`` and the run goes on;
+* code cells tagged ``solution-only`` (a figure of the solved tasks, say) are dropped.
+
+Cell options must use the short ``:key: value`` form (``:tags: [check]``).
 
 Commands (from the repository root)::
 
@@ -36,6 +39,7 @@ SOLUTIONS = REPO_ROOT / "book" / "course" / "problem_set_solutions.md"
 STUDENT = REPO_ROOT / "book" / "course" / "problem_set.md"
 
 CHECK_TAG = "check"
+SOLUTION_ONLY_TAG = "solution-only"
 RAISES_TAG = "raises-exception"
 GENERATED_NOTE = (
     "% Generated from problem_set_solutions.md by scripts/make_problem_set.py: edit that file\n"
@@ -119,11 +123,15 @@ def student_version(solutions: str) -> str:
             cell = lines[i + 1 : end]
             n_options = next((k for k, c in enumerate(cell) if not c.startswith(":")), len(cell))
             options, code = cell[:n_options], cell[n_options:]
+            i = end + 1
+            if SOLUTION_ONLY_TAG in _cell_tags(options):
+                if i < len(lines) and lines[i] == "" and (not out or out[-1] == ""):
+                    i += 1
+                continue
             code, top_level = _student_code(code, where)
             if CHECK_TAG in _cell_tags(options) or top_level:
                 options = _with_raises_tag(options)
             out += [line, *options, *code, lines[end]]
-            i = end + 1
         elif _MD_BEGIN.match(line):
             end = next((j for j in range(i + 1, len(lines)) if _MD_END.match(lines[j])), None)
             if end is None:

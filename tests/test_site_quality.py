@@ -220,13 +220,15 @@ def test_generator_replaces_blocks_and_rejects_unbalanced_markers() -> None:
         "% STUDENT: # Student title\n% BEGIN SOLUTION\n# Solutions title\n% END SOLUTION\n\n"
         "```{code-cell} ipython3\ndef f(x):\n    # BEGIN SOLUTION: return twice x.\n"
         "    return 2 * x\n    # END SOLUTION\n```\n\n"
-        "```{code-cell} ipython3\n:tags: [check]\n\nassert f(1) == 2\n```\n"
+        "```{code-cell} ipython3\n:tags: [check]\n\nassert f(1) == 2\n```\n\n"
+        "```{code-cell} ipython3\n:tags: [solution-only]\n\nplot_the_solution()\n```\n"
     )
     out = make_problem_set.student_version(source)
     assert "# Student title" in out and "Solutions title" not in out
     assert "    # TODO: return twice x.\n    raise NotImplementedError(" in out
     assert "return 2 * x" not in out
     assert ":tags: [check, raises-exception]" in out
+    assert "plot_the_solution" not in out
     with pytest.raises(ValueError, match="without '# END SOLUTION'"):
         make_problem_set.student_version(source.replace("    # END SOLUTION\n", ""))
     with pytest.raises(ValueError, match="without '% END SOLUTION'"):
@@ -313,6 +315,19 @@ def test_static_check_finds_broken_images_links_anchors_and_remote_styles(tmp_pa
     assert "broken image: missing.png" in text
     assert "broken link: nowhere.html" in text
     assert "no anchor #no-anchor" in text
+
+
+def test_static_check_wants_an_ipynb_download_on_notebook_pages(tmp_path: Path) -> None:
+    site = tmp_path / "html"
+    (site / "_sources").mkdir(parents=True)
+    (site / "_sources" / "nb.ipynb").write_text("{}", encoding="utf-8")
+    cell = '<div class="cell docutils container"><pre>1 + 1</pre></div>'
+    (site / "nb.html").write_text(f"<html><body>{cell}</body></html>", encoding="utf-8")
+    problems = browser_check.static_problems(site, [site / "nb.html"])
+    assert problems == {site / "nb.html": ["notebook page without a .ipynb download link"]}
+    link = '<a href="_sources/nb.ipynb">.ipynb</a>'
+    (site / "nb.html").write_text(f"<html><body>{link}{cell}</body></html>", encoding="utf-8")
+    assert browser_check.static_problems(site, [site / "nb.html"]) == {}
 
 
 def _chromium() -> str | None:

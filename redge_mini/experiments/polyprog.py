@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import runtime
@@ -70,6 +71,17 @@ GRIDS: dict[str, dict[str, list[dict[str, float | int]]]] = {
 }
 
 
+#: The authors' settings for this problem (ReDGE paper), used for illustrations.
+AUTHOR_KNOBS: dict[str, dict[str, float | int]] = {
+    "st": {},
+    "gumbel": {"tau": 0.02},
+    "reinmax": {"tau": 1.0},
+    "redge": {"n_steps": 3, "t_1": 0.1},
+    "redge_cov": {"n_steps": 5, "t_1": 0.2},
+    "reindge": {"n_steps": 5, "t_1": 0.8},
+}
+
+
 @dataclass(frozen=True)
 class Protocol:
     """A scale of the experiment: the optimisation problem, the grids and the run split."""
@@ -86,10 +98,10 @@ class Protocol:
                 f"n_select={self.n_select}, n_runs={self.config.n_runs}"
             )
 
-    def as_config(self, estimator: str) -> dict[str, Any]:
+    def as_config(self, estimator: str, seed: int) -> dict[str, Any]:
         """The JSON-able configuration of one estimator's result file."""
         return {"scale": self.scale, **asdict(self.config), "n_select": self.n_select,
-                "estimator": estimator, "knob_values": self.grids[estimator]}
+                "estimator": estimator, "knob_values": self.grids[estimator], "seed": seed}
 
 
 def protocol(scale: str, *, smoke: bool = False) -> Protocol:
@@ -100,11 +112,11 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
         config = PolyProgConfig(n_samples=256, n_iters=1000, n_runs=8, record_every=10)
         n_select = 3
     else:
-        config = PolyProgConfig(n_samples=32, n_iters=200, n_runs=4, record_every=5)
+        config = PolyProgConfig(n_samples=16, n_iters=150, n_runs=4, record_every=5)
         n_select = 2
     grids = GRIDS[scale]
     if smoke:
-        config = replace(config, n_samples=4, n_iters=6, n_runs=2, record_every=2)
+        config = replace(config, n_samples=4, n_iters=6, n_runs=3, record_every=2)
         n_select = 1
     return Protocol(scale=scale + ("-smoke" if smoke else ""), config=config,
                     n_select=n_select, grids=grids)
@@ -145,7 +157,7 @@ def run_estimator(
     return {
         "experiment": EXPERIMENT,
         "name": f"{proto.scale}_{estimator}",
-        "config": proto.as_config(estimator),
+        "config": proto.as_config(estimator, seed),
         "seed": seed,
         "metadata": runtime.run_metadata(),
         "data": compact(data),
@@ -174,7 +186,7 @@ def run(
     records = []
     for estimator in estimators:
         name = f"{proto.scale}_{estimator}"
-        if save and existing_result(folder, name, proto.as_config(estimator)):
+        if save and existing_result(folder, name, proto.as_config(estimator, seed)):
             records.append(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")))
             continue
         if deadline.expired():
@@ -253,6 +265,28 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             "scale": records[0]["config"]["scale"]}
 
 
+def plot_gap_curves(summary: dict[str, Any], axes: Any) -> None:
+    """One panel per exponent: mean optimality gap (log scale) +- one standard error band."""
+    from ..plotting import estimator_color, estimator_label, estimator_marker
+
+    for ax, p in zip(axes, summary["powers"], strict=True):
+        for estimator in summary["estimators"]:
+            steps, mean, se = summary["curves"][(p, estimator)]
+            mean, se = np.asarray(mean, dtype=float), np.asarray(se, dtype=float)
+            se = np.nan_to_num(se)
+            floor = 1e-300
+            color = estimator_color(estimator)
+            ax.plot(steps, np.maximum(mean, floor), color=color, lw=1.6,
+                    marker=estimator_marker(estimator), markevery=max(1, len(steps) // 6),
+                    markersize=4, label=estimator_label(estimator))
+            ax.fill_between(steps, np.maximum(mean - se, floor), np.maximum(mean + se, floor),
+                            color=color, alpha=0.2, lw=0)
+        ax.set_yscale("log")
+        ax.set_title(f"p = {p:g}")
+        ax.set_xlabel("Adam step")
+    axes[0].set_ylabel("optimality gap  F(θ) − c^p")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m redge_mini.experiments.polyprog",
@@ -271,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     folder = args.out if args.out is not None else runtime.results_dir(EXPERIMENT)
     start = time.perf_counter()
-    records = run(proto, estimators, out=folder, seed=args.seed, device=device,
-                  max_minutes=args.max_minutes, progress=not args.no_progress)
+    try:
+        records = run(proto, estimators, out=folder, seed=args.seed, device=device,
+                      max_minutes=args.max_minutes, progress=not args.no_progress)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     for row in summarise(records)["rows"] if records else []:
         print(f"p={row['p']:<4g} {row['label']:<18} {row['knob_text']:<16} "
               f"gap {row['gap_mean']:.3e} ± {row['gap_se']:.1e}")

@@ -36,7 +36,7 @@ from redge_mini.tasks.image_guidance import (
 #: The configuration of the stored models.
 DEFAULTS: dict = {
     "seed": 0,
-    "prior": {"width": 64, "depth": 2, "heads": 4, "steps": 600, "batch_size": 64, "lr": 2e-3,
+    "prior": {"width": 64, "depth": 2, "heads": 4, "steps": 1500, "batch_size": 64, "lr": 3e-3,
               "label_dropout": 0.1},
     "reward": {"arch": "cnn", "epochs": 30, "batch_size": 64, "lr": 3e-3, "token_noise": 0.05},
     "judge": {"arch": "mlp", "epochs": 40, "batch_size": 64, "lr": 3e-3, "token_noise": 0.05},
@@ -96,12 +96,18 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--prior-steps", type=int, default=DEFAULTS["prior"]["steps"],
                         help="Adam steps of the prior (default %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: these models are too small to gain "
+                             "from more, and lose badly on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.prior_steps < 1:
         parser.error(f"--prior-steps must be >= 1, got {args.prior_steps}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     config = {**DEFAULTS, "seed": args.seed, "prior": {**DEFAULTS["prior"],
                                                       "steps": args.prior_steps}}
     models = train_all(config, progress=not args.no_progress)

@@ -321,6 +321,7 @@ def run(
     records: list[dict[str, Any]] = []
 
     def stage(name: str, config: dict, compute) -> dict[str, Any] | None:
+        config = {**config, "seed": seed}
         if save and existing_result(folder, name, config):
             record = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
             records.append(record)
@@ -444,9 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     folder = args.out if args.out is not None else runtime.results_dir(EXPERIMENT)
     start = time.perf_counter()
-    records = run(proto, estimators, out=folder, seed=args.seed, device=device,
-                  max_minutes=args.max_minutes, progress=not args.no_progress,
-                  cost=not args.no_cost)
+    try:
+        records = run(proto, estimators, out=folder, seed=args.seed, device=device,
+                      max_minutes=args.max_minutes, progress=not args.no_progress,
+                      cost=not args.no_cost)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     expected = len(proto.latents) * (1 + any(len(proto.grids[e]) > 1 for e in estimators))
     expected += 0 if args.no_cost else 1
     if records:

@@ -445,7 +445,8 @@ def importance_weighted_bound(
 
 
 def enumerate_latents(n_latent: int, n_classes: int, *, device: torch.device | str | None = None,
-                      start: int = 0, stop: int | None = None) -> torch.Tensor:
+                      dtype: torch.dtype = torch.float32, start: int = 0,
+                      stop: int | None = None) -> torch.Tensor:
     """One-hot codes of the configurations ``start..stop-1`` of ``K^L`` (base-``K`` digits).
 
     Returns ``(M, L, K)``; configuration ``m`` has class ``(m // K^l) % K`` at latent ``l``.
@@ -455,7 +456,7 @@ def enumerate_latents(n_latent: int, n_classes: int, *, device: torch.device | s
     index = torch.arange(start, stop, device=device)
     powers = n_classes ** torch.arange(n_latent, device=device)
     digits = (index[:, None] // powers) % n_classes
-    return F.one_hot(digits, n_classes).float()
+    return F.one_hot(digits, n_classes).to(dtype)
 
 
 @torch.no_grad()
@@ -481,8 +482,8 @@ def exact_log_likelihood(
     log_prior = -config.n_latent * math.log(config.n_classes)
     acc = torch.full((model.n_models, x.shape[0]), -math.inf, device=x.device)
     for start in range(0, total, chunk):
-        z = enumerate_latents(config.n_latent, config.n_classes, device=x.device, start=start,
-                              stop=start + chunk)
+        z = enumerate_latents(config.n_latent, config.n_classes, device=x.device, dtype=x.dtype,
+                              start=start, stop=start + chunk)
         pixel_logits = model.decode(z.expand(model.n_models, *z.shape))    # (R, M, D)
         log_px = x @ pixel_logits.transpose(1, 2) - F.softplus(pixel_logits).sum(-1)[:, None, :]
         acc = torch.logaddexp(acc, torch.logsumexp(log_px, dim=-1))
@@ -506,8 +507,8 @@ def prior_samples(model: EnsembleVAE, n: int,
     """
     n = _positive_int("n", n)
     config = model.config
-    device = next(model.parameters()).device
-    logits = torch.zeros(n, *config.latent_shape, device=device)
+    weight = next(model.parameters())
+    logits = torch.zeros(n, *config.latent_shape, device=weight.device, dtype=weight.dtype)
     z = sample_onehot(logits, 1, generator=generator)[0]
     return torch.sigmoid(model.decode(z.expand(model.n_models, *z.shape)))
 
