@@ -14,7 +14,7 @@ JB_FLAGS := --all -W -n --keep-going
 NBVAL_CELL_TIMEOUT ?= 300
 export NBVAL_CELL_TIMEOUT
 
-.PHONY: book test install lint unit nbval build-strict check-html exec-table clean
+.PHONY: book test install lint unit nbval build-strict browser-check check-html exec-table clean
 
 book: install
 	$(BIN)/jupyter-book build $(JB_FLAGS) .
@@ -26,6 +26,7 @@ test: install
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory nbval
 	$(MAKE) --no-print-directory build-strict
+	$(MAKE) --no-print-directory browser-check
 	$(MAKE) --no-print-directory exec-table
 
 install: $(STAMP)
@@ -49,6 +50,11 @@ nbval:
 build-strict:
 	$(BIN)/jupyter-book build $(JB_FLAGS) .
 	$(PY) scripts/book_tools.py check-html _build/html
+
+# Every built page in headless Chromium: raw TeX, broken images/links, empty widgets, remote
+# scripts/styles, sideways scrolling. Screenshots go to _build/screenshots/.
+browser-check:
+	$(PY) scripts/browser_check.py _build/html
 
 exec-table:
 	$(PY) scripts/exec_table.py

@@ -182,7 +182,10 @@ def guided_sample(
         value = torch.full((batch,), float("nan"), device=dev)
         if n_inner > 0:
             optimiser = torch.optim.Adam([phi], lr=lr)
-            for inner in range(n_inner):
+            # first inner step whose objective had a NaN (0: none); checked once per unmasking
+            # step, so that a GPU run does not wait for the device after every inner step
+            first_nan = torch.zeros((), dtype=torch.long, device=dev)
+            for inner in range(1, n_inner + 1):
                 hard = estimator(phi, generator=generator)
                 sequence = torch.where(keep, hard, revealed_onehot)
                 value = objective(sequence)
@@ -190,16 +193,20 @@ def guided_sample(
                     raise ValueError(
                         f"objective must return a tensor of shape ({batch},), got "
                         f"{getattr(value, 'shape', type(value).__name__)}")
-                if bool(torch.isnan(value).any()):
-                    raise ValueError(
-                        f"objective returned NaN at unmasking step t={t} "
-                        f"({n_unmask_steps - t} of {n_unmask_steps}), inner step {inner + 1}; "
-                        "guidance stopped")
+                nan_now = torch.isnan(value).any() & (first_nan == 0)
+                first_nan = torch.where(nan_now, inner, first_nan)
                 kl = (kl_to_prior(phi, prior) * weight).sum(-1)
                 loss = (sign * value + lam * kl).sum()
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
+                # after a NaN, freeze the gradient so phi stays finite until the check below
+                phi.grad = torch.where(first_nan > 0, torch.zeros_like(phi.grad), phi.grad)
                 optimiser.step()
+            if int(first_nan):
+                raise ValueError(
+                    f"objective returned NaN at unmasking step t={t} "
+                    f"({n_unmask_steps - t} of {n_unmask_steps}), inner step {int(first_nan)}; "
+                    "guidance stopped")
         with torch.no_grad():
             phi = phi.detach()
             kl_cell = kl_to_prior(phi, prior)

@@ -344,7 +344,7 @@ def masked_diffusion_loss(
 
 def train_masked_denoiser(
     model: MaskedDenoiser,
-    data: torch.Tensor,
+    data: torch.Tensor | None,
     *,
     steps: int,
     batch_size: int,
@@ -361,9 +361,9 @@ def train_masked_denoiser(
     ----------
     model : MaskedDenoiser
         The denoiser (trained in place, on its current device).
-    data : torch.Tensor
-        ``(M, N)`` clean training sequences, sampled with replacement. Ignored when ``sampler``
-        is given (pass an empty tensor).
+    data : torch.Tensor or None
+        ``(M, N)`` clean training sequences, sampled with replacement; ``None`` when
+        ``sampler`` provides the batches.
     steps, batch_size : int
         Number of Adam steps and sequences per step.
     lr : float
@@ -393,6 +393,8 @@ def train_masked_denoiser(
     dev = next(model.parameters()).device
     check_generator(generator, dev)
     if sampler is None:
+        if data is None:
+            raise ValueError("give data (M, N) or a sampler")
         data = model.check_tokens(data, "data").to(dev)
         if data.shape[0] == 0:
             raise ValueError("data must hold at least one sequence")

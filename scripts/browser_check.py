@@ -113,18 +113,14 @@ NO_TEX_TAGS = {
 # Not "tex2jax_ignore"/"mathjax_ignore": MyST puts them on every section (MathJax then typesets
 # only Sphinx's math nodes), so TeX outside a math node is exactly what a reader sees raw.
 NO_TEX_CLASSES = {"highlight", "widget-subarea"}
-RAW_TEX = re.compile(
-    r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|\\end\{"
-    r"|\\(?:frac|mathbb|mathrm|operatorname|sum|alpha|sigma|theta|pi|tau|nabla|mathbb|left|right)"
-    r"(?![A-Za-z])"
-)
+#: Math delimiters, or a backslash command (``\\frac``, ``\\alpha``): TeX, not prose.
+RAW_TEX = re.compile(r"\$\$|\\\(|\\\)|\\\[|\\\]|\\[A-Za-z]{2,}")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 PROBE_ID = "browser-check-probe"
 
 PROBE_JS = """
 <script>
 (function () {
-  var MODE = "%(mode)s";
   document.querySelectorAll('img[loading="lazy"]').forEach(function (img) {
     img.loading = 'eager';
   });
@@ -132,7 +128,7 @@ PROBE_JS = """
     return text.split('\\n').reduce(function (a, b) { return b.length > a.length ? b : a; }, '');
   }
   function report() {
-    var out = {overflow: [], brokenImages: []};
+    var out = {overflow: [], brokenImages: [], showcaseY: null};
     document.querySelectorAll('pre').forEach(function (pre) {
       if (pre.clientWidth > 0 && pre.scrollWidth > pre.clientWidth + 2) {
         var kind = pre.closest('.cell_input') ? 'code cell' :
@@ -144,18 +140,15 @@ PROBE_JS = """
     document.querySelectorAll('img').forEach(function (img) {
       if (!img.complete || img.naturalWidth === 0) { out.brokenImages.push(img.src); }
     });
+    // Where the page shows its first widget (else its first figure): the screenshot's target.
+    var target = document.querySelector('.widget-subarea') ||
+      document.querySelector('.cell_output img') || document.querySelector('figure img');
+    if (target) { out.showcaseY = target.getBoundingClientRect().top + window.scrollY; }
     var el = document.createElement('script');
     el.type = 'application/json';
     el.id = '%(probe_id)s';
     el.textContent = JSON.stringify(out);
     document.body.appendChild(el);
-    if (MODE === 'scroll') {
-      var target = document.querySelector('.widget-subarea') ||
-        document.querySelector('.cell_output img') || document.querySelector('figure img');
-      if (target) {
-        window.scrollTo(0, target.getBoundingClientRect().top + window.scrollY - 250);
-      }
-    }
   }
   function whenTypeset() {
     var mj = window.MathJax;
@@ -302,6 +295,14 @@ def empty_widgets(root: Node) -> list[str]:
     return problems
 
 
+def probe_report(root: Node) -> dict | None:
+    """What the probe script measured in the page (``None`` if it never reported)."""
+    for node in root.elements():
+        if node.tag == "script" and node.attrs.get("id") == PROBE_ID:
+            return json.loads(node.text())
+    return None
+
+
 def dom_problems(dom: str) -> list[str]:
     """Everything wrong with a rendered page (the DOM after scripts ran), one line per problem."""
     root = parse_html(dom)
@@ -309,19 +310,18 @@ def dom_problems(dom: str) -> list[str]:
     problems += [f"MathJax error: {e}" for e in mathjax_errors(root)]
     problems += empty_widgets(root)
     problems += [f"<{tag}> loads remote {url} at run time" for tag, url in remote_assets(dom)]
-    for node in root.elements():
-        if node.tag == "script" and node.attrs.get("id") == PROBE_ID:
-            probe = json.loads(node.text())
-            for item in probe["overflow"]:
-                problems.append(
-                    f"{item['kind']} scrolls horizontally at {WINDOW[0]} px "
-                    f"({item['width']} px in {item['visible']} px): {item['line']!r}"
-                )
-            for src in probe["brokenImages"]:
-                # A missing local file is already reported by the static check.
-                local = urlsplit(src).scheme == "file"
-                if not local or Path(unquote(urlsplit(src).path)).exists():
-                    problems.append(f"image not displayed: {src}")
+    probe = probe_report(root)
+    if probe is not None:
+        for item in probe["overflow"]:
+            problems.append(
+                f"{item['kind']} scrolls horizontally at {WINDOW[0]} px "
+                f"({item['width']} px in {item['visible']} px): {item['line']!r}"
+            )
+        for src in probe["brokenImages"]:
+            # A missing local file is already reported by the static check.
+            local = urlsplit(src).scheme == "file"
+            if not local or Path(unquote(urlsplit(src).path)).exists():
+                problems.append(f"image not displayed: {src}")
     return problems
 
 
@@ -444,13 +444,13 @@ def find_chromium(explicit: str | None) -> str:
     )
 
 
-def mirror_site(build_dir: Path, pages: list[Path], dest: Path, mode: str = "check") -> None:
+def mirror_site(build_dir: Path, pages: list[Path], dest: Path) -> None:
     """A copy of the site under ``dest`` whose pages carry the probe script.
 
     Asset files are symbolic links to the build; only the HTML pages are written.
     """
     page_set = {p.resolve() for p in pages}
-    probe = PROBE_JS % {"mode": mode, "probe_id": PROBE_ID}
+    probe = PROBE_JS % {"probe_id": PROBE_ID}
     for src in build_dir.rglob("*"):
         rel = src.relative_to(build_dir)
         out = dest / rel
@@ -510,23 +510,25 @@ def console_errors(stderr: str) -> list[str]:
 
 def check_page(
     chromium: str, build_dir: Path, mirror: Path, rel: Path, budget_ms: int, timeout_s: float
-) -> list[str]:
+) -> tuple[list[str], float | None]:
     """Problems of one page as the browser renders it (remote loads already present in the built
-    file are left to the static check)."""
+    file are left to the static check), and the height at which it shows its first widget or
+    figure (``None`` if it has none)."""
     url = (mirror / rel).absolute().as_uri()
     window = f"--window-size={WINDOW[0]},{WINDOW[1]}"
     try:
         dom, log = run_chromium(chromium, url, [window, "--dump-dom"], budget_ms, timeout_s)
     except subprocess.TimeoutExpired:
-        return [f"Chromium did not finish within {timeout_s:.0f} s"]
-    if PROBE_ID not in dom:
-        return ["the page did not finish loading (the probe script never reported)"]
+        return [f"Chromium did not finish within {timeout_s:.0f} s"], None
+    probe = probe_report(parse_html(dom))
+    if probe is None:
+        return ["the page did not finish loading (the probe script never reported)"], None
     static_remote = {url for _, url in remote_assets((build_dir / rel).read_text(errors="replace"))}
     problems = [
         p for p in dom_problems(dom) if not any(f" {url} at run time" in p for url in static_remote)
     ]
     problems += [f"JavaScript error: {e}" for e in console_errors(log)]
-    return problems
+    return problems, probe.get("showcaseY")
 
 
 def pick_chapter(build_dir: Path, pages: list[Path]) -> Path | None:
@@ -566,35 +568,42 @@ def take_screenshots(
     out_dir: Path,
     budget_ms: int,
     timeout_s: float,
-    work: Path,
+    showcase_y: dict[Path, float | None],
 ) -> list[Path]:
-    """Screenshots of the landing page and of one chapter (top, and scrolled to its first widget
-    or figure); returns the files written."""
+    """Screenshots of the landing page and of one chapter: its top, and the region of its first
+    widget or figure. Returns the files written.
+
+    Headless Chromium paints nothing below the first screen when a page is scrolled, so the second
+    chapter view is a tall window cropped around the height the probe measured.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    mirror = work / "scroll"
-    shots: list[tuple[str, Path, str, int]] = [("landing.png", landing_page(build_dir), "", 900)]
+    shots: list[tuple[str, Path, int, int | None]] = [
+        ("landing.png", landing_page(build_dir), WINDOW[1], None)
+    ]
     chapter = pick_chapter(build_dir, pages)
     if chapter is not None:
-        shots.append(("chapter.png", chapter, "", 1400))
-        shots.append(("chapter_figure.png", chapter, "scroll", 1000))
-        mirror_site(build_dir, [chapter], mirror, mode="scroll")
-    written = []
+        shots.append(("chapter.png", chapter, 1400, None))
+        y = showcase_y.get(chapter)
+        if y is not None:
+            top = max(0, int(y) - 200)
+            shots.append(("chapter_figure.png", chapter, min(top + 1000, 16000), top))
 
-    def shoot(item: tuple[str, Path, str, int]) -> Path | None:
-        name, page, mode, height = item
-        root = mirror if mode == "scroll" else build_dir
-        url = (root / page.relative_to(build_dir)).absolute().as_uri()
+    def shoot(item: tuple[str, Path, int, int | None]) -> Path | None:
+        name, page, height, crop_top = item
         target = out_dir / name
         target.unlink(missing_ok=True)
         extra = [f"--window-size={WINDOW[0]},{height}", f"--screenshot={target}"]
-        run_chromium(chromium, url, extra, budget_ms, timeout_s)
-        return target if target.is_file() else None
+        run_chromium(chromium, page.absolute().as_uri(), extra, budget_ms, timeout_s)
+        if not target.is_file():
+            return None
+        if crop_top:
+            import matplotlib.image as mpimg
+
+            mpimg.imsave(target, mpimg.imread(target)[crop_top:])
+        return target
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for path in pool.map(shoot, shots):
-            if path is not None:
-                written.append(path)
-    return written
+        return [path for path in pool.map(shoot, shots) if path is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -629,10 +638,10 @@ def main(argv: list[str] | None = None) -> int:
 
     problems = static_problems(build_dir, pages)
     with tempfile.TemporaryDirectory(prefix="browser-check-") as tmp:
-        work = Path(tmp)
-        mirror = work / "site"
+        mirror = Path(tmp) / "site"
         mirror_site(build_dir, pages, mirror)
         rels = [p.relative_to(build_dir) for p in pages]
+        showcase_y: dict[Path, float | None] = {}
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             results = pool.map(
                 lambda rel: check_page(
@@ -640,13 +649,14 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 rels,
             )
-            for rel, found in zip(rels, results, strict=True):
+            for rel, (found, y) in zip(rels, results, strict=True):
+                showcase_y[build_dir / rel] = y
                 if found:
                     problems.setdefault(build_dir / rel, []).extend(found)
-        shots_dir = args.screenshots or build_dir.parent / "screenshots"
-        shots = take_screenshots(
-            chromium, build_dir, pages, shots_dir, args.budget_ms, args.timeout, work
-        )
+    shots_dir = args.screenshots or build_dir.parent / "screenshots"
+    shots = take_screenshots(
+        chromium, build_dir, pages, shots_dir, args.budget_ms, args.timeout, showcase_y
+    )
 
     elapsed = time.perf_counter() - start
     for page in sorted(problems):

@@ -49,7 +49,8 @@ def models():
 
 
 def test_grey_levels_and_decoder_map_each_token_to_its_level():
-    assert grey_levels().tolist() == [0.0, 1 / 3, 2 / 3, 1.0]
+    torch.testing.assert_close(grey_levels(), torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]),
+                               rtol=0, atol=1e-7)
     tokens = torch.arange(SEQ_LEN) % N_LEVELS
     pixels = decode(F.one_hot(tokens, N_LEVELS).float())
     assert pixels.shape == (8, 8)
@@ -142,18 +143,16 @@ def test_steering_targets():
         steering_targets(torch.arange(10), shift=10)
 
 
-#: Guided minus unguided mean reward on the fixed-seed run below. Over seeds 0-9 of this exact
-#: configuration the improvement was between GAIN_MIN_SEEN and GAIN_MAX_SEEN nats (see the
-#: docstring); the test asks for half the smallest improvement seen.
-GAIN_MIN_SEEN = None
-
-
 @pytest.mark.parametrize("estimator", ["st", "redge"])
 def test_guidance_raises_the_reward_over_unguided(models, estimator):
-    """Guided minus unguided mean reward, same images (20: two per class), seed 0.
+    """Guided (N = 8) against unguided (N = 0) sampling of the same 20 images, seed 0.
 
-    The margin is justified by the per-image paired differences: the test asks for a mean
-    improvement larger than 3 standard errors of that mean *and* than 1 nat.
+    Margins. Over seeds 0-9 of exactly this configuration, the mean per-image gain in
+    ``log p(target)`` was 17.6-19.3 nats for both estimators with a standard error of about 1.6
+    (20 paired images), and the judge classified 55-75% of the guided images as the target
+    (0% unguided). The test asks for a gain above 10 nats (about 5 standard errors below every
+    value seen) and above 3 of its own standard errors, and for a judge hit rate of at least 0.3
+    (a proportion near 0.65 over 20 images has a standard error near 0.11).
     """
     kwargs = {"n_per_class": 2, "n_unmask_steps": 6, "lr": 0.2, "seed": 0}
     base = guide_images(models, estimator, n_inner=0, **kwargs)
@@ -161,9 +160,11 @@ def test_guidance_raises_the_reward_over_unguided(models, estimator):
     assert torch.equal(base.source, guided.source)
     gain = guided.per_image["reward"] - base.per_image["reward"]
     se = float(gain.std() / math.sqrt(len(gain)))
-    assert float(gain.mean()) > max(3 * se, 1.0)
+    assert float(gain.mean()) > max(3 * se, 10.0)
+    assert float(guided.per_image["judge_hit"].mean()) >= 0.3
+    assert float(base.per_image["judge_hit"].mean()) == 0.0
     assert float(guided.per_image["kl"].mean()) > 0
-    assert float(base.per_image["kl"].abs().max()) == 0.0
+    assert float(base.per_image["kl"].max()) < 1e-5  # phi = prior logits: KL 0 up to rounding
 
 
 def test_guidance_rejects_unknown_estimators_and_knobs(models):

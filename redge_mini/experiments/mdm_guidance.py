@@ -97,7 +97,7 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     if scale == "full":
         proto = Protocol("full", ("weak", "strong"), n_puzzles=48, n_reps=3, n_blanks=45,
-                         n_unmask_steps=20, n_inner={"weak": (10, 50, 200), "strong": (50,)})
+                         n_unmask_steps=20, n_inner={"weak": (8, 32, 128), "strong": (32,)})
     else:
         proto = Protocol("small", ("weak", "strong"), n_puzzles=8, n_reps=2, n_blanks=45,
                          n_unmask_steps=10, n_inner={"weak": (10,), "strong": (10,)})

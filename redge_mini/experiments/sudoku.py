@@ -118,7 +118,7 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     if scale == "full":
         proto = Protocol("full", n_blanks=45, n_select=16, n_eval=64, n_reps=3,
-                         budgets=(100, 300, 1000), lrs=(0.05, 0.1, 0.3), grids=GRIDS["full"])
+                         budgets=(100, 300, 600), lrs=(0.05, 0.1, 0.3), grids=GRIDS["full"])
     else:
         proto = Protocol("small", n_blanks=40, n_select=4, n_eval=6, n_reps=2,
                          budgets=(50, 200), lrs=(0.1, 0.3), grids=GRIDS["small"])

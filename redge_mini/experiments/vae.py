@@ -114,6 +114,7 @@ class Protocol:
     cost_latents: str
     cost_steps: int
     n_images: int
+    batch_size: int = 200
     data_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -128,8 +129,11 @@ class Protocol:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.n_train + self.n_valid + self.n_test > 5000:
             raise ValueError("n_train + n_valid + n_test must not exceed the 5,000 images")
-        if self.n_train < vae.VAEConfig().batch_size:
-            raise ValueError(f"n_train={self.n_train} is smaller than one batch (200)")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or (
+            not 1 <= self.batch_size <= self.n_train
+        ):
+            raise ValueError(f"batch_size must be an int in [1, n_train={self.n_train}], got "
+                             f"{self.batch_size!r}")
         if self.n_images > self.n_test:
             raise ValueError(f"n_images={self.n_images} exceeds n_test={self.n_test}")
         for estimator, grid in self.grids.items():
@@ -147,7 +151,8 @@ class Protocol:
         """The model and optimiser of configuration ``latents`` trained for ``n_epochs``."""
         n_latent, n_classes = LATENTS[latents]
         return vae.VAEConfig(n_latent=n_latent, n_classes=n_classes, n_epochs=n_epochs,
-                             eval_every=min(self.eval_every, n_epochs))
+                             eval_every=min(self.eval_every, n_epochs),
+                             batch_size=self.batch_size)
 
     def stage_config(self, stage: str, latents: str, estimators: list[str],
                      chosen: dict[str, dict] | None = None) -> dict[str, Any]:
@@ -181,9 +186,9 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
     elif scale == "small":
         defaults = {name: [spec.defaults()] for name, spec in ESTIMATORS.items()}
         proto = Protocol(scale="small", latents=("binary12",), n_train=1000, n_valid=200,
-                         n_test=200, n_epochs=4, tune_epochs=0, n_seeds=2, grids=defaults,
+                         n_test=200, n_epochs=8, tune_epochs=0, n_seeds=2, grids=defaults,
                          iw_samples=20, n_elbo_samples=1, eval_every=2, monitor=200,
-                         cost_latents="binary48", cost_steps=4, n_images=6)
+                         cost_latents="binary48", cost_steps=6, n_images=6)
     else:
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     if smoke:

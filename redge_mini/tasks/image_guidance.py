@@ -714,7 +714,7 @@ def guide_images(
         "reward_hit": (reward_top == target).float().cpu(),
         "judge_hit": (judge_top == target).float().cpu(),
         "judge_source": (judge_top == source).float().cpu(),
-        "kl": info["kl_revealed"].float().cpu(),
+        "kl": info["kl_revealed"].float().clamp(min=0.0).cpu(),  # KL >= 0 up to rounding
         "nll_prior": info["nll_prior"].float().cpu(),
     }
     return GuidanceRun(tokens.cpu(), source.cpu(), target.cpu(), per_image, seconds)

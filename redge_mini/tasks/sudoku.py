@@ -21,6 +21,7 @@ drawn with a pathwise estimator and the loss is the penalty of that sample.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import numbers
 import time
@@ -264,12 +265,17 @@ def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
     return torch.where(tokens == MASK_TOKEN, torch.zeros_like(tokens), tokens + 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _units_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:data:`UNITS` on ``device`` (cached: no host-to-device copy at every penalty call)."""
+    return UNITS.to(device=device, dtype=dtype)
+
+
 def unit_counts(onehot: torch.Tensor) -> torch.Tensor:
     """Digit counts per unit: ``(B, 81, 9)`` -> ``(B, 27, 9)`` (differentiable)."""
     if onehot.dim() != 3 or tuple(onehot.shape[1:]) != (81, 9):
         raise ValueError(f"onehot must have shape (B, 81, 9), got {tuple(onehot.shape)}")
-    units = UNITS.to(device=onehot.device, dtype=onehot.dtype)
-    return torch.einsum("un,bnk->buk", units, onehot)
+    return torch.einsum("un,bnk->buk", _units_on(onehot.device, onehot.dtype), onehot)
 
 
 def penalty(onehot: torch.Tensor) -> torch.Tensor:

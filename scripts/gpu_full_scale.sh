@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run every full-scale experiment and the estimator benchmark on a CUDA machine, in one go.
+# Usage: OUT=<folder> bash scripts/gpu_full_scale.sh   (results land in $OUT/results/<experiment>/)
+# The experiments run side by side on the one GPU; each is resumable and bounded by a timeout,
+# so an interrupted run keeps the files it finished. Copy $OUT/results/* into book/results/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:?set OUT to an output folder}"
+LIMIT="${LIMIT:-330}"
+export PYTHONUNBUFFERED=1 REDGE_SCALE=full PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT/results"
+log="$OUT/experiments.log"
+{ nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"; } >"$log" 2>&1
+start=$(date +%s)
+for exp in polyprog vae sudoku mdm_guidance image_guidance; do
+  (
+    timeout "$LIMIT" python3 -m redge_mini.experiments."$exp" --scale full --device cuda \
+      --out "$OUT/results/$exp" --no-progress >"$OUT/results/$exp.log" 2>&1
+    echo "$exp: exit $? after $(( $(date +%s) - start )) s" >>"$log"
+  ) &
+done
+wait
+for f in "$OUT"/results/*.log; do { echo "=== $f"; tail -n 30 "$f"; } >>"$log"; rm -f "$f"; done
+python3 benchmarks/bench_estimators.py --device cuda >"$OUT/bench_cuda.txt" 2>&1
+python3 benchmarks/bench_estimators.py --device cpu --threads 1 >"$OUT/bench_cpu.txt" 2>&1
+tar czf "$OUT/results.tgz" -C "$OUT" results && rm -rf "$OUT/results"
+echo "total $(( $(date +%s) - start )) s" >>"$log"
+cat "$log"
