@@ -12,10 +12,13 @@ mkdir -p "$OUT/results"
 log="$OUT/experiments.log"
 { nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"; } >"$log" 2>&1
 start=$(date +%s)
-for exp in polyprog vae sudoku mdm_guidance image_guidance; do
+# experiment:minutes (each script stops starting new runs after its --max-minutes)
+for item in polyprog:4 vae:4.5 sudoku:2 mdm_guidance:2.5 image_guidance:2.5; do
+  exp="${item%%:*}" minutes="${item##*:}"
   (
     timeout "$LIMIT" python3 -m redge_mini.experiments."$exp" --scale full --device cuda \
-      --out "$OUT/results/$exp" --no-progress >"$OUT/results/$exp.log" 2>&1
+      --max-minutes "$minutes" --out "$OUT/results/$exp" --no-progress \
+      >"$OUT/results/$exp.log" 2>&1
     echo "$exp: exit $? after $(( $(date +%s) - start )) s" >>"$log"
   ) &
 done

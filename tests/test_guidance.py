@@ -129,3 +129,18 @@ def test_bad_arguments_are_rejected() -> None:
         guided_sample(model, lambda x: x.sum(), "st", **common)
     with pytest.raises(ValueError, match="either n"):
         guided_sample(model, count_not_zero, "st", **{**common, "n": None})
+
+
+def test_experiment_script_runs_and_resumes(tmp_path) -> None:
+    from redge_mini.experiments import mdm_guidance as e4
+
+    args = ["--smoke", "--out", str(tmp_path), "--estimators", "redge", "--device", "cpu"]
+    assert e4.main(args) == 0
+    names = sorted(p.stem for p in tmp_path.glob("*.json"))
+    assert names == ["small-smoke_strong_redge", "small-smoke_strong_unguided",
+                     "small-smoke_weak_redge", "small-smoke_weak_unguided"]
+    assert e4.main(args) == 0
+    summary = e4.summarise(e4.run(e4.protocol("small", smoke=True), ["redge"], out=tmp_path))
+    settings = {(r["checkpoint"], r["setting"]) for r in summary["rows"]}
+    assert ("weak", "ancestral") in settings and ("strong", "N=2") in settings
+    assert all(r["violations"] >= 0 for r in summary["rows"])

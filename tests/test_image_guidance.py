@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from redge_mini.experiments import image_guidance as experiment
+from redge_mini.experiments import train_image_models as train_script
 from redge_mini.masked_diffusion import sample_unmasking
 from redge_mini.tasks.image_guidance import (
     N_LEVELS,
@@ -41,6 +42,16 @@ from redge_mini.tasks.image_guidance import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every tensor here is tiny; with two threads these tests ran 3x slower on the CI-sized
+    machine (thread synchronisation costs more than the parallel work saves)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +234,30 @@ def test_experiment_smoke_run_resumes_and_summarises(models, tmp_path):
     row = summary["rows"][0]
     assert row["objective"] == pytest.approx(
         proto.reward_scale * row["reward"] - row["kl"], rel=1e-3, abs=1e-3)
+
+
+def test_tuning_picks_the_setting_with_the_highest_objective(models, tmp_path):
+    proto = experiment.protocol("full", smoke=True)
+    records = experiment.run(proto, ["st"], models=models, out=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "full-smoke_st.json", "full-smoke_tune_st.json", "full-smoke_unguided.json"]
+    tune = next(r for r in records if r["config"]["kind"] == "tune")["data"]
+    assert len(tune["results"]) == len(proto.step_sizes)
+    best = max(tune["results"], key=lambda r: r["objective"])
+    assert tune["chosen"] == {"knobs": best["knobs"], "step_size": best["step_size"]}
+    evaluated = next(r for r in records if r["config"]["kind"] == "eval")["data"]
+    assert evaluated["chosen"] == tune["chosen"]
+
+
+def test_training_script_writes_loadable_models(tmp_path):
+    train_script.main(["--smoke", "--out", str(tmp_path), "--no-progress"])
+    loaded = load_image_models(tmp_path)
+    assert loaded.meta["config"]["prior"]["steps"] == 2
+    assert loaded.prior.n_classes == 10 and loaded.prior.vocab_size == N_LEVELS
+    with pytest.raises(SystemExit):
+        train_script.main(["--smoke"])  # would overwrite the stored models
+    with pytest.raises(FileNotFoundError, match="train_image_models"):
+        load_image_models(tmp_path / "missing")
 
 
 def test_experiment_refuses_bad_input(tmp_path):

@@ -10,6 +10,14 @@ import pytest
 import torch
 
 from redge_mini import st
+from redge_mini.experiments import (
+    Deadline,
+    compact,
+    existing_result,
+    mean_se,
+    parse_estimators,
+    verdict,
+)
 from redge_mini.experiments import polyprog as experiment
 from redge_mini.tasks.polyprog import (
     PolyProgConfig,
@@ -179,3 +187,72 @@ def test_experiment_cli_refuses_bad_input(tmp_path, capsys) -> None:
         experiment.main(["--smoke", "--max-minutes", "0", "--out", str(tmp_path)])
     assert experiment.main(["--smoke", "--scale", "small", "--estimators", "st",
                             "--out", str(tmp_path), "--no-progress"]) == 0
+
+
+# Shared helpers of redge_mini.experiments (used by every experiment script).
+
+
+def test_mean_se_matches_the_textbook_formula() -> None:
+    import statistics
+
+    values = [1.0, 4.0, 2.5, 7.0, 3.0]
+    mean, se = mean_se(values)
+    assert mean == pytest.approx(statistics.fmean(values))
+    assert se == pytest.approx(statistics.stdev(values) / math.sqrt(len(values)))
+    assert math.isnan(mean_se([2.0])[1])
+    with pytest.raises(ValueError, match="empty"):
+        mean_se([])
+
+
+def test_verdict_needs_two_standard_errors_and_the_tolerance() -> None:
+    assert verdict(1.0, 0.1, 2.0, 0.1) == "wins"          # 1.0 apart, 2 SE = 0.28
+    assert verdict(2.0, 0.1, 1.0, 0.1) == "loses"
+    assert verdict(1.0, 0.4, 1.5, 0.4) == "ties"          # 0.5 < 2 * 0.57
+    assert verdict(2.0, 0.1, 1.0, 0.1, lower_is_better=False) == "wins"
+    assert verdict(1e-9, 0.0, 2e-9, 0.0, tolerance=1e-6) == "ties"
+    with pytest.raises(ValueError, match="mean"):
+        verdict(math.nan, 0.1, 1.0, 0.1)
+
+
+def test_compact_rounds_nested_floats_and_keeps_non_finite() -> None:
+    data = {"a": [0.123456789, torch.tensor([1.0 / 3.0])], "b": math.inf, "c": 3}
+    assert compact(data, 3) == {"a": [0.123, [0.333]], "b": math.inf, "c": 3}
+
+
+def test_existing_result_detects_a_config_change(tmp_path) -> None:
+    from redge_mini.runtime import save_results
+
+    assert not existing_result(tmp_path, "x", {"a": 1})
+    save_results("demo", "x", {"v": 1}, config={"a": 1, "t": (1, 2)}, root=tmp_path)
+    assert existing_result(tmp_path, "x", {"a": 1, "t": (1, 2)})
+    with pytest.raises(ValueError, match="different configuration"):
+        existing_result(tmp_path, "x", {"a": 2, "t": (1, 2)})
+
+
+def test_parse_estimators_and_deadline_refuse_bad_input() -> None:
+    assert parse_estimators(None, ["st", "redge"]) == ["st", "redge"]
+    assert parse_estimators("redge, st", ["st", "redge"]) == ["redge", "st"]
+    with pytest.raises(ValueError, match="unknown"):
+        parse_estimators("st,bogus", ["st"])
+    with pytest.raises(ValueError, match="twice"):
+        parse_estimators("st,st", ["st"])
+    with pytest.raises(ValueError, match="max-minutes"):
+        Deadline(0)
+    assert not Deadline(None).expired()
+    import time
+
+    short = Deadline(1e-6)          # 60 microseconds
+    time.sleep(0.01)
+    assert short.expired() and short.elapsed() >= 0.01
+
+
+def test_optimise_stops_when_asked_and_the_script_resumes(tmp_path) -> None:
+    from redge_mini.tasks import TrainingInterrupted
+
+    config = PolyProgConfig(n_vars=4, n_samples=2, n_iters=120, n_runs=1)
+    with pytest.raises(TrainingInterrupted):
+        optimise("st", None, config, stop=lambda: True)
+    # A spent budget leaves the script unfinished (exit code 3) without a partial file.
+    code = experiment.main(["--smoke", "--scale", "small", "--out", str(tmp_path),
+                            "--max-minutes", "1e-9", "--no-progress"])
+    assert code == 3 and not list(tmp_path.glob("*.json"))

@@ -166,3 +166,21 @@ def test_mean_field_rejects_bad_arguments() -> None:
         sudoku.solve_mean_field(puzzles, "st", steps=2, lr=-0.1, generator=None)
     with pytest.raises(ValueError, match="budgets"):
         sudoku.solve_mean_field(puzzles, "st", steps=2, lr=0.1, budgets=[3], generator=None)
+
+
+def test_experiment_script_runs_resumes_and_refuses_bad_input(tmp_path, capsys) -> None:
+    from redge_mini.experiments import sudoku as e3
+
+    args = ["--smoke", "--out", str(tmp_path), "--estimators", "st,redge", "--device", "cpu"]
+    assert e3.main(args) == 0
+    files = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert files == ["small-smoke_redge.json", "small-smoke_st.json"]
+    stamp = (tmp_path / "small-smoke_st.json").stat().st_mtime_ns
+    assert e3.main(args) == 0  # resumed: nothing recomputed
+    assert (tmp_path / "small-smoke_st.json").stat().st_mtime_ns == stamp
+    summary = e3.summarise(e3.run(e3.protocol("small", smoke=True), ["st", "redge"],
+                                  out=tmp_path))
+    assert {r["estimator"] for r in summary["rows"]} == {"st", "redge"}
+    with pytest.raises(SystemExit):
+        e3.main(["--smoke", "--out", str(tmp_path), "--estimators", "nope"])
+    assert "unknown estimator" in capsys.readouterr().err

@@ -25,6 +25,7 @@ __all__ = [
     "compact",
     "existing_result",
     "mean_se",
+    "parse_estimators",
     "resolve_device",
     "verdict",
 ]

@@ -101,11 +101,6 @@ class Protocol:
             for knobs in grid:
                 check_knobs(name, **knobs)  # unknown estimator or invalid knob -> ValueError
 
-    @property
-    def needs_tuning(self) -> bool:
-        """Whether some estimator has more than one setting to choose from."""
-        return len(self.step_sizes) > 1 or any(len(g) > 1 for g in self.grids.values())
-
     def settings(self, estimator: str) -> list[dict[str, Any]]:
         """Every ``{"knobs", "step_size"}`` setting of ``estimator``'s tuning grid.
 
@@ -143,7 +138,7 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
     if scale == "full":
         proto = Protocol(scale="full", n_per_class=100, budgets=(4, 8, 16, 32))
     else:
-        proto = Protocol(scale="small", n_per_class=3, budgets=(4, 16), n_unmask_steps=8,
+        proto = Protocol(scale="small", n_per_class=5, budgets=(4, 16), n_unmask_steps=8,
                          step_sizes=(3.0,), grids=DEFAULT_GRIDS)
     if smoke:
         proto = replace(proto, scale=scale + "-smoke", n_per_class=1, budgets=(2,),
@@ -295,8 +290,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     metric's mean and SE, ``setting``, ``setting_text``), ``best`` (budget -> the estimator with
     the highest mean objective and its margin over the runner-up), ``verdicts`` ((budget, ReDGE
     family member) -> wins / ties / loses against the best estimator outside the family, on the
-    objective, with ``n_se = 2``), ``tuning`` (estimator -> list of tried settings with their
-    objective) and ``config`` (the common configuration).
+    objective, with ``n_se = 2``, plus the difference and its standard error), ``tuning``
+    (estimator -> its tuning record: tried settings with their objective, the chosen one) and
+    ``config`` (the common configuration).
     """
     if not records:
         raise ValueError("records is empty: nothing to summarise")
@@ -336,8 +332,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 verdicts[(budget, row["estimator"])] = {
                     "verdict": verdict(row["objective"], row["objective_se"], rival["objective"],
                                        rival["objective_se"], lower_is_better=False),
-                    "rival": rival["estimator"], "difference": row["objective"]
-                    - rival["objective"],
+                    "rival": rival["estimator"],
+                    "difference": row["objective"] - rival["objective"],
+                    "difference_se": math.hypot(row["objective_se"], rival["objective_se"]),
                 }
     estimators = sorted({r["estimator"] for r in rows}, key=order.__getitem__)
     return {"scale": scales.pop(), "budgets": budgets, "estimators": estimators,

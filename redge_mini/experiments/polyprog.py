@@ -32,6 +32,7 @@ import torch
 
 from .. import runtime
 from ..registry import label
+from ..tasks import StopCallback, TrainingInterrupted
 from ..tasks.polyprog import ESTIMATOR_NAMES, PolyProgConfig, optimise
 from . import (
     Deadline,
@@ -129,6 +130,7 @@ def run_estimator(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
+    stop: StopCallback | None = None,
 ) -> dict[str, Any]:
     """Run one estimator over its grid; return the record stored in its result file."""
     if estimator not in ESTIMATOR_NAMES:
@@ -136,7 +138,7 @@ def run_estimator(
     start = time.perf_counter()
     result = optimise(estimator, proto.grids[estimator], proto.config,
                       seed=seed + ESTIMATOR_NAMES.index(estimator), device=device,
-                      progress=progress)
+                      progress=progress, stop=stop)
     wall = time.perf_counter() - start
     evaluation = result.gaps[:, :, proto.n_select:, :]
     n_eval = evaluation.shape[2]
@@ -193,7 +195,13 @@ def run(
             print(f"polyprog: --max-minutes reached, {estimator} not run (rerun to resume)",
                   file=sys.stderr)
             continue
-        record = run_estimator(estimator, proto, seed=seed, device=device, progress=progress)
+        try:
+            record = run_estimator(estimator, proto, seed=seed, device=device,
+                                   progress=progress, stop=deadline.expired)
+        except TrainingInterrupted:
+            print(f"polyprog: --max-minutes reached during {estimator}, which was discarded "
+                  "(rerun to resume)", file=sys.stderr)
+            break
         if save:
             runtime.save_results(EXPERIMENT, name, record["data"], config=record["config"],
                                  seed=seed, root=folder)

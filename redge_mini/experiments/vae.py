@@ -11,15 +11,17 @@ shuffled, 4,000 train / 500 validation / 500 test), with the authors' architectu
 (:mod:`redge_mini.tasks.vae`: MLP 784-512-256, Adam lr 5e-4, batch 200):
 
 1. *Tuning.* For each latent configuration every estimator is trained once per knob value of its
-   grid, for ``tune_epochs`` epochs (50: shorter than the main runs, to fit the time budget); the
-   value with the lowest validation negative ELBO (exact samples) is kept.
+   grid, for ``tune_epochs`` epochs (30: much shorter than the main runs, to fit a budget of a
+   few GPU minutes for the whole experiment); the value with the lowest validation negative ELBO
+   (exact samples) is kept.
 2. *Main runs.* Each estimator at its chosen value, ``n_seeds`` fresh seeds, the authors' 200
    epochs. Reported per model: training ``-ELBO`` with the estimator's own forward sample and with
    an exact sample from ``q``, validation and test ``-ELBO``, minus the importance-weighted bound
    with 1,000 samples on the test set and, for ``K^L <= 2^16``, the exact test negative
    log-likelihood by enumeration.
-3. *Cost (E7).* Median wall time of one training step of a single VAE (48 binary latents) per
-   estimator, interleaved in one process, as a ratio to Straight-Through.
+3. *Cost (E7)*, run right after the first configuration: median wall time of one training step
+   of a single VAE (48 binary latents, batch 200) per estimator, interleaved in one process, as
+   a ratio to Straight-Through.
 
 Latent configurations: 48 binary latents (the authors'), 16 categorical latents with 10 classes,
 and 12 binary latents (4,096 configurations: exact likelihood). All models of one stage train side
@@ -47,7 +49,7 @@ import torch
 from .. import runtime
 from ..datasets import load_mnist_5k
 from ..registry import ESTIMATORS, check_knobs, label
-from ..tasks import vae
+from ..tasks import StopCallback, TrainingInterrupted, vae
 from . import (
     Deadline,
     add_common_arguments,
@@ -179,7 +181,7 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
     """The protocol of ``scale`` (``"small"`` or ``"full"``); ``smoke`` shrinks it to seconds."""
     if scale == "full":
         proto = Protocol(scale="full", latents=("binary48", "cat16x10", "binary12"),
-                         n_train=4000, n_valid=500, n_test=500, n_epochs=200, tune_epochs=50,
+                         n_train=4000, n_valid=500, n_test=500, n_epochs=200, tune_epochs=30,
                          n_seeds=3, grids=FULL_GRIDS, iw_samples=1000, n_elbo_samples=5,
                          eval_every=10, monitor=1000, cost_latents="binary48", cost_steps=50,
                          n_images=6)
@@ -188,12 +190,13 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
         proto = Protocol(scale="small", latents=("binary12",), n_train=1000, n_valid=200,
                          n_test=200, n_epochs=8, tune_epochs=0, n_seeds=2, grids=defaults,
                          iw_samples=20, n_elbo_samples=1, eval_every=2, monitor=200,
-                         cost_latents="binary48", cost_steps=6, n_images=6)
+                         cost_latents="binary48", cost_steps=6, n_images=6, batch_size=50)
     else:
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     if smoke:
         proto = replace(proto, scale=f"{scale}-smoke", n_train=400, n_valid=100, n_test=100,
                         n_epochs=2, tune_epochs=min(proto.tune_epochs, 1), n_seeds=2,
+                        batch_size=min(proto.batch_size, 100),
                         iw_samples=4, n_elbo_samples=1, eval_every=1, monitor=100,
                         cost_steps=2, n_images=3)
     return proto
@@ -217,14 +220,16 @@ def _record(name: str, config: dict, seed: int, data: dict) -> dict[str, Any]:
 
 
 def run_tune(proto: Protocol, latents: str, estimators: list[str], tensors: dict, *,
-             seed: int, device: torch.device, progress: bool) -> dict[str, Any]:
+             seed: int, device: torch.device, progress: bool,
+             stop: StopCallback | None = None) -> dict[str, Any]:
     """Stage 1: every knob value of every estimator, one run each; choose on validation data."""
     members = [vae.Member(e, knobs, 0) for e in estimators for knobs in proto.grids[e]]
     config = proto.vae_config(latents, proto.tune_epochs)
     generator = torch.Generator(device=device).manual_seed(seed)
     model = vae.EnsembleVAE(len(members), config, generator=generator, device=device)
     history = vae.train(model, members, tensors["x_train"], x_valid=tensors["x_valid"],
-                        generator=generator, monitor=proto.monitor, progress=progress)
+                        generator=generator, monitor=proto.monitor, progress=progress,
+                        stop=stop)
     valid = vae.mean_negative_elbo(model, tensors["x_valid"], n_samples=proto.n_elbo_samples,
                                    generator=generator).cpu()
     chosen: dict[str, dict] = {}
@@ -244,7 +249,7 @@ def run_tune(proto: Protocol, latents: str, estimators: list[str], tensors: dict
 
 def run_main(proto: Protocol, latents: str, chosen: dict[str, dict], tensors: dict, *,
              seed: int, device: torch.device, progress: bool,
-             images: bool) -> dict[str, Any]:
+             images: bool, stop: StopCallback | None = None) -> dict[str, Any]:
     """Stage 2: each estimator at its chosen knobs, ``n_seeds`` seeds, every metric."""
     estimators = list(chosen)
     members = [vae.Member(e, chosen[e], r) for e in estimators for r in range(proto.n_seeds)]
@@ -252,7 +257,8 @@ def run_main(proto: Protocol, latents: str, chosen: dict[str, dict], tensors: di
     generator = torch.Generator(device=device).manual_seed(seed)
     model = vae.EnsembleVAE(len(members), config, generator=generator, device=device)
     history = vae.train(model, members, tensors["x_train"], x_valid=tensors["x_valid"],
-                        generator=generator, monitor=proto.monitor, progress=progress)
+                        generator=generator, monitor=proto.monitor, progress=progress,
+                        stop=stop)
     tic = time.perf_counter()
     metrics = vae.evaluate(model, members, x_train=tensors["x_train"], x_test=tensors["x_test"],
                            x_valid=tensors["x_valid"], iw_samples=proto.iw_samples,
@@ -287,7 +293,7 @@ def run_main(proto: Protocol, latents: str, chosen: dict[str, dict], tensors: di
 def run_cost(proto: Protocol, estimators: list[str], chosen: dict[str, dict], tensors: dict, *,
              seed: int) -> dict[str, Any]:
     """Stage 3 (E7): median time of one training step per estimator, ratio to ST."""
-    config = proto.vae_config(proto.cost_latents, 1)
+    config = replace(proto.vae_config(proto.cost_latents, 1), batch_size=200)
     pairs = [(e, chosen.get(e, ESTIMATORS[e].defaults())) for e in estimators]
     seconds = vae.time_training_steps(pairs, tensors["x_train"], config,
                                       n_steps=proto.cost_steps, seed=seed)
@@ -336,47 +342,57 @@ def run(
                   file=sys.stderr)
             return None
         tic = time.perf_counter()
-        record = _record(name, config, seed, compute())
+        try:
+            record = _record(name, config, seed, compute())
+        except TrainingInterrupted:
+            print(f"vae: --max-minutes reached during stage {name}, which was discarded "
+                  "(rerun to resume)", file=sys.stderr)
+            return None
         if save:
             runtime.save_results(EXPERIMENT, name, record["data"], config=config, seed=seed,
                                  root=folder)
         if progress:
-            print(f"vae: {name} done in {time.perf_counter() - tic:.1f} s", file=sys.stderr)
+            print(f"vae: {name} done in {time.perf_counter() - tic:.1f} s "
+                  f"({deadline.elapsed():.0f} s since start)", file=sys.stderr)
         records.append(record)
         return record
 
-    chosen_first: dict[str, dict] = {}
-    for index, latents in enumerate(proto.latents):
+    def run_latents(index: int, latents: str) -> dict[str, dict] | None:
         tuned = [e for e in estimators if len(proto.grids[e]) > 1]
         chosen = {e: check_knobs(e, **proto.grids[e][0]) for e in estimators}
         if tuned:
             tune = stage(f"{proto.scale}_{latents}_tune",
                          proto.stage_config("tune", latents, tuned),
-                         lambda latents=latents, tuned=tuned, index=index: run_tune(
-                             proto, latents, tuned, tensors, seed=seed + 100 + index,
-                             device=device, progress=progress))
+                         lambda: run_tune(proto, latents, tuned, tensors, seed=seed + 100 + index,
+                                          device=device, progress=progress,
+                                          stop=deadline.expired))
             if tune is None:
-                continue
+                return None
             chosen.update(tune["data"]["chosen"])
-        if index == 0:
-            chosen_first = chosen
-        stage(f"{proto.scale}_{latents}_main", proto.stage_config("main", latents, estimators,
-                                                                   chosen),
-              lambda latents=latents, chosen=chosen, index=index: run_main(
-                  proto, latents, chosen, tensors, seed=seed + index, device=device,
-                  progress=progress, images=index == 0))
+        stage(f"{proto.scale}_{latents}_main",
+              proto.stage_config("main", latents, estimators, chosen),
+              lambda: run_main(proto, latents, chosen, tensors, seed=seed + index, device=device,
+                               progress=progress, images=index == 0, stop=deadline.expired))
+        return chosen
+
+    # Stage order: the first configuration (the authors'), then the cost, then the others, so
+    # that a time budget that runs out leaves the most important results done.
+    chosen_first = run_latents(0, proto.latents[0])
     if cost:
-        knobs = chosen_first if proto.cost_latents == proto.latents[0] else {}
+        knobs = chosen_first if chosen_first and proto.cost_latents == proto.latents[0] else {}
         stage(f"{proto.scale}_cost", proto.stage_config("cost", proto.cost_latents, estimators,
                                                         knobs),
               lambda: run_cost(proto, estimators, knobs, tensors, seed=seed + 1000))
+    for index, latents in enumerate(proto.latents[1:], start=1):
+        run_latents(index, latents)
     return records
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Tables, verdicts, histories, images and costs from VAE records of one scale.
 
-    Returns a dict with ``scale``; ``main`` (latents -> ``{"rows", "verdicts", "record"}``), where
+    Returns a dict with ``scale``; ``main`` (latents -> ``{"rows", "verdicts", "record"}``, in the
+    order of :data:`LATENTS`), where
     each row holds an estimator's chosen knobs and ``metric -> (mean, se)`` over seeds, and each
     verdict compares a ReDGE-family member with the best other estimator on a metric;
     ``tune`` (latents -> record data); ``cost`` (the cost record's data or None).
@@ -395,6 +411,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             out["cost"] = record["data"]
         else:
             out["main"][latents] = _summarise_main(record)
+    order = list(LATENTS)   # the protocol's order (the authors' configuration first)
+    out["main"] = dict(sorted(out["main"].items(), key=lambda item: order.index(item[0])))
+    out["tune"] = dict(sorted(out["tune"].items(), key=lambda item: order.index(item[0])))
     return out
 
 
@@ -470,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             print("cost / ST: " + ", ".join(f"{e} {r:.2f}" for e, r in ratios.items()))
     print(f"vae ({proto.scale}, {device}): {len(records)}/{expected} stages in {folder}, "
           f"{time.perf_counter() - start:.1f} s")
-    return 0 if len(records) == expected else 3
+    return 0 if len(records) == expected else 3  # 3: unfinished, rerun to resume
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ Stored weights live in ``redge_mini/data/image_guidance_models.pt`` (made by
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
@@ -202,8 +203,14 @@ def decode(one_hot: torch.Tensor) -> torch.Tensor:
         Pixel intensities ``(..., 8, 8)`` in ``[0, 1]``, differentiable in ``one_hot``.
     """
     one_hot = _check_one_hot_shape(one_hot, "one_hot")
-    pixels = one_hot @ grey_levels().to(device=one_hot.device, dtype=one_hot.dtype)
+    pixels = one_hot @ _levels_on(one_hot.device, one_hot.dtype)
     return pixels.reshape(*one_hot.shape[:-2], IMAGE_SIDE, IMAGE_SIDE)
+
+
+@functools.cache
+def _levels_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`grey_levels` on ``device`` in ``dtype``, made once (no copy in the guidance loop)."""
+    return grey_levels().to(device=device, dtype=dtype)
 
 
 class DigitCNN(nn.Module):
@@ -382,6 +389,11 @@ def class_log_prob(
         target = torch.full((batch,), _check_int(target, "target", 0), device=one_hot.device)
     if target.numel() and (target.min() < 0 or target.max() >= N_CLASSES):
         raise ValueError(f"target must take values in 0..{N_CLASSES - 1}")
+    return _log_prob(classifier, one_hot, target)
+
+
+def _log_prob(classifier: nn.Module, one_hot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`class_log_prob` without the checks, for the guidance loop (``target`` is ``(B,)``)."""
     log_probs = F.log_softmax(classifier(one_hot), dim=-1)
     return log_probs.gather(-1, target[:, None]).squeeze(-1)
 
@@ -634,7 +646,7 @@ def guide_images(
     knobs: dict[str, Any] | None = None,
     lam: float = 1.0,
     reward_scale: float = 10.0,
-    n_unmask_steps: int = 16,
+    n_unmask_steps: int = 12,
     shift: int = 1,
     seed: int = 0,
 ) -> GuidanceRun:
@@ -646,7 +658,8 @@ def guide_images(
     ``-reward_scale * log p + lam * KL``). ``n_inner = 0`` gives the unguided baseline (greedy
     decoding of the prior on the same unmasking schedule). Every image is independent of the others
     (Adam acts elementwise and the loss is a sum over images), so standard errors over images are
-    valid.
+    valid. The three models are put in eval mode and their parameters frozen
+    (``requires_grad_(False)``): guidance differentiates with respect to the tokens only.
 
     Parameters
     ----------
@@ -689,7 +702,9 @@ def guide_images(
     reward_model = models.reward
 
     def objective(one_hot: torch.Tensor) -> torch.Tensor:
-        return reward_scale * class_log_prob(reward_model, one_hot, target)
+        # class_log_prob without its checks: the loop calls this n_unmask_steps * n_inner times,
+        # and checking the targets' range would synchronise a GPU at every call
+        return reward_scale * _log_prob(reward_model, one_hot, target)
 
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed)

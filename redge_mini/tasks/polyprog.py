@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..registry import check_knobs, make_estimator
 from ..score_function import reinforce_loss
+from . import StopCallback, TrainingInterrupted
 
 __all__ = [
     "PolyProgConfig",
@@ -234,6 +235,7 @@ def optimise(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
+    stop: StopCallback | None = None,
 ) -> PolyProgRun:
     """Minimise the polynomial programming objective with Adam and one estimator.
 
@@ -250,6 +252,8 @@ def optimise(
         seed: seed of the generator every random draw comes from.
         device: where to compute (default CPU).
         progress: show a ``tqdm`` progress bar.
+        stop: checked every 50 steps; when it returns True the run is abandoned by raising
+            :class:`~redge_mini.tasks.TrainingInterrupted`.
 
     Returns:
         A :class:`PolyProgRun` with the recorded optimality gaps on the CPU.
@@ -292,6 +296,8 @@ def optimise(
     steps.append(0)
     for step in tqdm(range(1, config.n_iters + 1), disable=not progress,
                      desc=f"polyprog {estimator}", leave=False):
+        if stop is not None and step % 50 == 0 and stop():
+            raise TrainingInterrupted(f"polyprog {estimator} stopped at step {step}")
         optimiser.zero_grad(set_to_none=True)
         loss = sum(loss_of(g) for g in range(n_grid))
         loss.backward()

@@ -405,8 +405,9 @@ def solve_mean_field(
     MeanFieldResult
         Configs ordered knobs-major: ``[(k0, lr0), (k0, lr1), ..., (k1, lr0), ...]``.
     """
-    puzzles = validate_puzzles(puzzles).to(
-        puzzles.device if isinstance(puzzles, torch.Tensor) else "cpu")
+    dev = puzzles.device if isinstance(puzzles, torch.Tensor) else torch.device("cpu")
+    checked = validate_puzzles(puzzles.cpu() if isinstance(puzzles, torch.Tensor) else puzzles)
+    puzzles = checked.to(dev)
     spec = get_spec(estimator_name)
     steps = _count(steps, "steps", 1)
     lrs = [lr] if isinstance(lr, numbers.Real) else list(lr)
@@ -422,7 +423,6 @@ def solve_mean_field(
     budgets = sorted({steps} if budgets is None else {_count(b, "budgets", 1) for b in budgets})
     if budgets[-1] > steps:
         raise ValueError(f"budgets must be <= steps={steps}, got {budgets[-1]}")
-    dev = puzzles.device
     if generator is not None and torch.device(generator.device).type != dev.type:
         raise ValueError(f"generator is on {generator.device} but puzzles are on {dev}")
     batch = puzzles.shape[0]

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..registry import check_knobs, make_estimator
 from ..score_function import sample_onehot
+from . import StopCallback, TrainingInterrupted
 
 __all__ = [
     "EnsembleLinear",
@@ -48,7 +49,9 @@ __all__ = [
     "exact_log_likelihood",
     "importance_weighted_bound",
     "kl_to_uniform",
+    "mean_negative_elbo",
     "negative_elbo",
+    "negative_elbo_per_datum",
     "prior_samples",
     "reconstruct",
     "time_training_steps",
@@ -296,6 +299,33 @@ class History:
 
 
 @torch.no_grad()
+def negative_elbo_per_datum(
+    model: EnsembleVAE,
+    x: torch.Tensor,
+    *,
+    members: Sequence[Member] | None = None,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    chunk: int = 1000,
+) -> torch.Tensor:
+    """``-ELBO`` of every image of ``x`` (``(N, D)``, shared by the models), averaged over
+    ``n_samples`` single-sample estimates: ``(R, N)``.
+
+    ``members=None`` draws exact samples from ``q``; otherwise each model's own estimator draws
+    (its forward value, which for the ReDGE family is ``Cat(S)`` rather than ``q``).
+    """
+    n_samples = _positive_int("n_samples", n_samples)
+    out = torch.zeros(model.n_models, x.shape[0], device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start:start + chunk]
+        logits = model.encode(xb)
+        for _ in range(n_samples):
+            z = (exact_sample(logits, generator) if members is None
+                 else sample_latents(logits, members, generator))
+            out[:, start:start + xb.shape[0]] += negative_elbo(model, xb, z, logits)
+    return out / n_samples
+
+
 def mean_negative_elbo(
     model: EnsembleVAE,
     x: torch.Tensor,
@@ -305,21 +335,9 @@ def mean_negative_elbo(
     generator: torch.Generator | None = None,
     chunk: int = 1000,
 ) -> torch.Tensor:
-    """Average single-sample ``-ELBO`` over ``x`` (``(N, D)``, shared by the models): ``(R,)``.
-
-    ``members=None`` draws exact samples from ``q``; otherwise each model's own estimator draws
-    (its forward value, which for the ReDGE family is ``Cat(S)`` rather than ``q``).
-    """
-    n_samples = _positive_int("n_samples", n_samples)
-    total = torch.zeros(model.n_models, device=x.device)
-    for start in range(0, x.shape[0], chunk):
-        xb = x[start:start + chunk]
-        logits = model.encode(xb)
-        for _ in range(n_samples):
-            z = (exact_sample(logits, generator) if members is None
-                 else sample_latents(logits, members, generator))
-            total += negative_elbo(model, xb, z, logits).sum(dim=1)
-    return total / (x.shape[0] * n_samples)
+    """The mean over ``x`` of :func:`negative_elbo_per_datum`: ``(R,)``."""
+    return negative_elbo_per_datum(model, x, members=members, n_samples=n_samples,
+                                   generator=generator, chunk=chunk).mean(dim=1)
 
 
 def train(
@@ -332,6 +350,7 @@ def train(
     generator: torch.Generator | None = None,
     monitor: int = 1000,
     progress: bool = False,
+    stop: StopCallback | None = None,
 ) -> History:
     """Train every model of ``model`` with its member's estimator; return the :class:`History`.
 
@@ -350,6 +369,8 @@ def train(
         generator: source of every random draw (permutations, samples), on the model's device.
         monitor: number of training images in the recorded exact-sample ``-ELBO``.
         progress: show a ``tqdm`` progress bar over epochs.
+        stop: checked before every epoch; when it returns True training is abandoned by raising
+            :class:`~redge_mini.tasks.TrainingInterrupted`.
     """
     config = model.config
     if len(members) != model.n_models:
@@ -371,6 +392,8 @@ def train(
     eval_epochs: list[int] = []
     start = time.perf_counter()
     for epoch in tqdm(range(1, n_epochs + 1), disable=not progress, desc="VAE", leave=False):
+        if stop is not None and stop():
+            raise TrainingInterrupted(f"VAE training stopped before epoch {epoch}")
         order = torch.rand(n_models, n_data, device=device, generator=generator).argsort(dim=1)
         epoch_loss = torch.zeros(n_models, device=device)
         for b in range(n_batches):
@@ -532,24 +555,33 @@ def evaluate(
     ``train_neg_elbo_exact`` (training set, exact samples from ``q``), ``valid_neg_elbo``,
     ``test_neg_elbo`` (exact samples), ``test_iw_nll`` (minus the importance-weighted bound with
     ``iw_samples`` samples: an upper bound on the test negative log-likelihood) and, when
-    ``K^L <= max_configurations``, ``test_exact_nll`` (by enumeration).
+    ``K^L <= max_configurations``, ``test_exact_nll`` (by enumeration). ``se_test_elbo_minus_iw``
+    and ``se_test_iw_minus_exact`` are standard errors of the paired per-image differences of
+    those test metrics: they size the Monte-Carlo allowance when checking their ordering.
     """
+    def paired_se(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        diff = a - b
+        return diff.std(dim=1) / math.sqrt(diff.shape[1])
+
+    test_elbo = negative_elbo_per_datum(model, x_test, n_samples=n_elbo_samples,
+                                        generator=generator)
+    test_iw = -importance_weighted_bound(model, x_test, iw_samples, generator=generator)
     out = {
         "train_neg_elbo_own": mean_negative_elbo(model, x_train, members=members,
                                                  n_samples=n_elbo_samples, generator=generator),
         "train_neg_elbo_exact": mean_negative_elbo(model, x_train, n_samples=n_elbo_samples,
                                                    generator=generator),
-        "test_neg_elbo": mean_negative_elbo(model, x_test, n_samples=n_elbo_samples,
-                                            generator=generator),
-        "test_iw_nll": -importance_weighted_bound(model, x_test, iw_samples,
-                                                  generator=generator).mean(dim=1),
+        "test_neg_elbo": test_elbo.mean(dim=1),
+        "test_iw_nll": test_iw.mean(dim=1),
+        "se_test_elbo_minus_iw": paired_se(test_elbo, test_iw),
     }
     if x_valid is not None:
         out["valid_neg_elbo"] = mean_negative_elbo(model, x_valid, n_samples=n_elbo_samples,
                                                    generator=generator)
     if model.config.n_configurations <= max_configurations:
-        out["test_exact_nll"] = -exact_log_likelihood(
-            model, x_test, max_configurations=max_configurations).mean(dim=1)
+        exact = -exact_log_likelihood(model, x_test, max_configurations=max_configurations)
+        out["test_exact_nll"] = exact.mean(dim=1)
+        out["se_test_iw_minus_exact"] = paired_se(test_iw, exact)
     return {k: v.cpu() for k, v in out.items()}
 
 
