@@ -232,6 +232,9 @@ def test_experiment_smoke_run_resumes_and_summarises(models, tmp_path):
     summary = experiment.summarise(again)
     assert summary["estimators"] == ["st", "redge"] and summary["budgets"] == [2]
     row = summary["rows"][0]
+    shown = experiment.tokens_from_text(row["tokens"])
+    assert shown.shape == (10 * min(proto.n_show, proto.n_per_class), SEQ_LEN)
+    assert int(shown.min()) >= 0 and int(shown.max()) < N_LEVELS
     assert row["objective"] == pytest.approx(
         proto.reward_scale * row["reward"] - row["kl"], rel=1e-3, abs=1e-3)
 

@@ -23,9 +23,10 @@ laptop:
   step the variational logits start at the prior's logits and take ``N`` Adam steps on
   ``-scale * reward(estimator sample) + lam * KL(q || prior)``.
 
-Stored weights live in ``redge_mini/data/image_guidance_models.pt`` (made by
-``python -m redge_mini.experiments.train_image_models``) and load from any working directory
-(:func:`load_image_models`).
+Stored weights live in ``redge_mini/data/`` (``image_prior.pt`` for the prior,
+``image_guidance_models.pt`` for both classifiers and the training record), made by
+``python -m redge_mini.experiments.train_image_models``; :func:`load_image_models` finds them from
+any working directory.
 """
 
 from __future__ import annotations
