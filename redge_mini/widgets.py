@@ -151,14 +151,8 @@ def draw_trajectories(
     return lines
 
 
-def hard_law(
-    logits: torch.Tensor | Sequence[float],
-    *,
-    t_1: float,
-    n_steps: int,
-    n: int = 4000,
-    seed: int = 0,
-) -> np.ndarray:
+def hard_law(logits: torch.Tensor | Sequence[float], *, t_1: float, n_steps: int,
+             n: int = 4000, seed: int = 0) -> np.ndarray:
     """Empirical frequencies ``(3,)`` of ReDGE's hard sample over ``n`` draws."""
     traj = simplex_trajectories(logits, t_1=t_1, n_steps=n_steps, n=n, seed=seed)
     return traj.hard.mean(0).numpy()

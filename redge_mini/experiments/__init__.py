@@ -12,23 +12,48 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import runtime
+
 __all__ = [
+    "REDGE_FAMILY",
+    "CommandLine",
     "Deadline",
     "add_common_arguments",
     "compact",
     "existing_result",
+    "knob_text",
+    "load_or_run",
     "mean_se",
+    "parse_cli",
     "parse_estimators",
     "resolve_device",
     "verdict",
 ]
+
+#: The estimators built on the ReDGE sampler, compared as a group against the best other one.
+REDGE_FAMILY: tuple[str, ...] = ("redge", "redge_cov", "reindge")
+
+_KNOB_SYMBOLS = {"tau": "τ", "t_1": "t₁", "n_steps": "n"}
+
+
+def knob_text(knobs: dict[str, Any], lr: float | None = None, *, lr_unit: str = "") -> str:
+    """Short display of an estimator's knobs, e.g. ``"n=3, t₁=0.9, lr=0.1"``; ``"—"`` if none.
+
+    ``lr`` (a step size) is appended when given, followed by ``lr_unit`` (e.g. ``"/N"``).
+    """
+    parts = [f"{_KNOB_SYMBOLS.get(k, k)}={v:g}" for k, v in knobs.items()]
+    if lr is not None:
+        parts.append(f"lr={lr:g}{lr_unit}")
+    return ", ".join(parts) or "—"
 
 
 def mean_se(values: Iterable[float]) -> tuple[float, float]:
@@ -169,3 +194,95 @@ def existing_result(folder: Path, name: str, config: dict[str, Any]) -> bool:
             f"--out folder.\n stored: {stored}\n now:    {normalised}"
         )
     return True
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """A validated command line of an experiment script (see :func:`parse_cli`)."""
+
+    name: str
+    parser: argparse.ArgumentParser
+    args: argparse.Namespace
+    proto: Any
+    estimators: list[str]
+    device: torch.device
+    folder: Path
+    start: float
+
+    def fail(self, error: Exception) -> None:
+        """Exit with status 2 and ``error`` (a problem found while running, e.g. a stale file)."""
+        self.parser.exit(2, f"{self.parser.prog}: error: {error}\n")
+
+    def finish(self, done: int, expected: int, what: str) -> int:
+        """Print the closing line; exit status 0 if all ``expected`` items are done, else 3."""
+        print(f"{self.name} ({self.proto.scale}, {self.device}): {done}/{expected} {what} in "
+              f"{self.folder}, {time.perf_counter() - self.start:.1f} s")
+        return 0 if done == expected else 3  # 3: unfinished, rerun to resume
+
+
+def parse_cli(
+    name: str,
+    doc: str,
+    argv: list[str] | None,
+    protocol: Callable[..., Any],
+    estimator_names: Sequence[str],
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> CommandLine:
+    """Parse and check the common options of experiment ``name`` (its module ``doc`` gives the
+    description); ``extra`` adds script-specific options.
+
+    Builds ``protocol(scale, smoke=...)``, checks ``--estimators`` against ``estimator_names``,
+    ``--device``, ``--seed`` and ``--max-minutes``; a bad value ends the program with argparse's
+    usage error (status 2). The clock of :meth:`CommandLine.finish` starts on return.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m redge_mini.experiments.{name}",
+                                     description=doc.split("\n\n")[0])
+    add_common_arguments(parser)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    try:
+        proto = protocol(args.scale or runtime.scale(), smoke=args.smoke)
+        estimators = parse_estimators(args.estimators, estimator_names)
+        device = resolve_device(args.device)
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        Deadline(args.max_minutes)
+    except ValueError as error:
+        parser.error(str(error))
+    folder = args.out if args.out is not None else runtime.results_dir(name)
+    return CommandLine(name=name, parser=parser, args=args, proto=proto, estimators=estimators,
+                       device=device, folder=folder, start=time.perf_counter())
+
+
+def load_or_run(
+    experiment: str,
+    folder: Path,
+    name: str,
+    config: dict[str, Any],
+    compute: Callable[[], dict[str, Any]],
+    *,
+    seed: int,
+    save: bool,
+    deadline: Deadline,
+    what: str | None = None,
+) -> dict[str, Any] | None:
+    """One resumable piece of an experiment: its stored record, a fresh one, or None.
+
+    With ``save=True`` and ``folder/name.json`` holding a finished run of ``config`` (see
+    :func:`existing_result`), that record is loaded. Otherwise, once ``deadline`` has expired,
+    nothing is run: a note naming ``what`` (default ``name``) goes to stderr and None is
+    returned. Otherwise ``compute()`` makes the record (with ``"data"`` and ``"config"``), which
+    is saved at once when ``save`` is set, and returned.
+    """
+    if save and existing_result(folder, name, config):
+        return json.loads((Path(folder) / f"{name}.json").read_text(encoding="utf-8"))
+    if deadline.expired():
+        print(f"{experiment}: --max-minutes reached, {what or name} not run (rerun to resume)",
+              file=sys.stderr)
+        return None
+    record = compute()
+    if save:
+        runtime.save_results(experiment, name, record["data"], config=record["config"],
+                             seed=seed, root=folder)
+    return record

@@ -29,11 +29,8 @@ refuses one written with another configuration), so an interrupted run resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,15 +40,9 @@ import torch
 from .. import runtime
 from ..registry import ESTIMATORS, check_knobs, label
 from ..tasks.image_guidance import GuidanceRun, ImageModels, guide_images, load_image_models
+from . import REDGE_FAMILY, Deadline, compact, load_or_run, mean_se, parse_cli, verdict
 from . import (
-    Deadline,
-    add_common_arguments,
-    compact,
-    existing_result,
-    mean_se,
-    parse_estimators,
-    resolve_device,
-    verdict,
+    knob_text as shared_knob_text,
 )
 
 EXPERIMENT = "image_guidance"
@@ -59,7 +50,6 @@ ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
 #: The order in which :func:`run` processes estimators: if a time limit stops a run early, the
 #: paper's method and the plain baseline are already done.
 RUN_ORDER: tuple[str, ...] = ("redge", "st", "gumbel", "reinmax", "reindge", "redge_cov")
-REDGE_FAMILY = ("redge", "redge_cov", "reindge")
 #: Per-image metrics of :class:`~redge_mini.tasks.image_guidance.GuidanceRun` stored as mean, SE.
 METRICS = ("objective", "reward", "kl", "reward_hit", "judge_hit", "judge_source", "nll_prior")
 
@@ -220,17 +210,12 @@ def run_evaluation(models: ImageModels, proto: Protocol, estimator: str,
 
 def _load_or_run(folder: Path, name: str, config: dict[str, Any], seed: int, save: bool,
                  deadline: Deadline, compute: Any) -> dict[str, Any] | None:
-    if save and existing_result(folder, name, config):
-        return json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-    if deadline.expired():
-        print(f"image_guidance: --max-minutes reached, {name} not run (rerun to resume)",
-              file=sys.stderr)
-        return None
-    data = compact(compute())
-    if save:
-        runtime.save_results(EXPERIMENT, name, data, config=config, seed=seed, root=folder)
-    return {"experiment": EXPERIMENT, "name": name, "config": config, "seed": seed,
-            "metadata": runtime.run_metadata(), "data": data}
+    def record() -> dict[str, Any]:
+        return {"experiment": EXPERIMENT, "name": name, "config": config, "seed": seed,
+                "metadata": runtime.run_metadata(), "data": compact(compute())}
+
+    return load_or_run(EXPERIMENT, folder, name, config, record, seed=seed, save=save,
+                       deadline=deadline)
 
 
 def run(
@@ -289,9 +274,7 @@ def run(
 
 def knob_text(setting: dict[str, Any]) -> str:
     """Short text of a ``{"knobs", "step_size"}`` setting, e.g. ``"n=5, t₁=0.5, lr=2/N"``."""
-    symbols = {"tau": "τ", "t_1": "t₁", "n_steps": "n"}
-    parts = [f"{symbols.get(k, k)}={v:g}" for k, v in setting["knobs"].items()]
-    return ", ".join([*parts, f"lr={setting['step_size']:g}/N"])
+    return shared_knob_text(setting["knobs"], setting["step_size"], lr_unit="/N")
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -357,29 +340,14 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m redge_mini.experiments.image_guidance",
-                                     description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        scale = args.scale or runtime.scale()
-        proto = protocol(scale, smoke=args.smoke)
-        estimators = parse_estimators(args.estimators, ESTIMATOR_NAMES)
-        device = resolve_device(args.device)
-        if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {args.seed}")
-        Deadline(args.max_minutes)
-    except ValueError as error:
-        parser.error(str(error))
-    folder = args.out if args.out is not None else runtime.results_dir(EXPERIMENT)
-    if device.type == "cpu":
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES)
+    if cli.device.type == "cpu":
         # the tensors are tiny: a second thread costs more in synchronisation than it saves
         # (the small protocol took 41 s with two threads, 8 s with one, on a 2-core machine)
         torch.set_num_threads(1)
-    start = time.perf_counter()
-    models = load_image_models(device=device)
-    records = run(proto, estimators, models=models, out=folder, seed=args.seed, device=device,
-                  max_minutes=args.max_minutes)
+    models = load_image_models(device=cli.device)
+    records = run(cli.proto, cli.estimators, models=models, out=cli.folder, seed=cli.args.seed,
+                  device=cli.device, max_minutes=cli.args.max_minutes)
     n_eval = sum(r["config"]["kind"] == "eval" for r in records)
     if n_eval:
         summary = summarise(records)
@@ -391,9 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"N={row['budget']:<3d} {row['label']:<15} objective {row['objective']:8.2f} "
                   f"± {row['objective_se']:.2f}  reward {row['reward']:7.3f}  KL {row['kl']:6.2f}"
                   f"  judge hit {row['judge_hit']:.2f}  ({row['setting_text']})")
-    print(f"image_guidance ({proto.scale}, {device}): {n_eval}/{len(estimators)} estimators in "
-          f"{folder}, {time.perf_counter() - start:.1f} s")
-    return 0 if n_eval == len(estimators) else 3
+    return cli.finish(n_eval, len(cli.estimators), "estimators")
 
 
 __all__ = ["EXPERIMENT", "RUN_ORDER", "Protocol", "knob_text", "main", "protocol", "run",

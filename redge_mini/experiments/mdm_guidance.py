@@ -23,9 +23,7 @@ files that exist (and refuses one written with another configuration).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -39,20 +37,10 @@ from ..masked_diffusion import MaskedDenoiser, load_denoiser, sample_unmasking
 from ..registry import ESTIMATORS, label
 from ..tasks.sudoku import grid_to_tokens, is_solved, make_puzzles, penalty, tokens_to_grid
 from ..tasks.sudoku import violations as count_violations
-from . import (
-    Deadline,
-    add_common_arguments,
-    compact,
-    existing_result,
-    mean_se,
-    parse_estimators,
-    resolve_device,
-    verdict,
-)
+from . import REDGE_FAMILY, Deadline, compact, load_or_run, mean_se, parse_cli, verdict
 
 EXPERIMENT = "mdm_guidance"
 ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
-REDGE_FAMILY = ("redge", "redge_cov", "reindge")
 CHECKPOINT_FILES = {"weak": "sudoku_mdm_weak.pt", "strong": "sudoku_mdm_strong.pt"}
 
 #: One knob setting per estimator (no tuning here: E3 tunes): the authors' Sudoku demo setting
@@ -208,19 +196,13 @@ def run(
     records = []
     for checkpoint in proto.checkpoints:
         for method in ["unguided", *estimators]:
-            name = f"{proto.scale}_{checkpoint}_{method}"
-            if save and existing_result(folder, name, proto.as_config(checkpoint, method)):
-                records.append(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")))
-                continue
-            if deadline.expired():
-                print(f"mdm_guidance: --max-minutes reached, {name} not run (rerun to resume)",
-                      file=sys.stderr)
-                continue
-            record = run_method(checkpoint, method, proto, seed=seed, device=device)
-            if save:
-                runtime.save_results(EXPERIMENT, name, record["data"], config=record["config"],
-                                     seed=seed, root=folder)
-            records.append(record)
+            record = load_or_run(
+                EXPERIMENT, folder, f"{proto.scale}_{checkpoint}_{method}",
+                proto.as_config(checkpoint, method),
+                lambda c=checkpoint, m=method: run_method(c, m, proto, seed=seed, device=device),
+                seed=seed, save=save, deadline=deadline)
+            if record is not None:
+                records.append(record)
     return records
 
 
@@ -268,32 +250,15 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m redge_mini.experiments.mdm_guidance",
-                                     description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        scale = args.scale or runtime.scale()
-        proto = protocol(scale, smoke=args.smoke)
-        estimators = parse_estimators(args.estimators, ESTIMATOR_NAMES)
-        device = resolve_device(args.device)
-        if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {args.seed}")
-        Deadline(args.max_minutes)
-    except ValueError as error:
-        parser.error(str(error))
-    folder = args.out if args.out is not None else runtime.results_dir(EXPERIMENT)
-    start = time.perf_counter()
-    records = run(proto, estimators, out=folder, seed=args.seed, device=device,
-                  max_minutes=args.max_minutes)
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES)
+    records = run(cli.proto, cli.estimators, out=cli.folder, seed=cli.args.seed,
+                  device=cli.device, max_minutes=cli.args.max_minutes)
     for row in summarise(records)["rows"] if records else []:
         print(f"{row['checkpoint']:<7} {row['label']:<15} {row['setting']:<10} "
               f"violations {row['violations']:6.2f} ± {row['violations_se']:.2f}  "
               f"solved {row['solve']:.2f}  {row['seconds']:.1f} s")
-    expected = len(proto.checkpoints) * (1 + len(estimators))
-    print(f"mdm_guidance ({proto.scale}, {device}): {len(records)}/{expected} files in {folder}, "
-          f"{time.perf_counter() - start:.1f} s")
-    return 0 if len(records) == expected else 3
+    expected = len(cli.proto.checkpoints) * (1 + len(cli.estimators))
+    return cli.finish(len(records), expected, "files")
 
 
 if __name__ == "__main__":

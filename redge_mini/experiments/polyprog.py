@@ -18,8 +18,6 @@ exists (and refuses one written with another configuration), so an interrupted r
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -34,19 +32,9 @@ from .. import runtime
 from ..registry import label
 from ..tasks import StopCallback, TrainingInterrupted
 from ..tasks.polyprog import ESTIMATOR_NAMES, PolyProgConfig, optimise
-from . import (
-    Deadline,
-    add_common_arguments,
-    compact,
-    existing_result,
-    mean_se,
-    parse_estimators,
-    resolve_device,
-    verdict,
-)
+from . import REDGE_FAMILY, Deadline, compact, knob_text, load_or_run, mean_se, parse_cli, verdict
 
 EXPERIMENT = "polyprog"
-REDGE_FAMILY = ("redge", "redge_cov", "reindge")
 
 #: Knob grids. The authors' settings (ReDGE t_1 = 0.1 with 3 steps, ReDGE-cov t_1 = 0.2 and
 #: ReinDGE t_1 = 0.8 with 5 steps, Gumbel tau = 0.02) are part of each grid.
@@ -187,31 +175,20 @@ def run(
     deadline = Deadline(max_minutes)
     records = []
     for estimator in estimators:
-        name = f"{proto.scale}_{estimator}"
-        if save and existing_result(folder, name, proto.as_config(estimator, seed)):
-            records.append(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")))
-            continue
-        if deadline.expired():
-            print(f"polyprog: --max-minutes reached, {estimator} not run (rerun to resume)",
-                  file=sys.stderr)
-            continue
         try:
-            record = run_estimator(estimator, proto, seed=seed, device=device,
-                                   progress=progress, stop=deadline.expired)
+            record = load_or_run(
+                EXPERIMENT, folder, f"{proto.scale}_{estimator}",
+                proto.as_config(estimator, seed),
+                lambda e=estimator: run_estimator(e, proto, seed=seed, device=device,
+                                                  progress=progress, stop=deadline.expired),
+                seed=seed, save=save, deadline=deadline, what=estimator)
         except TrainingInterrupted:
             print(f"polyprog: --max-minutes reached during {estimator}, which was discarded "
                   "(rerun to resume)", file=sys.stderr)
             break
-        if save:
-            runtime.save_results(EXPERIMENT, name, record["data"], config=record["config"],
-                                 seed=seed, root=folder)
-        records.append(record)
+        if record is not None:
+            records.append(record)
     return records
-
-
-def _knob_text(knobs: dict[str, float | int]) -> str:
-    symbols = {"tau": "τ", "t_1": "t₁", "n_steps": "n"}
-    return ", ".join(f"{symbols.get(k, k)}={v:g}" for k, v in knobs.items()) or "—"
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -243,7 +220,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             prob, _ = mean_se(data["final_prob"][g][i_p][n_select:])
             rows.append({
                 "p": p, "estimator": estimator, "label": label(estimator),
-                "knobs": data["knob_values"][g], "knob_text": _knob_text(data["knob_values"][g]),
+                "knobs": data["knob_values"][g], "knob_text": knob_text(data["knob_values"][g]),
                 "gap_mean": mean, "gap_se": se, "prob_mean": prob,
                 "initial_gap": data["initial_gap"][i_p],
                 "n_eval": len(data["final_gap"][g][i_p]) - n_select,
@@ -297,33 +274,18 @@ def plot_gap_curves(summary: dict[str, Any], axes: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m redge_mini.experiments.polyprog",
-                                     description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES)
+    args = cli.args
     try:
-        scale = args.scale or runtime.scale()
-        proto = protocol(scale, smoke=args.smoke)
-        estimators = parse_estimators(args.estimators, ESTIMATOR_NAMES)
-        device = resolve_device(args.device)
-        if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {args.seed}")
-        Deadline(args.max_minutes)
+        records = run(cli.proto, cli.estimators, out=cli.folder, seed=args.seed,
+                      device=cli.device, max_minutes=args.max_minutes,
+                      progress=not args.no_progress)
     except ValueError as error:
-        parser.error(str(error))
-    folder = args.out if args.out is not None else runtime.results_dir(EXPERIMENT)
-    start = time.perf_counter()
-    try:
-        records = run(proto, estimators, out=folder, seed=args.seed, device=device,
-                      max_minutes=args.max_minutes, progress=not args.no_progress)
-    except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        cli.fail(error)
     for row in summarise(records)["rows"] if records else []:
         print(f"p={row['p']:<4g} {row['label']:<18} {row['knob_text']:<16} "
               f"gap {row['gap_mean']:.3e} ± {row['gap_se']:.1e}")
-    print(f"polyprog ({proto.scale}, {device}): {len(records)}/{len(estimators)} estimators in "
-          f"{folder}, {time.perf_counter() - start:.1f} s")
-    return 0 if len(records) == len(estimators) else 3
+    return cli.finish(len(records), len(cli.estimators), "estimators")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ exists (and refuses one written with another configuration), so an interrupted r
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,20 +39,10 @@ from .. import runtime
 from ..registry import ESTIMATORS, label
 from ..tasks.sudoku import make_puzzles, solve_mean_field
 from ..tasks.sudoku import violations as count_violations
-from . import (
-    Deadline,
-    add_common_arguments,
-    compact,
-    existing_result,
-    mean_se,
-    parse_estimators,
-    resolve_device,
-    verdict,
-)
+from . import REDGE_FAMILY, Deadline, compact, knob_text, load_or_run, mean_se, parse_cli, verdict
 
 EXPERIMENT = "sudoku"
 ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
-REDGE_FAMILY = ("redge", "redge_cov", "reindge")
 
 _REDGE_GRID = [{"n_steps": 3, "t_1": t} for t in (0.5, 0.7, 0.9)]
 #: Knob grids per scale (the authors' Sudoku demo: ReDGE n_steps 3, t_1 0.9, lr 0.05).
@@ -244,29 +232,13 @@ def run(
     deadline = Deadline(max_minutes)
     records = []
     for estimator in estimators:
-        name = f"{proto.scale}_{estimator}"
-        if save and existing_result(folder, name, proto.as_config(estimator)):
-            records.append(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")))
-            continue
-        if deadline.expired():
-            print(f"sudoku: --max-minutes reached, {estimator} not run (rerun to resume)",
-                  file=sys.stderr)
-            continue
-        record = run_estimator(estimator, proto, seed=seed, device=device)
-        if save:
-            runtime.save_results(EXPERIMENT, name, record["data"], config=record["config"],
-                                 seed=seed, root=folder)
-        records.append(record)
+        record = load_or_run(
+            EXPERIMENT, folder, f"{proto.scale}_{estimator}", proto.as_config(estimator),
+            lambda e=estimator: run_estimator(e, proto, seed=seed, device=device),
+            seed=seed, save=save, deadline=deadline, what=estimator)
+        if record is not None:
+            records.append(record)
     return records
-
-
-def knob_text(knobs: dict[str, float | int], lr: float | None = None) -> str:
-    """Short display of a grid point, e.g. ``n=3, t₁=0.9, lr=0.1``."""
-    symbols = {"tau": "τ", "t_1": "t₁", "n_steps": "n"}
-    parts = [f"{symbols.get(k, k)}={v:g}" for k, v in knobs.items()]
-    if lr is not None:
-        parts.append(f"lr={lr:g}")
-    return ", ".join(parts) or "—"
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -326,32 +298,15 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m redge_mini.experiments.sudoku",
-                                     description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        scale = args.scale or runtime.scale()
-        proto = protocol(scale, smoke=args.smoke)
-        estimators = parse_estimators(args.estimators, ESTIMATOR_NAMES)
-        device = resolve_device(args.device)
-        if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {args.seed}")
-        Deadline(args.max_minutes)
-    except ValueError as error:
-        parser.error(str(error))
-    folder = args.out if args.out is not None else runtime.results_dir(EXPERIMENT)
-    start = time.perf_counter()
-    records = run(proto, estimators, out=folder, seed=args.seed, device=device,
-                  max_minutes=args.max_minutes)
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES)
+    records = run(cli.proto, cli.estimators, out=cli.folder, seed=cli.args.seed,
+                  device=cli.device, max_minutes=cli.args.max_minutes)
     for row in summarise(records)["rows"] if records else []:
         print(f"budget {row['budget']:<5} {row['label']:<15} {row['setting']:<24} "
               f"solved {row['solved']:.2f} ± {row['solved_se']:.2f}  best violations "
               f"{row['best_violations']:6.2f} ± {row['best_violations_se']:.2f}  at budget "
               f"{row['violations']:6.2f}")
-    print(f"sudoku ({proto.scale}, {device}): {len(records)}/{len(estimators)} estimators in "
-          f"{folder}, {time.perf_counter() - start:.1f} s")
-    return 0 if len(records) == len(estimators) else 3
+    return cli.finish(len(records), len(cli.estimators), "estimators")
 
 
 if __name__ == "__main__":

@@ -50,23 +50,13 @@ from .. import runtime
 from ..datasets import load_mnist_5k
 from ..registry import ESTIMATORS, check_knobs, label
 from ..tasks import StopCallback, TrainingInterrupted, vae
-from . import (
-    Deadline,
-    add_common_arguments,
-    compact,
-    existing_result,
-    mean_se,
-    parse_estimators,
-    resolve_device,
-    verdict,
-)
+from . import REDGE_FAMILY, Deadline, compact, existing_result, mean_se, parse_cli, verdict
 
 __all__ = ["LATENTS", "METRICS", "Protocol", "decode_images", "encode_images", "main", "protocol",
            "run", "summarise"]
 
 EXPERIMENT = "vae"
 ESTIMATOR_NAMES = tuple(ESTIMATORS)
-REDGE_FAMILY = ("redge", "redge_cov", "reindge")
 
 #: Latent configurations: name -> (L, K).
 LATENTS: dict[str, tuple[int, int]] = {
@@ -219,17 +209,28 @@ def _record(name: str, config: dict, seed: int, data: dict) -> dict[str, Any]:
             "metadata": runtime.run_metadata(), "data": compact(data)}
 
 
-def run_tune(proto: Protocol, latents: str, estimators: list[str], tensors: dict, *,
-             seed: int, device: torch.device, progress: bool,
-             stop: StopCallback | None = None) -> dict[str, Any]:
-    """Stage 1: every knob value of every estimator, one run each; choose on validation data."""
-    members = [vae.Member(e, knobs, 0) for e in estimators for knobs in proto.grids[e]]
-    config = proto.vae_config(latents, proto.tune_epochs)
+def _train_ensemble(proto: Protocol, latents: str, members: list[vae.Member], epochs: int,
+                    tensors: dict, *, seed: int, device: torch.device, progress: bool,
+                    stop: StopCallback | None,
+                    ) -> tuple[vae.EnsembleVAE, vae.History, torch.Generator]:
+    """Train ``members`` side by side for ``epochs``; return the model, history and generator."""
+    config = proto.vae_config(latents, epochs)
     generator = torch.Generator(device=device).manual_seed(seed)
     model = vae.EnsembleVAE(len(members), config, generator=generator, device=device)
     history = vae.train(model, members, tensors["x_train"], x_valid=tensors["x_valid"],
                         generator=generator, monitor=proto.monitor, progress=progress,
                         stop=stop)
+    return model, history, generator
+
+
+def run_tune(proto: Protocol, latents: str, estimators: list[str], tensors: dict, *,
+             seed: int, device: torch.device, progress: bool,
+             stop: StopCallback | None = None) -> dict[str, Any]:
+    """Stage 1: every knob value of every estimator, one run each; choose on validation data."""
+    members = [vae.Member(e, knobs, 0) for e in estimators for knobs in proto.grids[e]]
+    model, history, generator = _train_ensemble(proto, latents, members, proto.tune_epochs,
+                                                tensors, seed=seed, device=device,
+                                                progress=progress, stop=stop)
     valid = vae.mean_negative_elbo(model, tensors["x_valid"], n_samples=proto.n_elbo_samples,
                                    generator=generator).cpu()
     chosen: dict[str, dict] = {}
@@ -253,12 +254,9 @@ def run_main(proto: Protocol, latents: str, chosen: dict[str, dict], tensors: di
     """Stage 2: each estimator at its chosen knobs, ``n_seeds`` seeds, every metric."""
     estimators = list(chosen)
     members = [vae.Member(e, chosen[e], r) for e in estimators for r in range(proto.n_seeds)]
-    config = proto.vae_config(latents, proto.n_epochs)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    model = vae.EnsembleVAE(len(members), config, generator=generator, device=device)
-    history = vae.train(model, members, tensors["x_train"], x_valid=tensors["x_valid"],
-                        generator=generator, monitor=proto.monitor, progress=progress,
-                        stop=stop)
+    model, history, generator = _train_ensemble(proto, latents, members, proto.n_epochs,
+                                                tensors, seed=seed, device=device,
+                                                progress=progress, stop=stop)
     tic = time.perf_counter()
     metrics = vae.evaluate(model, members, x_train=tensors["x_train"], x_test=tensors["x_test"],
                            x_valid=tensors["x_valid"], iw_samples=proto.iw_samples,
@@ -450,31 +448,20 @@ def _summarise_main(record: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "verdicts": verdicts, "record": record}
 
 
+def _add_no_cost(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-cost", action="store_true", help="skip the E7 timing stage")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m redge_mini.experiments.vae",
-                                     description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--no-cost", action="store_true", help="skip the E7 timing stage")
-    args = parser.parse_args(argv)
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES, extra=_add_no_cost)
+    args, proto, estimators = cli.args, cli.proto, cli.estimators
     try:
-        scale = args.scale or runtime.scale()
-        proto = protocol(scale, smoke=args.smoke)
-        estimators = parse_estimators(args.estimators, ESTIMATOR_NAMES)
-        device = resolve_device(args.device)
-        if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {args.seed}")
-        Deadline(args.max_minutes)
-    except ValueError as error:
-        parser.error(str(error))
-    folder = args.out if args.out is not None else runtime.results_dir(EXPERIMENT)
-    start = time.perf_counter()
-    try:
-        records = run(proto, estimators, out=folder, seed=args.seed, device=device,
+        records = run(proto, estimators, out=cli.folder, seed=args.seed, device=cli.device,
                       max_minutes=args.max_minutes, progress=not args.no_progress,
                       cost=not args.no_cost)
     except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        cli.fail(error)
     expected = len(proto.latents) * (1 + any(len(proto.grids[e]) > 1 for e in estimators))
     expected += 0 if args.no_cost else 1
     if records:
@@ -487,9 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         if summary["cost"]:
             ratios = summary["cost"]["ratio_to_st"]
             print("cost / ST: " + ", ".join(f"{e} {r:.2f}" for e, r in ratios.items()))
-    print(f"vae ({proto.scale}, {device}): {len(records)}/{expected} stages in {folder}, "
-          f"{time.perf_counter() - start:.1f} s")
-    return 0 if len(records) == expected else 3  # 3: unfinished, rerun to resume
+    return cli.finish(len(records), expected, "stages")
 
 
 if __name__ == "__main__":

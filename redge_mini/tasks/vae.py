@@ -326,15 +326,10 @@ def negative_elbo_per_datum(
     return out / n_samples
 
 
-def mean_negative_elbo(
-    model: EnsembleVAE,
-    x: torch.Tensor,
-    *,
-    members: Sequence[Member] | None = None,
-    n_samples: int = 1,
-    generator: torch.Generator | None = None,
-    chunk: int = 1000,
-) -> torch.Tensor:
+def mean_negative_elbo(model: EnsembleVAE, x: torch.Tensor, *,
+                       members: Sequence[Member] | None = None, n_samples: int = 1,
+                       generator: torch.Generator | None = None, chunk: int = 1000,
+                       ) -> torch.Tensor:
     """The mean over ``x`` of :func:`negative_elbo_per_datum`: ``(R,)``."""
     return negative_elbo_per_datum(model, x, members=members, n_samples=n_samples,
                                    generator=generator, chunk=chunk).mean(dim=1)
