@@ -10,6 +10,7 @@ stopping time ``t_1`` and returns the soft sample ``S = D_{t_1}(x)`` that ReDGE 
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import torch
@@ -24,12 +25,14 @@ MIN_VARIANCE = 0.1
 """Floor on the per-category variance of the moment-matched reference noise (ReDGE-cov)."""
 
 
+@functools.lru_cache(maxsize=256, typed=True)
 def time_grid(n_steps: int, t_1: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The authors' time grid: ``n_steps`` signal levels ``alpha`` and noise levels ``sigma``.
 
     ``alpha[0] = 1`` (clean data), ``alpha[1..n_steps-1] = linspace(1 - t_1, 1e-4, n_steps - 1)``
     and ``sigma = 1 - alpha``. Index 1 is the stopping time ``t_1``; the last index is (almost) pure
-    noise. Returned as Python floats, which keeps the sampler free of tiny scalar tensors.
+    noise. Returned as Python floats, which keeps the sampler free of tiny scalar tensors, and
+    cached per ``(n_steps, t_1)`` (the arguments are checked on the first call of each pair).
 
     Example:
         >>> alphas, sigmas = time_grid(5, 0.5)
@@ -114,14 +117,15 @@ class DDIMResult(NamedTuple):
         soft: the soft sample ``S = D_{t_1}(x)``, a point of the simplex, differentiable in logits.
         log_weights: the unnormalised log-posterior at ``t_1`` (``S = softmax(log_weights)``);
             a hard sample ``H ~ Cat(S)`` is ``argmax(log_weights + Gumbel)``.
-        x_t1: the sampler's state at ``t_1`` (input of the last denoiser).
+        x_t1: the sampler's state at ``t_1`` (input of the last denoiser); None when only the
+            denoiser outputs were asked for (``trajectory="denoised"``).
         states: when asked, the states ``x`` at grid indices ``n_steps - 1, ..., 1`` (else None).
         denoised: when asked, the denoiser outputs at the same indices (else None).
     """
 
     soft: torch.Tensor
     log_weights: torch.Tensor
-    x_t1: torch.Tensor
+    x_t1: torch.Tensor | None
     states: tuple[torch.Tensor, ...] | None
     denoised: tuple[torch.Tensor, ...] | None
 
@@ -142,7 +146,7 @@ def ddim_sample(
     n_steps: int,
     t_1: float,
     variant: Literal["plain", "cov"] = "plain",
-    trajectory: bool = False,
+    trajectory: bool | Literal["denoised"] = False,
     dim: int = -1,
 ) -> DDIMResult:
     """Run the deterministic DDIM sampler of ``Cat(softmax(logits))`` from ``noise`` to ``t_1``.
@@ -154,7 +158,8 @@ def ddim_sample(
         n_steps: number of grid points (``n_steps - 1`` denoiser calls, ``n_steps - 2`` moves).
         t_1: stopping time in ``(0, 1]``.
         variant: ``"plain"`` (ReDGE) or ``"cov"`` (ReDGE-cov, moment-matched reference noise).
-        trajectory: also return every intermediate state and denoiser output.
+        trajectory: also return every intermediate state and denoiser output (``"denoised"``:
+            only the denoiser outputs, ``states`` is None).
         dim: the dimension that holds the categories (default: the last).
 
     Returns:
@@ -164,18 +169,27 @@ def ddim_sample(
         raise ValueError(
             f"noise must have the shape of logits {tuple(logits.shape)}, got {tuple(noise.shape)}"
         )
+    if trajectory not in (False, True, "denoised"):
+        raise ValueError(f"trajectory must be True, False or 'denoised', got {trajectory!r}")
     alphas, sigmas = time_grid(n_steps, t_1)
+    last = n_steps - 1
+    # The state is carried as x_j = scale_j u_j with scale_j = sigma_j / sigma_last, so that the
+    # DDIM move x_{j-1} = (sigma_{j-1} / sigma_j) x_j + b_j D_j (ddim_step, with
+    # b_j = alpha_{j-1} - alpha_j sigma_{j-1} / sigma_j) is one in-place update
+    # u += (b_j / scale_{j-1}) D_j, and scale_j folds into the denoiser's coefficient.
+    scale = [sigma / sigmas[last] for sigma in sigmas]
     if variant == "plain":
-        x = noise
+        u = noise
 
-        def log_weights_at(x: torch.Tensor, j: int) -> torch.Tensor:
-            return posterior_logits(x, logits, alphas[j], sigmas[j])
+        def log_weights_at(u: torch.Tensor, j: int) -> torch.Tensor:
+            return posterior_logits(u, logits, alphas[j] * scale[j], sigmas[j])
 
     elif variant == "cov":
         probs, var = reference_moments(logits, dim)
-        x = probs + var.sqrt() * noise
+        u = probs + var.sqrt() * noise
 
-        def log_weights_at(x: torch.Tensor, j: int) -> torch.Tensor:
+        def log_weights_at(u: torch.Tensor, j: int) -> torch.Tensor:
+            x = u if j == last else u * scale[j]
             return posterior_logits_cov(x, logits, probs, var, alphas[j], sigmas[j])
 
     else:
@@ -183,22 +197,31 @@ def ddim_sample(
 
     states: list[torch.Tensor] = []
     denoised: list[torch.Tensor] = []
-    for j in range(n_steps - 1, 1, -1):
-        x0_hat = torch.softmax(log_weights_at(x, j), dim=dim)
+    for j in range(last, 1, -1):
+        x0_hat = torch.softmax(log_weights_at(u, j), dim=dim)
         if trajectory:
-            states.append(x)
             denoised.append(x0_hat)
-        x = ddim_step(x, x0_hat, alphas[j - 1], sigmas[j - 1], alphas[j], sigmas[j])
-    log_weights = log_weights_at(x, 1)
+            if trajectory is True:
+                states.append(u if j == last else u * scale[j])
+        step = (alphas[j - 1] - sigmas[j - 1] / sigmas[j] * alphas[j]) / scale[j - 1]
+        if j == last:  # out of place: u is still the caller's noise (or the cov start)
+            u = torch.add(u, x0_hat, alpha=step)
+        else:
+            u.add_(x0_hat, alpha=step)
+    log_weights = log_weights_at(u, 1)
     soft = torch.softmax(log_weights, dim=dim)
+    x = None
+    if trajectory != "denoised":
+        x = u if last == 1 else u * scale[1]
     if trajectory:
-        states.append(x)
         denoised.append(soft)
+        if trajectory is True:
+            states.append(x)
     return DDIMResult(
         soft=soft,
         log_weights=log_weights,
         x_t1=x,
-        states=tuple(states) if trajectory else None,
+        states=tuple(states) if trajectory is True else None,
         denoised=tuple(denoised) if trajectory else None,
     )
 
@@ -206,9 +229,10 @@ def ddim_sample(
 SMALL_K = 16
 """Up to this many categories (and from ``LARGE_NUMEL`` elements) the fused sampler puts the
 categories first in memory: torch's CPU softmax and sums over a short last dimension are an order
-of magnitude slower than over the first."""
+of magnitude slower than over the first (5x at 81 x 9 already); below ``LARGE_NUMEL`` the copies
+cost more than they save."""
 
-LARGE_NUMEL = 4096
+LARGE_NUMEL = 512
 
 
 def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -219,8 +243,18 @@ def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, dim: int = -1
     category of probability zero is never drawn.
     """
     cdf = probs.cumsum(dim=dim)
-    level = (1.0 - uniform) * cdf.narrow(dim, cdf.shape[dim] - 1, 1)
-    index = (cdf < level).sum(dim=dim, keepdim=True)  # <= K - 1 since level <= cdf[-1]
+    last_dim = dim in (-1, cdf.dim() - 1)
+    if last_dim or dim == 0:
+        total = cdf[..., -1:] if last_dim else cdf[-1:]
+    else:
+        total = cdf.narrow(dim, cdf.shape[dim] - 1, 1)
+    level = (1.0 - uniform) * total
+    # the number of cumulative sums below the level (<= K - 1 since level <= total); cdf is
+    # non-decreasing, so along the (contiguous) last dimension this is a binary search
+    if last_dim and cdf.is_contiguous() and level.is_contiguous():
+        index = torch.searchsorted(cdf, level)
+    else:
+        index = (cdf < level).sum(dim=dim, keepdim=True)
     return torch.zeros_like(probs).scatter_(dim, index, 1.0)
 
 
@@ -233,7 +267,9 @@ class _FusedSampler(torch.autograd.Function):
     ``w_j = logits + c_j x_j`` (``c_j = alpha_j / sigma_j^2``), ``D_j = softmax(w_j)`` and
     ``x_{j-1} = r_j x_j + b_j D_j`` (``r_j = sigma_{j-1} / sigma_j``,
     ``b_j = alpha_{j-1} - r_j alpha_j``), the vector-Jacobian products are ``g_w = J(D_j)^T g_D``,
-    ``g_logits += g_w`` and ``g_{x_j} = r_j g_{x_{j-1}} + c_j g_w``. Only the denoiser outputs are
+    ``g_logits += g_w`` and ``g_{x_j} = r_j g_{x_{j-1}} + c_j g_w``, ``g_{D_j} = b_j g_{x_{j-1}}``.
+    The loop carries ``v_j = g_{x_j} / k_j`` with ``k_j = c_1 sigma_1 / sigma_j``, so that each
+    step is one in-place update ``v += (c_j b_j / r_j) J(D_j)^T v``. Only the denoiser outputs are
     stored. First-order only: for second derivatives use :func:`ddim_sample`.
     """
 
@@ -241,44 +277,77 @@ class _FusedSampler(torch.autograd.Function):
     def forward(ctx, logits, noise, uniform, n_steps: int, t_1: float):
         dim = 0 if logits.shape[-1] <= SMALL_K and logits.numel() >= LARGE_NUMEL else -1
         if dim == 0:
-            logits, noise, uniform = (
-                t.movedim(-1, 0).contiguous() for t in (logits, noise, uniform)
-            )
-        result = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, trajectory=True, dim=dim)
+            logits = logits.movedim(-1, 0).contiguous()
+            noise = noise.movedim(-1, 0).contiguous()
+            uniform = uniform.movedim(-1, 0)  # size 1 along the categories: already contiguous
+        result = ddim_sample(
+            logits, noise, n_steps=n_steps, t_1=t_1, trajectory="denoised", dim=dim
+        )
         hard = inverse_cdf_sample(result.soft, uniform, dim)
-        ctx.save_for_backward(*result.denoised)
-        ctx.grid, ctx.dim = time_grid(n_steps, t_1), dim
+        ctx.save_for_backward(*reversed(result.denoised))
+        ctx.set_materialize_grads(False)
+        ctx.coefficients, ctx.dim = _adjoint_coefficients(n_steps, t_1), dim
         if dim == 0:
             return hard.movedim(0, -1), result.soft.movedim(0, -1)
         return hard, result.soft
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_hard: torch.Tensor, grad_soft: torch.Tensor):
-        alphas, sigmas = ctx.grid
+    def backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tensor | None):
         dim = ctx.dim
-        denoised = ctx.saved_tensors[::-1]  # indices 1 (the soft sample), 2, ..., n_steps - 1
-        grad_d = grad_hard + grad_soft
+        if grad_hard is None or grad_soft is None:
+            grad_d = grad_soft if grad_hard is None else grad_hard
+            if grad_d is None:
+                return None, None, None, None, None
+        else:
+            grad_d = grad_hard + grad_soft
+        if dim == 0:  # a view: the first product below takes the (contiguous) layout of soft
+            grad_d = grad_d.movedim(-1, 0)
+        soft, *denoised = ctx.saved_tensors  # indices 1 (the soft sample), 2, ..., n_steps - 1
+        steps, k_last = ctx.coefficients
+        want_noise = ctx.needs_input_grad[1]
+        # j = 1: v_1 = g_w_1 = J(S)^T g (k_1 = c_1), which is also g_logits so far
+        t = soft * grad_d
+        t.addcmul_(soft, t.sum(dim=dim, keepdim=True), value=-1.0)
+        grad_logits = v = t
+        for i, (d, (to_logits, to_v)) in enumerate(zip(denoised, steps, strict=True)):
+            t = d * v  # J(D_j)^T v_{j-1}
+            t.addcmul_(d, t.sum(dim=dim, keepdim=True), value=-1.0)
+            if want_noise or i + 1 < len(steps):
+                # out of place at the first move: v is still grad_logits
+                v = torch.add(v, t, alpha=to_v) if i == 0 else v.add_(t, alpha=to_v)
+            grad_logits.add_(t, alpha=to_logits)
+        grad_noise = None
+        if want_noise:
+            grad_noise = v * k_last
+            if dim == 0:
+                grad_noise = grad_noise.movedim(0, -1)
         if dim == 0:
-            grad_d = grad_d.movedim(-1, 0).contiguous()
-        grad_logits = grad_x = None
-        for j, d in enumerate(denoised, start=1):
-            grad_w = d * grad_d
-            grad_w.addcmul_(d, grad_w.sum(dim=dim, keepdim=True), value=-1.0)
-            c = alphas[j] / sigmas[j] ** 2
-            if grad_logits is None:
-                grad_logits = grad_w.clone()
-                grad_x = grad_w.mul_(c)
-            else:
-                grad_logits.add_(grad_w)
-                grad_x.add_(grad_w, alpha=c)
-            if j + 1 < len(alphas):
-                ratio = sigmas[j] / sigmas[j + 1]
-                grad_x.mul_(ratio)
-                grad_d = grad_x * ((alphas[j] - ratio * alphas[j + 1]) / ratio)
-        if dim == 0:
-            grad_logits, grad_x = grad_logits.movedim(0, -1), grad_x.movedim(0, -1)
-        return grad_logits, grad_x, None, None, None
+            grad_logits = grad_logits.movedim(0, -1)
+        return grad_logits, grad_noise, None, None, None
+
+
+@functools.lru_cache(maxsize=256)
+def _adjoint_coefficients(
+    n_steps: int, t_1: float
+) -> tuple[tuple[tuple[float, float], ...], float]:
+    """Scalars of :class:`_FusedSampler`'s backward loop for ``j = 2, ..., n_steps - 1``.
+
+    Returns ``((b_j k_{j-1}, c_j b_j / r_j) for each j, k_{n_steps - 1})`` with
+    ``k_j = c_1 sigma_1 / sigma_j``: the weight of ``J(D_j)^T v_{j-1}`` in the logits' gradient and
+    in ``v_j``, and the factor that turns ``v`` back into the noise's gradient.
+    """
+    alphas, sigmas = time_grid(n_steps, t_1)
+
+    def k(j: int) -> float:
+        return alphas[1] / (sigmas[1] * sigmas[j])
+
+    steps = []
+    for j in range(2, n_steps):
+        ratio = sigmas[j - 1] / sigmas[j]
+        b_j = alphas[j - 1] - ratio * alphas[j]
+        steps.append((b_j * k(j - 1), alphas[j] / sigmas[j] ** 2 * b_j / ratio))
+    return tuple(steps), k(n_steps - 1)
 
 
 def fused_sample(

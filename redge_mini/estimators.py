@@ -54,7 +54,8 @@ def _prepare(logits: object, generator: object) -> tuple[torch.Tensor, torch.Gen
     """Validate the common arguments and move half-precision logits to float32."""
     logits = check_logits(logits)
     generator = check_generator(generator, logits.device)
-    return logits.to(working_dtype(logits.dtype)), generator
+    dtype = working_dtype(logits.dtype)
+    return (logits if dtype == logits.dtype else logits.to(dtype)), generator
 
 
 def _gumbel(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -91,7 +92,8 @@ def _finish(
     return_soft: bool,
     dtype: torch.dtype,
 ) -> torch.Tensor | Sample:
-    hard, soft = hard.to(dtype), soft.to(dtype)
+    if hard.dtype != dtype:
+        hard, soft = hard.to(dtype), soft.to(dtype)
     if return_soft:
         return Sample(hard, soft)
     return hard if hard_flag else soft
@@ -208,7 +210,6 @@ def _redge_family(
     uniform = torch.rand(uniform_shape, generator=generator, device=work.device, dtype=work.dtype)
     if variant == "plain":
         sample_st, soft = fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1)
-        sample = sample_st.detach()
     else:
         soft = ddim_sample(work, noise, n_steps=n_steps, t_1=t_1, variant=variant).soft
         sample = inverse_cdf_sample(soft.detach(), uniform)
@@ -222,7 +223,7 @@ def _redge_family(
     # i.e. trajectory part + [J(S)^T g + (g . d) d] / 2, with no tensor hooks.
     probs = soft.detach()
     delta = work - work.detach()
-    direction = sample - probs
+    direction = (sample_st.detach() if variant == "plain" else sample) - probs
     correction = 0.5 * (
         direction * (direction * delta).sum(dim=-1, keepdim=True)
         - (probs * delta - probs * (probs * delta).sum(dim=-1, keepdim=True))

@@ -33,8 +33,9 @@ def check_logits(logits: object, name: str = "logits") -> torch.Tensor:
         )
     # One reduction in float32/64 is enough when the total is finite (a NaN or inf entry always
     # makes it non-finite); only an overflowing total needs the elementwise check.
-    total = logits.detach().sum(dtype=working_dtype(logits.dtype))
-    if not bool(torch.isfinite(total)) and not bool(torch.isfinite(logits).all()):
+    # ``math.isfinite`` on the Python number: ``torch.isfinite`` of a 0-d tensor is five more ops.
+    total = logits.detach().sum(dtype=working_dtype(logits.dtype)).item()
+    if not math.isfinite(total) and not bool(torch.isfinite(logits).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return logits
 
