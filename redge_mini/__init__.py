@@ -8,8 +8,10 @@ diffusion sampler. Every estimator here is a drop-in replacement for
     y = redge(logits, n_steps=5, t_1=0.5)   # one-hot forward, ReDGE gradient backward
 """
 
+from .distributions import ReDGECategorical
 from .estimators import Sample, gumbel_softmax, redge, redge_cov, reindge, reinmax, st
 from .registry import ESTIMATORS, EstimatorSpec, Knob, make_estimator
+from .score_function import reinforce_loss
 
 __version__ = "0.1.0"
 
@@ -17,12 +19,14 @@ __all__ = [
     "ESTIMATORS",
     "EstimatorSpec",
     "Knob",
+    "ReDGECategorical",
     "Sample",
     "gumbel_softmax",
     "make_estimator",
     "redge",
     "redge_cov",
     "reindge",
+    "reinforce_loss",
     "reinmax",
     "st",
 ]
