@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .validation import check_int
+
 __all__ = ["DigitSplits", "load_digits_8x8", "load_mnist_5k", "mnist_5k_path"]
 
 
@@ -74,14 +76,6 @@ class DigitSplits:
         return out
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
-
-
 def _check_common(binarize: object, threshold: object) -> float:
     if not isinstance(binarize, bool):
         raise TypeError(f"binarize must be a bool, got {type(binarize).__name__}")
@@ -105,9 +99,9 @@ def _split(
     n_train: int | None,
 ) -> DigitSplits:
     n = images.shape[0]
-    n_valid = _check_int("n_valid", n_valid, 0)
-    n_test = _check_int("n_test", n_test, 0)
-    seed = _check_int("seed", seed, 0)
+    n_valid = check_int(n_valid, "n_valid", 0)
+    n_test = check_int(n_test, "n_test", 0)
+    seed = check_int(seed, "seed", 0)
     available = n - n_valid - n_test
     if available < 1:
         raise ValueError(
@@ -116,7 +110,7 @@ def _split(
         )
     if n_train is None:
         n_train = available
-    n_train = _check_int("n_train", n_train, 1)
+    n_train = check_int(n_train, "n_train", 1)
     if n_train > available:
         raise ValueError(
             f"n_train={n_train} exceeds the {available} images left after n_valid={n_valid} "

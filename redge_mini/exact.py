@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from .validation import check_generator, check_logits
+from .validation import check_generator, check_int, check_logits
 
 __all__ = [
     "MAX_CONFIGS",
@@ -44,14 +44,6 @@ MAX_CONFIGS = 2**20
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 Sampler = Callable[..., torch.Tensor]
-
-
-def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_problem_logits(logits: object) -> torch.Tensor:
@@ -91,8 +83,8 @@ def enumerate_onehot(
         Shape ``(K**L, L, K)``, in lexicographic order of the class indices with variable 0 the
         slowest (row ``i`` encodes the base-``K`` digits of ``i``).
     """
-    L = _check_positive_int(L, "L")
-    K = _check_positive_int(K, "K", minimum=2)
+    L = check_int(L, "L")
+    K = check_int(K, "K", minimum=2)
     n = _n_configs(L, K, max_configs)
     index = torch.arange(n, device=device)
     powers = K ** torch.arange(L - 1, -1, -1, device=device)
@@ -186,8 +178,8 @@ def per_sample_gradients(
         ``(n, L, K)``, detached, in the logits' dtype.
     """
     logits = _check_problem_logits(logits)
-    n = _check_positive_int(n, "n")
-    chunk = n if chunk_size is None else _check_positive_int(chunk_size, "chunk_size")
+    n = check_int(n, "n")
+    chunk = n if chunk_size is None else check_int(chunk_size, "chunk_size")
     check_generator(generator, logits.device)
     grads = []
     for start in range(0, n, chunk):
@@ -314,7 +306,7 @@ def _draw_hard(
     chunk_size: int | None,
 ) -> torch.Tensor:
     """``n`` hard samples ``(n, L, K)`` from ``sampler``, checked to be one-hot."""
-    chunk = n if chunk_size is None else _check_positive_int(chunk_size, "chunk_size")
+    chunk = n if chunk_size is None else check_int(chunk_size, "chunk_size")
     out = []
     with torch.no_grad():
         for start in range(0, n, chunk):
@@ -348,7 +340,7 @@ def empirical_law(
     Counts are returned as float64 (divide by ``n`` for frequencies).
     """
     logits = _check_problem_logits(logits)
-    n = _check_positive_int(n, "n")
+    n = check_int(n, "n")
     check_generator(generator, logits.device)
     return _draw_hard(sampler, logits, n, generator, chunk_size).sum(0)
 
@@ -422,8 +414,8 @@ def hard_sample_tv(
         chunk_size: Samples per call of ``sampler`` (default: all at once).
     """
     logits = _check_problem_logits(logits)
-    n = _check_positive_int(n, "n", minimum=2)
-    null_reps = _check_positive_int(null_reps, "null_reps", minimum=2)
+    n = check_int(n, "n", minimum=2)
+    null_reps = check_int(null_reps, "null_reps", minimum=2)
     check_generator(generator, logits.device)
     hard = _draw_hard(sampler, logits, n, generator, chunk_size)
     probs = torch.softmax(logits.detach().double(), dim=-1)

@@ -25,8 +25,6 @@ likelihood that guidance paid.
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +33,7 @@ import torch
 
 from redge_mini.masked_diffusion import MaskedDenoiser
 from redge_mini.registry import make_estimator
-from redge_mini.validation import check_generator
+from redge_mini.validation import check_generator, check_int, check_real
 
 __all__ = ["guided_sample", "kl_to_prior"]
 
@@ -48,25 +46,6 @@ def kl_to_prior(phi: torch.Tensor, prior_log_probs: torch.Tensor) -> torch.Tenso
     log_q = torch.log_softmax(phi, dim=-1)
     q = log_q.exp()
     return (q * (log_q - prior_log_probs)).sum(-1)
-
-
-def _check_real(value: object, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    bad = value <= minimum if strict else value < minimum
-    if not math.isfinite(value) or bad:
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be finite and {relation} {minimum}, got {value}")
-    return value
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def guided_sample(
@@ -142,16 +121,16 @@ def guided_sample(
     if not callable(objective):
         raise TypeError("objective must be callable: one-hot (B, N, K) -> (B,)")
     estimator = make_estimator(estimator_name, **(knobs or {}))
-    n_unmask_steps = _check_int(n_unmask_steps, "n_unmask_steps", 1)
-    n_inner = _check_int(n_inner, "n_inner", 0)
-    lam = _check_real(lam, "lam")
-    lr = _check_real(lr, "lr", strict=True)
+    n_unmask_steps = check_int(n_unmask_steps, "n_unmask_steps", 1)
+    n_inner = check_int(n_inner, "n_inner", 0)
+    lam = check_real(lam, "lam", minimum=0.0)
+    lr = check_real(lr, "lr", minimum=0.0, strict=True)
     dev = next(model.parameters()).device
     check_generator(generator, dev)
     if init is None:
         if n is None:
             raise ValueError("give either n (batch size) or init (starting tokens)")
-        n = _check_int(n, "n", 1)
+        n = check_int(n, "n", 1)
         x = torch.full((n, model.seq_len), model.mask_id, dtype=torch.long, device=dev)
     else:
         x = model.check_tokens(init, "init").to(dev).clone()

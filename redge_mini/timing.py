@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from .registry import ESTIMATORS, make_estimator
+from .validation import check_int, check_real
 
 __all__ = ["REFERENCE", "TimingRow", "time_block", "time_estimators"]
 
@@ -77,16 +78,6 @@ def time_block(call: Callable[[], None], calls: int, device: torch.device) -> fl
     return (time.perf_counter() - start) / calls
 
 
-def _check_positive(value: object, name: str, integer: bool) -> float | int:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, "
-                        f"got {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
 def _check_shape(shape: object) -> tuple[int, ...]:
     if not isinstance(shape, Sequence) or not all(
         isinstance(s, int) and not isinstance(s, bool) for s in shape
@@ -137,10 +128,10 @@ def time_estimators(
     """
     names = list(ESTIMATORS) if names is None else list(names)
     knobs = dict(knobs or {})
-    rounds = int(_check_positive(rounds, "rounds", integer=True))
+    rounds = check_int(rounds, "rounds", 1)
     if statistic not in _STATISTICS:
         raise ValueError(f"statistic must be one of {sorted(_STATISTICS)}, got {statistic!r}")
-    block_s = float(_check_positive(block_s, "block_s", integer=False))
+    block_s = check_real(block_s, "block_s", minimum=0.0, strict=True)
     device = torch.device("cpu" if device is None else device)
     unknown = (set(names) | set(knobs)) - set(ESTIMATORS)
     if unknown:
@@ -152,7 +143,7 @@ def time_estimators(
     used = {name: {**ESTIMATORS[name].defaults(), **knobs.get(name, {})} for name in names}
     threads_before = torch.get_num_threads()
     if num_threads is not None:
-        torch.set_num_threads(int(_check_positive(num_threads, "num_threads", integer=True)))
+        torch.set_num_threads(check_int(num_threads, "num_threads", 1))
     try:
         return _time_shapes(shapes, names, samplers, used, rounds, block_s, device, seed,
                             _STATISTICS[statistic])

@@ -45,7 +45,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -55,7 +54,7 @@ import torch
 from .estimators import _ReinMax, straight_through
 from .exact import enumerate_onehot, exact_expectation, exact_gradient
 from .score_function import reinforce_loss
-from .validation import check_generator, check_logits, check_tau
+from .validation import check_generator, check_int, check_logits, check_real, check_tau
 
 __all__ = [
     "KINDS",
@@ -78,25 +77,6 @@ _FORMULAS = {
 }
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_real(value: object, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or (positive and value <= 0.0):
-        kind = "a finite number > 0" if positive else "finite"
-        raise ValueError(f"{name} must be {kind}, got {value}")
-    return value
-
-
 class ToyObjective:
     """``f(x) = φ(s(x) − b)``, ``s(x) = ⟨A, x⟩ / sqrt(L)``, φ(u) = ``u²``, ``|u|`` or ``1[u > 0]``.
 
@@ -110,7 +90,7 @@ class ToyObjective:
         if not isinstance(weights, torch.Tensor) or weights.dim() != 2:
             raise ValueError("weights must be a tensor of shape (L, K)")
         self.weights = weights.detach()
-        self.target = _check_real(target, "target")
+        self.target = check_real(target, "target")
         self.kind = kind
 
     @property
@@ -227,12 +207,12 @@ def make_toy_problem(
     -------
     ToyProblem
     """
-    L = _check_int(L, "L", 1)
-    K = _check_int(K, "K", 2)
-    seed = _check_int(seed, "seed", 0)
+    L = check_int(L, "L", 1)
+    K = check_int(K, "K", 2)
+    seed = check_int(seed, "seed", 0)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    logit_scale = _check_real(logit_scale, "logit_scale", positive=True)
+    logit_scale = check_real(logit_scale, "logit_scale", minimum=0.0, strict=True)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     generator = torch.Generator().manual_seed(seed)
@@ -292,7 +272,7 @@ def reinforce_gradients(
         raise ValueError(
             f"logits must have shape (L, K), got shape {tuple(logits.shape)}"
         )
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", 1)
     check_generator(generator, logits.device)
     L, K = logits.shape
     copies = logits.detach().unsqueeze(0).repeat(n, 1, 1).requires_grad_(True)

@@ -40,18 +40,40 @@ def check_logits(logits: object, name: str = "logits") -> torch.Tensor:
     return logits
 
 
-def _real_number(value: object, name: str) -> float:
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """Check that ``value`` is an integer (not a bool) ``>= minimum``; return it as an ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_real(
+    value: object, name: str, *, minimum: float | None = None, strict: bool = False
+) -> float:
+    """Check that ``value`` is a finite real number (not a bool); return it as a ``float``.
+
+    With ``minimum``, also require ``value >= minimum`` (``value > minimum`` when ``strict``).
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is None:
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+        return value
+    too_small = value <= minimum if strict else value < minimum
+    if not math.isfinite(value) or too_small:
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be finite and {relation} {minimum:g}, got {value}")
     return value
 
 
 def check_t_1(t_1: object) -> float:
     """Check the stopping time ``t_1``: a real number in ``(0, 1]``."""
-    value = _real_number(t_1, "t_1")
+    value = check_real(t_1, "t_1")
     if not 0.0 < value <= 1.0:
         raise ValueError(
             f"t_1 must lie in (0, 1], got {value}: t_1 = 1 is Straight-Through, t_1 -> 0 makes the "
@@ -74,7 +96,7 @@ def check_n_steps(n_steps: object) -> int:
 
 def check_tau(tau: object, *, minimum: float = 0.0, name: str = "tau") -> float:
     """Check a temperature: a finite real ``> 0`` (or ``>= minimum`` when ``minimum > 0``)."""
-    value = _real_number(tau, name)
+    value = check_real(tau, name)
     if minimum > 0.0:
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")

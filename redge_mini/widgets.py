@@ -26,7 +26,7 @@ import torch
 from .diffusion import ddim_sample
 from .estimators import sample_categorical
 from .plotting import PALETTE, draw_simplex, simplex_xy
-from .validation import check_logits, check_n_steps, check_t_1
+from .validation import check_int, check_logits, check_n_steps, check_t_1
 
 CORNER_COLORS: tuple[str, str, str] = (PALETTE[1], PALETTE[5], PALETTE[3])
 """Colour of a trajectory by the corner (hard sample) it ends in: orange, blue, green."""
@@ -58,14 +58,6 @@ def _check_logits3(logits: object) -> torch.Tensor:
     return logits.detach().double()
 
 
-def _check_count(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 def simplex_trajectories(
     logits: torch.Tensor | Sequence[float],
     *,
@@ -89,7 +81,7 @@ def simplex_trajectories(
     logits = _check_logits3(logits)
     t_1 = check_t_1(t_1)
     n_steps = check_n_steps(n_steps)
-    n = _check_count(n, "n")
+    n = check_int(n, "n", 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     generator = torch.Generator().manual_seed(seed)

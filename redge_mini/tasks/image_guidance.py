@@ -53,6 +53,7 @@ from redge_mini.masked_diffusion import (
     save_denoiser,
     train_masked_denoiser,
 )
+from redge_mini.validation import check_int, check_real
 
 __all__ = [
     "IMAGE_SIDE",
@@ -91,22 +92,6 @@ N_CLASSES: int = 10
 #: File name of the stored models in ``redge_mini/data``.
 WEIGHTS_FILE: str = "image_guidance_models.pt"
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(float(value)) and float(value) > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
 def _check_one_hot_shape(x: object, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -133,7 +118,7 @@ def grey_levels(n_levels: int = N_LEVELS) -> torch.Tensor:
     torch.Tensor
         Float tensor of shape ``(n_levels,)`` from 0 (background) to 1 (ink).
     """
-    n_levels = _check_int(n_levels, "n_levels", 2)
+    n_levels = check_int(n_levels, "n_levels", 2)
     return torch.linspace(0.0, 1.0, n_levels)
 
 
@@ -153,7 +138,7 @@ def quantise(images: np.ndarray | torch.Tensor, n_levels: int = N_LEVELS) -> tor
         Long tensor of tokens in ``{0, .., n_levels - 1}`` with the shape of ``images``: the index
         of the level of :func:`grey_levels` nearest to each intensity.
     """
-    n_levels = _check_int(n_levels, "n_levels", 2)
+    n_levels = check_int(n_levels, "n_levels", 2)
     x = torch.as_tensor(np.asarray(images, dtype=np.float64))
     if x.numel() and not (bool(torch.isfinite(x).all()) and x.min() >= 0 and x.max() <= 1):
         raise ValueError("images must hold finite intensities in [0, 1]")
@@ -183,7 +168,7 @@ def load_digit_tokens(split: str = "train", *, seed: int = 0) -> tuple[torch.Ten
     """
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
-    seed = _check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0)
     parts = load_digits_8x8(seed=seed)
     images = getattr(parts, f"x_{split}")
     labels = torch.as_tensor(getattr(parts, f"y_{split}"), dtype=torch.long)
@@ -222,7 +207,7 @@ class DigitCNN(nn.Module):
 
     def __init__(self, channels: int = 16) -> None:
         super().__init__()
-        channels = _check_int(channels, "channels", 1)
+        channels = check_int(channels, "channels", 1)
         self.net = nn.Sequential(
             nn.Conv2d(1, channels, 3, padding=1),
             nn.GELU(),
@@ -246,7 +231,7 @@ class DigitMLP(nn.Module):
 
     def __init__(self, hidden: int = 128) -> None:
         super().__init__()
-        hidden = _check_int(hidden, "hidden", 1)
+        hidden = check_int(hidden, "hidden", 1)
         self.net = nn.Sequential(
             nn.Linear(SEQ_LEN, hidden), nn.GELU(), nn.Linear(hidden, N_CLASSES)
         )
@@ -301,9 +286,9 @@ def train_classifier(
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     tokens, labels = _check_tokens_labels(tokens, labels)
-    epochs = _check_int(epochs, "epochs", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    lr = _check_positive(lr, "lr")
+    epochs = check_int(epochs, "epochs", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    lr = check_real(lr, "lr", minimum=0.0, strict=True)
     if not (isinstance(token_noise, numbers.Real) and 0.0 <= float(token_noise) < 1.0):
         raise ValueError(f"token_noise must lie in [0, 1), got {token_noise!r}")
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
@@ -387,7 +372,7 @@ def class_log_prob(
         if target.shape != (batch,):
             raise ValueError(f"target must have shape ({batch},), got {tuple(target.shape)}")
     else:
-        target = torch.full((batch,), _check_int(target, "target", 0), device=one_hot.device)
+        target = torch.full((batch,), check_int(target, "target", 0), device=one_hot.device)
     if target.numel() and (target.min() < 0 or target.max() >= N_CLASSES):
         raise ValueError(f"target must take values in 0..{N_CLASSES - 1}")
     return _log_prob(classifier, one_hot, target)
@@ -420,8 +405,8 @@ def image_grid(tokens: torch.Tensor, n_cols: int, *, pad: int = 1) -> np.ndarray
     """
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] != SEQ_LEN:
         raise ValueError(f"tokens must be a tensor of shape (N, {SEQ_LEN})")
-    n_cols = _check_int(n_cols, "n_cols", 1)
-    pad = _check_int(pad, "pad", 0)
+    n_cols = check_int(n_cols, "n_cols", 1)
+    pad = check_int(pad, "pad", 0)
     pixels = grey_levels()[tokens.detach().cpu().long()].reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
     n_rows = max(1, math.ceil(len(pixels) / n_cols))
     step = IMAGE_SIDE + pad
@@ -604,7 +589,7 @@ def steering_targets(source: torch.Tensor, shift: int = 1) -> torch.Tensor:
     A fixed rule rather than hand-picked pairs, so that easy and hard conversions (``1 -> 2``,
     ``7 -> 8``, ...) are averaged alike.
     """
-    shift = _check_int(shift, "shift", 1)
+    shift = check_int(shift, "shift", 1)
     if shift % N_CLASSES == 0:
         raise ValueError(f"shift must not be a multiple of {N_CLASSES}, got {shift}")
     return (source + shift) % N_CLASSES
@@ -694,9 +679,9 @@ def guide_images(
     """
     if not isinstance(models, ImageModels):
         raise TypeError(f"models must be an ImageModels, got {type(models).__name__}")
-    n_per_class = _check_int(n_per_class, "n_per_class", 1)
-    reward_scale = _check_positive(reward_scale, "reward_scale")
-    seed = _check_int(seed, "seed", 0)
+    n_per_class = check_int(n_per_class, "n_per_class", 1)
+    reward_scale = check_real(reward_scale, "reward_scale", minimum=0.0, strict=True)
+    seed = check_int(seed, "seed", 0)
     dev = next(models.prior.parameters()).device
     source = torch.arange(N_CLASSES, device=dev).repeat_interleave(n_per_class)
     target = steering_targets(source, shift)
