@@ -28,6 +28,7 @@ import torch
 
 import redge_mini
 from redge_mini import estimators
+from redge_mini.timing import make_call, time_interleaved
 
 SHAPES: tuple[tuple[int, ...], ...] = ((64, 100), (200, 48, 2), (1, 81, 9), (256, 128, 2))
 
@@ -42,52 +43,7 @@ CONTENDERS: dict[str, tuple[Callable[..., torch.Tensor], dict]] = {
 }
 
 
-def make_call(
-    sampler: Callable[..., torch.Tensor], logits: torch.Tensor, weights: torch.Tensor
-) -> Callable[[], None]:
-    """One forward + backward of ``sampler`` on a fresh leaf copy of ``logits``."""
-
-    def call() -> None:
-        leaf = logits.detach().requires_grad_(True)
-        (sampler(leaf) * weights).sum().backward()
-
-    return call
-
-
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = time.perf_counter
-
-
-def time_block(call: Callable[[], None], calls: int, device: torch.device) -> float:
-    """Mean seconds per call over ``calls`` consecutive calls."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = clock()
-    for _ in range(calls):
-        call()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (clock() - start) / calls
-
-
-def calls_per_block(call: Callable[[], None], device: torch.device, target_s: float) -> int:
-    """Number of calls that lasts about ``target_s`` (after a warm-up)."""
-    for _ in range(3):
-        call()
-    single = time_block(call, 5, device)
-    return max(1, int(target_s / max(single, 1e-7)))
-
-
-def bench_row(
-    calls: dict[str, Callable[[], None]], device: torch.device, rounds: int, block_s: float
-) -> dict[str, float]:
-    """Median (over ``rounds`` interleaved blocks) seconds per call of each contender."""
-    sizes = {key: calls_per_block(call, device, block_s) for key, call in calls.items()}
-    samples: dict[str, list[float]] = {key: [] for key in calls}
-    for _ in range(rounds):
-        for key, call in calls.items():
-            samples[key].append(time_block(call, sizes[key], device))
-    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--estimators", nargs="*", default=list(CONTENDERS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    global clock
     clock = CLOCKS[args.clock]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -142,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
                 "authors": make_call(lambda x, f=theirs, k=knobs: f(x, **k), logits, weights),
                 "gs": gs_call,
             }
-            t = bench_row(calls, device, args.rounds, args.block_ms / 1e3)
+            samples = time_interleaved(
+                calls, device, rounds=args.rounds, block_s=args.block_ms / 1e3, clock=clock
+            )
+            t = {key: statistics.median(values) for key, values in samples.items()}
             ratio = t["ours"] / t["authors"]
             print(
                 f"{str(shape):>13} {name:>10} {t['ours'] * 1e6:9.1f} {t['authors'] * 1e6:10.1f} "

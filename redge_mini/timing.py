@@ -25,7 +25,9 @@ import torch
 from .registry import ESTIMATORS, make_estimator
 from .validation import check_int, check_real
 
-__all__ = ["REFERENCE", "TimingRow", "time_block", "time_estimators"]
+__all__ = [
+    "REFERENCE", "TimingRow", "make_call", "time_block", "time_estimators", "time_interleaved",
+]
 
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 
@@ -53,9 +55,11 @@ class TimingRow(NamedTuple):
     ratio: float
 
 
-def _call(
+def make_call(
     sampler: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, weights: torch.Tensor
 ) -> Callable[[], None]:
+    """One forward + backward of ``sampler`` on a fresh leaf copy of ``logits``."""
+
     def call() -> None:
         leaf = logits.detach().requires_grad_(True)
         (sampler(leaf) * weights).sum().backward()
@@ -68,14 +72,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_block(call: Callable[[], None], calls: int, device: torch.device) -> float:
-    """Mean seconds per call over ``calls`` consecutive calls of ``call``."""
+def time_block(
+    call: Callable[[], None],
+    calls: int,
+    device: torch.device,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Mean seconds per call over ``calls`` consecutive calls of ``call``, read on ``clock``."""
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(calls):
         call()
     _sync(device)
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
+
+
+def time_interleaved(
+    calls: Mapping[str, Callable[[], None]],
+    device: torch.device,
+    *,
+    rounds: int,
+    block_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender in ``rounds`` interleaved blocks of about ``block_s``.
+
+    Each contender is warmed up and sized (calls per block) first; then every round times one
+    block of each contender in turn, so that a change of machine load hits them alike.
+    """
+    sizes = {}
+    for key, call in calls.items():
+        for _ in range(3):
+            call()
+        single = time_block(call, 5, device, clock)
+        sizes[key] = max(1, int(block_s / max(single, 1e-7)))
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            times[key].append(time_block(call, sizes[key], device, clock))
+    return times
 
 
 def _check_shape(shape: object) -> tuple[int, ...]:
@@ -167,20 +202,11 @@ def _time_shapes(
     for shape in shapes:
         logits = torch.randn(shape, generator=generator).to(device)
         weights = torch.randn(shape, generator=generator).to(device)
-        calls = {name: _call(samplers[name], logits, weights) for name in names}
-        calls[REFERENCE] = _call(
+        calls = {name: make_call(samplers[name], logits, weights) for name in names}
+        calls[REFERENCE] = make_call(
             lambda x: torch.nn.functional.gumbel_softmax(x, tau=1.0, hard=True), logits, weights
         )
-        sizes = {}
-        for key, call in calls.items():
-            for _ in range(2):
-                call()
-            single = time_block(call, 3, device)
-            sizes[key] = max(1, int(block_s / max(single, 1e-7)))
-        times: dict[str, list[float]] = {key: [] for key in calls}
-        for _ in range(rounds):
-            for key, call in calls.items():
-                times[key].append(time_block(call, sizes[key], device))
+        times = time_interleaved(calls, device, rounds=rounds, block_s=block_s)
         reference = summary(times[REFERENCE])
         for name in names:
             seconds = summary(times[name])
