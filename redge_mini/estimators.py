@@ -50,12 +50,16 @@ class Sample(NamedTuple):
     soft: torch.Tensor
 
 
-def _prepare(logits: object, generator: object) -> tuple[torch.Tensor, torch.Generator | None]:
-    """Validate the common arguments and move half-precision logits to float32."""
+def _prepare(
+    logits: object, generator: object
+) -> tuple[torch.Tensor, torch.Generator | None, torch.dtype]:
+    """Validate the common arguments; return the working logits (half precision moved to
+    float32), the generator and the input dtype (the dtype of the results)."""
     logits = check_logits(logits)
     generator = check_generator(generator, logits.device)
     dtype = working_dtype(logits.dtype)
-    return (logits if dtype == logits.dtype else logits.to(dtype)), generator
+    work = logits if dtype == logits.dtype else logits.to(dtype)
+    return work, generator, logits.dtype
 
 
 def _gumbel(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -113,8 +117,7 @@ def st(
         >>> y.sum(-1)
         tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
     """
-    dtype = logits.dtype if isinstance(logits, torch.Tensor) else None
-    work, generator = _prepare(logits, generator)
+    work, generator, dtype = _prepare(logits, generator)
     probs = torch.softmax(work, dim=-1)
     sample = sample_categorical(work, generator)
     return _finish(straight_through(sample, probs), probs, hard_flag=hard,
@@ -136,9 +139,8 @@ def gumbel_softmax(
     ``torch.nn.functional.gumbel_softmax`` but with a validated ``tau`` and a ``generator``.
     Small ``tau``: little bias, large variance; large ``tau``: the reverse.
     """
-    dtype = logits.dtype if isinstance(logits, torch.Tensor) else None
     tau = check_tau(tau)
-    work, generator = _prepare(logits, generator)
+    work, generator, dtype = _prepare(logits, generator)
     perturbed = work + _gumbel(work, generator)
     soft = torch.softmax(perturbed / tau, dim=-1)
     sample = _one_hot_argmax(perturbed.detach())
@@ -168,6 +170,16 @@ class _ReinMax(torch.autograd.Function):
         return 2.0 * _softmax_vjp(probs_half, grad) - 0.5 * _softmax_vjp(probs, grad), None, None
 
 
+def reinmax_surrogate(logits: torch.Tensor, sample: torch.Tensor, tau: float) -> torch.Tensor:
+    """The value of the one-hot ``sample`` with ReinMax's gradient in ``logits``.
+
+    Backward: ``2 J(pi_1)^T g - J(pi)^T g / 2``, ``pi = softmax(logits)``,
+    ``pi_1 = (sample + softmax(logits / tau)) / 2``. :func:`reinmax` draws the sample and calls
+    this; it is public for callers that bring their own samples (e.g. exact enumeration).
+    """
+    return _ReinMax.apply(logits, sample, tau)
+
+
 def reinmax(
     logits: torch.Tensor,
     *,
@@ -182,11 +194,10 @@ def reinmax(
     ``pi_1 = (H + softmax(logits / tau)) / 2``. ``tau >= 1`` as the ReinMax authors require. The
     soft sample (``hard=False``) is ``softmax(logits)``, as for Straight-Through.
     """
-    dtype = logits.dtype if isinstance(logits, torch.Tensor) else None
     tau = check_tau(tau, minimum=1.0)
-    work, generator = _prepare(logits, generator)
+    work, generator, dtype = _prepare(logits, generator)
     sample = sample_categorical(work, generator)
-    hard_sample = _ReinMax.apply(work, sample, tau)
+    hard_sample = reinmax_surrogate(work, sample, tau)
     return _finish(hard_sample, torch.softmax(work, dim=-1), hard_flag=hard,
                    return_soft=return_soft, dtype=dtype)
 
@@ -201,10 +212,9 @@ def _redge_family(
     variant: str,
     reinmax_step: bool,
 ) -> torch.Tensor | Sample:
-    dtype = logits.dtype if isinstance(logits, torch.Tensor) else None
     n_steps = check_n_steps(n_steps)
     t_1 = check_t_1(t_1)
-    work, generator = _prepare(logits, generator)
+    work, generator, dtype = _prepare(logits, generator)
     noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
     uniform_shape = work.shape[:-1] + (1,)
     uniform = torch.rand(uniform_shape, generator=generator, device=work.device, dtype=work.dtype)
@@ -225,8 +235,7 @@ def _redge_family(
     delta = work - work.detach()
     direction = (sample_st.detach() if variant == "plain" else sample) - probs
     correction = 0.5 * (
-        direction * (direction * delta).sum(dim=-1, keepdim=True)
-        - (probs * delta - probs * (probs * delta).sum(dim=-1, keepdim=True))
+        direction * (direction * delta).sum(dim=-1, keepdim=True) - _softmax_vjp(probs, delta)
     )
     hard_sample = sample_st + correction
     return _finish(hard_sample, soft, hard_flag=hard, return_soft=return_soft, dtype=dtype)

@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 import torch
 
-from .estimators import _ReinMax, straight_through
+from .estimators import reinmax_surrogate, straight_through
 from .exact import enumerate_onehot, exact_expectation, exact_gradient
 from .score_function import reinforce_loss
 from .validation import check_generator, check_int, check_logits, check_real, check_tau
@@ -356,7 +356,7 @@ def hard_sample_gradient_moments(
         if name == "st":
             surrogate = straight_through(configs, torch.softmax(copies, dim=-1))
         else:
-            surrogate = _ReinMax.apply(copies, configs, tau)
+            surrogate = reinmax_surrogate(copies, configs, tau)
         (grads,) = torch.autograd.grad(f(surrogate).sum(), copies)
     mean = torch.einsum("n,nlk->lk", weights, grads)
     variance = float(torch.einsum("n,n->", weights, (grads - mean).square().sum((-2, -1))))
