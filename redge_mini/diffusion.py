@@ -244,11 +244,7 @@ def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, dim: int = -1
     """
     cdf = probs.cumsum(dim=dim)
     last_dim = dim in (-1, cdf.dim() - 1)
-    if last_dim or dim == 0:
-        total = cdf[..., -1:] if last_dim else cdf[-1:]
-    else:
-        total = cdf.narrow(dim, cdf.shape[dim] - 1, 1)
-    level = (1.0 - uniform) * total
+    level = (1.0 - uniform) * cdf.narrow(dim, cdf.shape[dim] - 1, 1)
     # the number of cumulative sums below the level (<= K - 1 since level <= total); cdf is
     # non-decreasing, so along the (contiguous) last dimension this is a binary search
     if last_dim and cdf.is_contiguous() and level.is_contiguous():
