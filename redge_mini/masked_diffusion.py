@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from redge_mini.validation import check_generator
+from redge_mini.validation import check_generator, check_int, check_real
 
 __all__ = [
     "NEG_LOGIT",
@@ -60,23 +60,6 @@ __all__ = [
 #: Logit given to the impossible tokens of a revealed cell (finite, so that every downstream
 #: check for finite logits passes; ``exp(NEG_LOGIT)`` is exactly 0 in float16/32/64).
 NEG_LOGIT: float = -1.0e4
-
-
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
 
 
 class MaskedDenoiser(nn.Module):
@@ -131,12 +114,12 @@ class MaskedDenoiser(nn.Module):
         attend_within_groups: bool = False,
     ) -> None:
         super().__init__()
-        self.vocab_size = _positive_int(vocab_size, "vocab_size", 2)
-        self.seq_len = _positive_int(seq_len, "seq_len")
-        self.width = _positive_int(width, "width")
-        self.depth = _positive_int(depth, "depth")
-        self.heads = _positive_int(heads, "heads")
-        self.n_classes = _positive_int(n_classes, "n_classes", 0)
+        self.vocab_size = check_int(vocab_size, "vocab_size", 2)
+        self.seq_len = check_int(seq_len, "seq_len", 1)
+        self.width = check_int(width, "width", 1)
+        self.depth = check_int(depth, "depth", 1)
+        self.heads = check_int(heads, "heads", 1)
+        self.n_classes = check_int(n_classes, "n_classes", 0)
         if self.width % self.heads:
             raise ValueError(f"width={width} must be divisible by heads={heads}")
         self.mask_id = self.vocab_size
@@ -385,9 +368,9 @@ def train_masked_denoiser(
     dict
         ``{"step": [...], "loss": [...]}``, one entry per step.
     """
-    steps = _positive_int(steps, "steps")
-    batch_size = _positive_int(batch_size, "batch_size")
-    lr = _positive_float(lr, "lr")
+    steps = check_int(steps, "steps", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    lr = check_real(lr, "lr", minimum=0.0, strict=True)
     if not 0.0 <= float(label_dropout) < 1.0:
         raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
     dev = next(model.parameters()).device
@@ -487,8 +470,8 @@ def sample_unmasking(
     torch.Tensor
         ``(n, N)`` long tensor of ids in ``[0, K)``.
     """
-    n = _positive_int(n, "n")
-    n_steps = _positive_int(n_steps, "n_steps")
+    n = check_int(n, "n", 1)
+    n_steps = check_int(n_steps, "n_steps", 1)
     dev = next(model.parameters()).device
     check_generator(generator, dev)
     if init is None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .estimators import sample_categorical
-from .validation import check_generator, check_logits, working_dtype
+from .validation import check_generator, check_int, check_logits, working_dtype
 
 __all__ = ["BASELINES", "reinforce_loss", "sample_onehot"]
 
@@ -43,10 +43,7 @@ def sample_onehot(
         ``(n_samples, *logits.shape)`` one-hot, in the logits' dtype, without gradient.
     """
     logits = check_logits(logits)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int):
-        raise TypeError(f"n_samples must be an int, got {type(n_samples).__name__}")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    n_samples = check_int(n_samples, "n_samples", 1)
     check_generator(generator, logits.device)
     work = logits.detach().to(working_dtype(logits.dtype))
     draws = sample_categorical(work.expand(n_samples, *work.shape), generator)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..registry import check_knobs, make_estimator
 from ..score_function import reinforce_loss
+from ..validation import check_int
 from . import StopCallback, TrainingInterrupted
 
 __all__ = [
@@ -158,11 +159,7 @@ class PolyProgConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_vars", "n_samples", "n_iters", "n_runs", "record_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            check_int(getattr(self, name), name, 1)
         c = _check_c(self.c)
         if c > 0.5:
             raise ValueError(f"c must be <= 1/2 (the optimum is then all zeros), got {c}")

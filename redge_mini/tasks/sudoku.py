@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from redge_mini.registry import check_knobs, get_spec
+from redge_mini.validation import check_int
 
 __all__ = [
     "CLUE_LOGIT",
@@ -95,14 +96,6 @@ def base_grid() -> torch.Tensor:
     return ((3 * (r % 3) + r // 3 + c) % 9 + 1).reshape(81)
 
 
-def _count(value: object, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _random_perms(shape: tuple[int, ...], size: int, generator: torch.Generator | None,
                   device: torch.device) -> torch.Tensor:
     """Independent uniform permutations of ``range(size)``, one per index of ``shape``."""
@@ -127,7 +120,7 @@ def generate_grids(
     device : torch.device, str or None
         Where to create the grids (default: the generator's device, else CPU).
     """
-    n = _count(n, "n")
+    n = check_int(n, "n", 0)
     dev = torch.device(device) if device is not None else (
         generator.device if generator is not None else torch.device("cpu"))
     base = base_grid().to(dev).reshape(9, 9)
@@ -164,8 +157,8 @@ def make_puzzles(
     (puzzles, solutions)
         ``(n, 81)`` long tensors; puzzles have ``0`` at the blanks.
     """
-    n = _count(n, "n")
-    n_blanks = _count(n_blanks, "n_blanks")
+    n = check_int(n, "n", 0)
+    n_blanks = check_int(n_blanks, "n_blanks", 0)
     if n_blanks > 81:
         raise ValueError(f"n_blanks must be <= 81, got {n_blanks}")
     solutions = generate_grids(n, generator=generator, device=device)
@@ -409,7 +402,7 @@ def solve_mean_field(
     checked = validate_puzzles(puzzles.cpu() if isinstance(puzzles, torch.Tensor) else puzzles)
     puzzles = checked.to(dev)
     spec = get_spec(estimator_name)
-    steps = _count(steps, "steps", 1)
+    steps = check_int(steps, "steps", 1)
     lrs = [lr] if isinstance(lr, numbers.Real) else list(lr)
     if not lrs:
         raise ValueError("lr must be a number or a non-empty sequence of numbers")
@@ -420,7 +413,7 @@ def solve_mean_field(
     if not knob_list:
         raise ValueError("knobs must be a dict, None or a non-empty sequence of dicts")
     knob_list = [check_knobs(estimator_name, **k) for k in knob_list]
-    budgets = sorted({steps} if budgets is None else {_count(b, "budgets", 1) for b in budgets})
+    budgets = sorted({steps} if budgets is None else {check_int(b, "budgets", 1) for b in budgets})
     if budgets[-1] > steps:
         raise ValueError(f"budgets must be <= steps={steps}, got {budgets[-1]}")
     if generator is not None and torch.device(generator.device).type != dev.type:

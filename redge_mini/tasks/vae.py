@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..registry import check_knobs, make_estimator
 from ..score_function import sample_onehot
+from ..validation import check_int
 from . import StopCallback, TrainingInterrupted
 
 __all__ = [
@@ -57,14 +58,6 @@ __all__ = [
     "time_training_steps",
     "train",
 ]
-
-
-def _positive_int(name: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -94,16 +87,16 @@ class VAEConfig:
     eval_every: int = 10
 
     def __post_init__(self) -> None:
-        _positive_int("n_latent", self.n_latent)
-        _positive_int("n_classes", self.n_classes, 2)
-        _positive_int("n_pixels", self.n_pixels)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("n_epochs", self.n_epochs)
-        _positive_int("eval_every", self.eval_every)
+        check_int(self.n_latent, "n_latent", 1)
+        check_int(self.n_classes, "n_classes", 2)
+        check_int(self.n_pixels, "n_pixels", 1)
+        check_int(self.batch_size, "batch_size", 1)
+        check_int(self.n_epochs, "n_epochs", 1)
+        check_int(self.eval_every, "eval_every", 1)
         if not isinstance(self.hidden, tuple) or not self.hidden:
             raise TypeError("hidden must be a non-empty tuple of ints")
         for width in self.hidden:
-            _positive_int("hidden", width)
+            check_int(width, "hidden", 1)
         for name in ("negative_slope", "lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
@@ -136,7 +129,7 @@ class Member:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "knobs", check_knobs(self.estimator, **self.knobs))
-        _positive_int("replicate", self.replicate, 0)
+        check_int(self.replicate, "replicate", 0)
 
     @property
     def key(self) -> tuple[str, tuple[tuple[str, float | int], ...]]:
@@ -161,8 +154,8 @@ class EnsembleLinear(nn.Module):
                  generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
-        n_models = _positive_int("n_models", n_models)
-        bound = 1.0 / math.sqrt(_positive_int("d_in", d_in))
+        n_models = check_int(n_models, "n_models", 1)
+        bound = 1.0 / math.sqrt(check_int(d_in, "d_in", 1))
         device = None if device is None else torch.device(device)
         self.weight = nn.Parameter(_uniform((n_models, d_in, d_out), bound, generator, device))
         self.bias = nn.Parameter(_uniform((n_models, 1, d_out), bound, generator, device))
@@ -189,7 +182,7 @@ class EnsembleVAE(nn.Module):
         if not isinstance(config, VAEConfig):
             raise TypeError(f"config must be a VAEConfig, got {type(config).__name__}")
         self.config = config
-        self.n_models = _positive_int("n_models", n_models)
+        self.n_models = check_int(n_models, "n_models", 1)
         latent = config.n_latent * config.n_classes
         enc = (config.n_pixels, *config.hidden, latent)
         dec = (latent, *reversed(config.hidden), config.n_pixels)
@@ -314,7 +307,7 @@ def negative_elbo_per_datum(
     ``members=None`` draws exact samples from ``q``; otherwise each model's own estimator draws
     (its forward value, which for the ReDGE family is ``Cat(S)`` rather than ``q``).
     """
-    n_samples = _positive_int("n_samples", n_samples)
+    n_samples = check_int(n_samples, "n_samples", 1)
     out = torch.zeros(model.n_models, x.shape[0], device=x.device)
     for start in range(0, x.shape[0], chunk):
         xb = x[start:start + chunk]
@@ -375,7 +368,7 @@ def train(
     if x_train.dim() != 2 or x_train.shape[1] != config.n_pixels:
         raise ValueError(f"x_train must have shape (N, {config.n_pixels}), got "
                          f"{tuple(x_train.shape)}")
-    n_epochs = config.n_epochs if n_epochs is None else _positive_int("n_epochs", n_epochs)
+    n_epochs = config.n_epochs if n_epochs is None else check_int(n_epochs, "n_epochs", 1)
     n_models, n_data, batch = model.n_models, x_train.shape[0], config.batch_size
     n_batches = n_data // batch
     if n_batches < 1:
@@ -435,7 +428,7 @@ def importance_weighted_bound(
     equals the ELBO for ``S = 1``, increases with ``S`` in expectation and tends to ``log p(x)``.
     Samples are processed in chunks of at most ``max_rows`` decoder evaluations.
     """
-    n_samples = _positive_int("n_samples", n_samples)
+    n_samples = check_int(n_samples, "n_samples", 1)
     config = model.config
     log_prior = -config.n_latent * math.log(config.n_classes)
     n_models, n_data = model.n_models, x.shape[0]
@@ -523,7 +516,7 @@ def prior_samples(model: EnsembleVAE, n: int,
 
     The same prior draws are decoded by every model, so their outputs can be compared.
     """
-    n = _positive_int("n", n)
+    n = check_int(n, "n", 1)
     config = model.config
     weight = next(model.parameters())
     logits = torch.zeros(n, *config.latent_shape, device=weight.device, dtype=weight.dtype)
@@ -595,8 +588,8 @@ def time_training_steps(
     a slow phase of the machine affects them alike; CUDA work is synchronised before each clock
     reading. A step is: forward of encoder, latent sample, decoder, loss, backward, Adam update.
     """
-    n_steps = _positive_int("n_steps", n_steps)
-    n_warmup = _positive_int("n_warmup", n_warmup, 0)
+    n_steps = check_int(n_steps, "n_steps", 1)
+    n_warmup = check_int(n_warmup, "n_warmup", 0)
     device = x_train.device
     generator = torch.Generator(device=device).manual_seed(seed)
     batch = config.batch_size
