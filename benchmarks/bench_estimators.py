@@ -28,7 +28,7 @@ import torch
 
 import redge_mini
 from redge_mini import estimators
-from redge_mini.timing import make_call, time_interleaved
+from redge_mini.book.timing import make_call, time_interleaved
 
 SHAPES: tuple[tuple[int, ...], ...] = ((64, 100), (200, 48, 2), (1, 81, 9), (256, 128, 2))
 

@@ -16,7 +16,7 @@ start=$(date +%s)
 for item in polyprog:4 vae:4.5 sudoku:2 mdm_guidance:2.5 image_guidance:2.5; do
   exp="${item%%:*}" minutes="${item##*:}"
   (
-    timeout "$LIMIT" python3 -m redge_mini.experiments."$exp" --scale full --device cuda \
+    timeout "$LIMIT" python3 -m redge_mini.book.experiments."$exp" --scale full --device cuda \
       --max-minutes "$minutes" --out "$OUT/results/$exp" --no-progress \
       >"$OUT/results/$exp.log" 2>&1
     echo "$exp: exit $? after $(( $(date +%s) - start )) s" >>"$log"

@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from redge_mini import redge  # noqa: E402
+from redge_mini.book.plotting import PALETTE, draw_simplex, simplex_xy, use_style  # noqa: E402
 from redge_mini.diffusion import ddim_sample  # noqa: E402
-from redge_mini.plotting import PALETTE, draw_simplex, simplex_xy, use_style  # noqa: E402
 
 PROBS = (0.6, 0.3, 0.1)
 N_PATHS = 30

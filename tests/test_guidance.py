@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from redge_mini import masked_diffusion as md
-from redge_mini.guidance import guided_sample, kl_to_prior
+from redge_mini.book import masked_diffusion as md
+from redge_mini.book.guidance import guided_sample, kl_to_prior
 
 K, N = 4, 6
 
@@ -132,7 +132,7 @@ def test_bad_arguments_are_rejected() -> None:
 
 
 def test_experiment_script_runs_and_resumes(tmp_path) -> None:
-    from redge_mini.experiments import mdm_guidance as e4
+    from redge_mini.book.experiments import mdm_guidance as e4
 
     args = ["--smoke", "--out", str(tmp_path), "--estimators", "redge", "--device", "cpu"]
     assert e4.main(args) == 0

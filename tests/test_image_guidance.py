@@ -1,4 +1,4 @@
-"""Checks of the image-guidance stand-in (redge_mini.tasks.image_guidance, chapter 10).
+"""Checks of the image-guidance stand-in (redge_mini.book.tasks.image_guidance, chapter 10).
 
 Independent references: the decoder against the grey levels written out by hand, quantisation
 against a brute-force nearest-level search, the reward's gradient against central finite
@@ -19,10 +19,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from redge_mini.experiments import image_guidance as experiment
-from redge_mini.experiments import train_image_models as train_script
-from redge_mini.masked_diffusion import sample_unmasking
-from redge_mini.tasks.image_guidance import (
+from redge_mini.book.experiments import image_guidance as experiment
+from redge_mini.book.experiments import train_image_models as train_script
+from redge_mini.book.masked_diffusion import sample_unmasking
+from redge_mini.book.tasks.image_guidance import (
     N_LEVELS,
     PRIOR_FILE,
     SEQ_LEN,
@@ -207,8 +207,8 @@ def test_train_classifier_validates_and_learns_a_toy_rule():
 
 def test_weights_are_small_and_load_from_another_directory(tmp_path):
     for name in (PRIOR_FILE, WEIGHTS_FILE):
-        assert (REPO / "redge_mini" / "data" / name).stat().st_size <= 2 * 2**20
-    code = ("from redge_mini.tasks.image_guidance import load_image_models, "
+        assert (REPO / "redge_mini" / "book" / "data" / name).stat().st_size <= 2 * 2**20
+    code = ("from redge_mini.book.tasks.image_guidance import load_image_models, "
             "load_digit_tokens, accuracy\n"
             "m = load_image_models()\n"
             "x, y = load_digit_tokens('test')\n"

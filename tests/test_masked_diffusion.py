@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from redge_mini import masked_diffusion as md
+from redge_mini.book import masked_diffusion as md
 
 K, N = 5, 7
 
@@ -156,7 +156,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["sudoku_mdm_weak.pt", "sudoku_mdm_strong.pt"])
 def test_stored_weights_load_from_another_working_directory(tmp_path, name: str) -> None:
     code = (
-        "from redge_mini.masked_diffusion import load_denoiser\n"
+        "from redge_mini.book.masked_diffusion import load_denoiser\n"
         f"model, meta = load_denoiser({name!r})\n"
         "assert model.vocab_size == 9 and model.seq_len == 81\n"
         "print(meta['which'])\n"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from redge_mini import st
-from redge_mini.experiments import (
+from redge_mini.book.experiments import (
     Deadline,
     compact,
     existing_result,
@@ -18,8 +18,8 @@ from redge_mini.experiments import (
     parse_estimators,
     verdict,
 )
-from redge_mini.experiments import polyprog as experiment
-from redge_mini.tasks.polyprog import (
+from redge_mini.book.experiments import polyprog as experiment
+from redge_mini.book.tasks.polyprog import (
     PolyProgConfig,
     exact_objective,
     objective,
@@ -189,7 +189,7 @@ def test_experiment_cli_refuses_bad_input(tmp_path, capsys) -> None:
                             "--out", str(tmp_path), "--no-progress"]) == 0
 
 
-# Shared helpers of redge_mini.experiments (used by every experiment script).
+# Shared helpers of redge_mini.book.experiments (used by every experiment script).
 
 
 def test_mean_se_matches_the_textbook_formula() -> None:
@@ -220,7 +220,7 @@ def test_compact_rounds_nested_floats_and_keeps_non_finite() -> None:
 
 
 def test_existing_result_detects_a_config_change(tmp_path) -> None:
-    from redge_mini.runtime import save_results
+    from redge_mini.book.runtime import save_results
 
     assert not existing_result(tmp_path, "x", {"a": 1})
     save_results("demo", "x", {"v": 1}, config={"a": 1, "t": (1, 2)}, root=tmp_path)
@@ -247,7 +247,7 @@ def test_parse_estimators_and_deadline_refuse_bad_input() -> None:
 
 
 def test_optimise_stops_when_asked_and_the_script_resumes(tmp_path) -> None:
-    from redge_mini.tasks import TrainingInterrupted
+    from redge_mini.book.tasks import TrainingInterrupted
 
     config = PolyProgConfig(n_vars=4, n_samples=2, n_iters=120, n_runs=1)
     with pytest.raises(TrainingInterrupted):

@@ -1,4 +1,5 @@
-"""Tests of redge_mini.runtime: the scale switch, the results location and the JSON round trip."""
+"""Tests of redge_mini.book.runtime: the scale switch, the results location and the JSON round
+trip."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from redge_mini import runtime
+from redge_mini.book import runtime
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,8 +58,26 @@ def test_scale_invalid_env_raises(clean_env: pytest.MonkeyPatch, value: str) -> 
 
 
 def test_results_dir_default_is_repo_book_results(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.chdir(REPO_ROOT / "chapters")
     assert runtime.results_dir() == REPO_ROOT / "book" / "results"
     assert runtime.results_dir("polyprog") == REPO_ROOT / "book" / "results" / "polyprog"
+
+
+def test_results_dir_outside_a_clone_and_set_results_dir(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.chdir(tmp_path)
+    assert runtime.results_dir() == tmp_path.resolve() / "redge_results"
+    (tmp_path / "elsewhere").mkdir()
+    clean_env.setenv("REDGE_RESULTS_DIR", str(tmp_path / "from_env"))
+    try:
+        runtime.set_results_dir(tmp_path / "elsewhere")
+        assert runtime.results_dir("vae") == (tmp_path / "elsewhere" / "vae").resolve()
+    finally:
+        runtime.set_results_dir(None)
+    assert runtime.results_dir() == (tmp_path / "from_env").resolve()
+    with pytest.raises(TypeError, match="path"):
+        runtime.set_results_dir(3)  # type: ignore[arg-type]
 
 
 def test_results_dir_env_override(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -79,10 +98,12 @@ def test_results_dir_rejects_non_str() -> None:
 
 
 def test_results_dir_from_another_cwd(tmp_path: Path) -> None:
-    """nbval and jupyter-book execute from different folders: the answer must not change."""
+    """nbval and jupyter-book execute from different folders inside the clone: same answer."""
+    tmp_path = REPO_ROOT / "_build"
+    tmp_path.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("REDGE_RESULTS_DIR", "REDGE_SCALE")}
     code = (
-        "from redge_mini import runtime; "
+        "from redge_mini.book import runtime; "
         "print(runtime.results_dir('polyprog')); print(runtime.scale())"
     )
     out = subprocess.run(
@@ -100,7 +121,7 @@ def test_results_dir_from_another_cwd(tmp_path: Path) -> None:
 def test_invalid_scale_from_subprocess_fails_loudly(tmp_path: Path) -> None:
     env = dict(os.environ, REDGE_SCALE="huge")
     proc = subprocess.run(
-        [sys.executable, "-c", "from redge_mini import runtime; runtime.scale()"],
+        [sys.executable, "-c", "from redge_mini.book import runtime; runtime.scale()"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

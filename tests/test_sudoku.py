@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from redge_mini.tasks import sudoku
+from redge_mini.book.tasks import sudoku
 
 
 def brute_valid(grid: list[int]) -> bool:
@@ -169,7 +169,7 @@ def test_mean_field_rejects_bad_arguments() -> None:
 
 
 def test_experiment_script_runs_resumes_and_refuses_bad_input(tmp_path, capsys) -> None:
-    from redge_mini.experiments import sudoku as e3
+    from redge_mini.book.experiments import sudoku as e3
 
     args = ["--smoke", "--out", str(tmp_path), "--estimators", "st,redge", "--device", "cpu"]
     assert e3.main(args) == 0

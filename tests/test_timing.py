@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from redge_mini.timing import REFERENCE, time_estimators
+from redge_mini.book.timing import REFERENCE, time_estimators
 
 
 def test_rows_cover_every_shape_and_name_with_consistent_ratios():

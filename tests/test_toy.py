@@ -8,6 +8,13 @@ import pytest
 import torch
 
 from redge_mini import reinmax, st
+from redge_mini.book.toy import (
+    HARD_SAMPLE_ESTIMATORS,
+    KINDS,
+    hard_sample_gradient_moments,
+    make_toy_problem,
+    reinforce_gradients,
+)
 from redge_mini.exact import (
     exact_expectation,
     exact_gradient,
@@ -15,13 +22,6 @@ from redge_mini.exact import (
     per_sample_gradients,
 )
 from redge_mini.score_function import sample_onehot
-from redge_mini.toy import (
-    HARD_SAMPLE_ESTIMATORS,
-    KINDS,
-    hard_sample_gradient_moments,
-    make_toy_problem,
-    reinforce_gradients,
-)
 
 
 def loop_value(problem, classes: tuple[int, ...]) -> float:

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli
 
-from redge_mini.experiments import vae as experiment
+from redge_mini.book.experiments import vae as experiment
+from redge_mini.book.tasks import vae
 from redge_mini.score_function import sample_onehot
-from redge_mini.tasks import vae
 
 TINY = vae.VAEConfig(n_latent=3, n_classes=3, n_pixels=6, hidden=(5, 4), batch_size=4,
                      n_epochs=1, eval_every=1)
@@ -174,7 +174,7 @@ def test_importance_weighted_bound_is_below_log_likelihood_and_tightens() -> Non
 def test_training_lowers_the_loss_and_records_a_history() -> None:
     config = vae.VAEConfig(n_latent=8, n_classes=2, n_pixels=784, hidden=(64, 32),
                            batch_size=50, n_epochs=6, eval_every=3, lr=2e-3)
-    from redge_mini.datasets import load_mnist_5k
+    from redge_mini.book.datasets import load_mnist_5k
 
     data = load_mnist_5k(n_train=400, n_valid=100, n_test=100, seed=0).tensors()
     members = [vae.Member("st"), vae.Member("redge", {"t_1": 0.5}), vae.Member("redge", {}, 1)]
@@ -254,7 +254,7 @@ def test_experiment_cli_refuses_bad_input(capsys) -> None:
 
 
 def test_training_stops_when_asked() -> None:
-    from redge_mini.tasks import TrainingInterrupted
+    from redge_mini.book.tasks import TrainingInterrupted
 
     model = vae.EnsembleVAE(1, TINY)
     with pytest.raises(TrainingInterrupted):

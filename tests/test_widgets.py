@@ -8,8 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from redge_mini.diffusion import denoise, time_grid  # noqa: E402
-from redge_mini.widgets import (  # noqa: E402
+from redge_mini.book.widgets import (  # noqa: E402
     draw_trajectories,
     explorer,
     explorer_figure,
@@ -17,6 +16,7 @@ from redge_mini.widgets import (  # noqa: E402
     project_to_plane,
     simplex_trajectories,
 )
+from redge_mini.diffusion import denoise, time_grid  # noqa: E402
 
 LOGITS = (1.0, 0.0, -0.5)
 

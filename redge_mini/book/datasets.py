@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .validation import check_int
+from ..validation import check_int
 
 __all__ = ["DigitSplits", "load_digits_8x8", "load_mnist_5k", "mnist_5k_path"]
 

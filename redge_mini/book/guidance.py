@@ -1,6 +1,7 @@
 """Reward guidance of a masked diffusion model through a pathwise estimator (experiment E4).
 
-The procedure is model-agnostic: it needs a :class:`~redge_mini.masked_diffusion.MaskedDenoiser`
+The procedure is model-agnostic: it needs a
+:class:`~redge_mini.book.masked_diffusion.MaskedDenoiser`
 (any vocabulary ``K``, length ``N``, optional class conditioning) and an objective on one-hot
 sequences ``(B, N, K) -> (B,)`` (a penalty to minimise, or a reward with ``maximize=True``).
 
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from redge_mini.masked_diffusion import MaskedDenoiser
+from redge_mini.book.masked_diffusion import MaskedDenoiser
 from redge_mini.registry import make_estimator
 from redge_mini.validation import check_generator, check_int, check_real
 

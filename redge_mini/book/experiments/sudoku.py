@@ -2,13 +2,14 @@
 
 Usage::
 
-    python -m redge_mini.experiments.sudoku --scale full            # the protocol below
-    python -m redge_mini.experiments.sudoku --scale small --out /tmp/sudoku
-    python -m redge_mini.experiments.sudoku --smoke --out /tmp/sudoku   # seconds, end to end
+    python -m redge_mini.book.experiments.sudoku --scale full            # the protocol below
+    python -m redge_mini.book.experiments.sudoku --scale small --out /tmp/sudoku
+    python -m redge_mini.book.experiments.sudoku --smoke --out /tmp/sudoku   # seconds, end to end
 
 Protocol (full scale). Puzzles with ``n_blanks`` blank cells are generated offline
-(:func:`redge_mini.tasks.sudoku.make_puzzles`). For every estimator, every point of its grid
-(knob values x learning rates) runs :func:`redge_mini.tasks.sudoku.solve_mean_field` on one batch
+(:func:`redge_mini.book.tasks.sudoku.make_puzzles`). For every estimator, every point of its grid
+(knob values x learning rates) runs :func:`redge_mini.book.tasks.sudoku.solve_mean_field` on one
+batch
 holding ``n_select`` *selection* puzzles and ``n_eval`` *evaluation* puzzles, each evaluation
 puzzle ``n_reps`` times (independent replicate runs with their own random draws). At every step
 budget the grid point that solved most selection puzzles is chosen (ties: fewest violations);
@@ -35,8 +36,8 @@ from typing import Any
 
 import torch
 
+from ...registry import ESTIMATORS, label
 from .. import runtime
-from ..registry import ESTIMATORS, label
 from ..tasks.sudoku import make_puzzles, solve_mean_field
 from ..tasks.sudoku import violations as count_violations
 from . import REDGE_FAMILY, Deadline, compact, knob_text, load_or_run, mean_se, parse_cli, verdict

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..registry import check_knobs, make_estimator
-from ..score_function import reinforce_loss
-from ..validation import check_int
+from ...registry import check_knobs, make_estimator
+from ...score_function import reinforce_loss
+from ...validation import check_int
 from . import StopCallback, TrainingInterrupted
 
 __all__ = [
@@ -250,7 +250,7 @@ def optimise(
         device: where to compute (default CPU).
         progress: show a ``tqdm`` progress bar.
         stop: checked every 50 steps; when it returns True the run is abandoned by raising
-            :class:`~redge_mini.tasks.TrainingInterrupted`.
+            :class:`~redge_mini.book.tasks.TrainingInterrupted`.
 
     Returns:
         A :class:`PolyProgRun` with the recorded optimality gaps on the CPU.

@@ -12,20 +12,23 @@ laptop:
   ``pixels = one_hot @ levels`` (:func:`decode`), the analogue of MaskGIT's VQ decoder: it is
   linear, hence differentiable in the one-hot input, so a pathwise estimator can pass a gradient
   through it.
-* **Prior.** A class-conditional :class:`~redge_mini.masked_diffusion.MaskedDenoiser` trained on
+* **Prior.** A class-conditional :class:`~redge_mini.book.masked_diffusion.MaskedDenoiser` trained
+on
   the token images (:func:`train_prior`); it plays MaskGIT.
 * **Reward.** A small CNN classifier trained from scratch on the decoded token images; the reward
   of an image is ``log p(target class | image)`` (:func:`class_log_prob`); it plays CLIP. A second
   classifier with another architecture and seed, the *judge*, never sees the guidance and checks
   whether a steered image really looks like the target class or merely fools the reward network.
 * **Guidance.** Prior samples of a source class are steered towards a target class with the
-  per-step variational procedure of :func:`redge_mini.guidance.guided_sample`: at every unmasking
+  per-step variational procedure of :func:`redge_mini.book.guidance.guided_sample`: at every
+  unmasking
   step the variational logits start at the prior's logits and take ``N`` Adam steps on
   ``-scale * reward(estimator sample) + lam * KL(q || prior)``.
 
-Stored weights live in ``redge_mini/data/`` (``image_prior.pt`` for the prior,
+Stored weights live in ``redge_mini/book/data/`` (``image_prior.pt`` for the prior,
 ``image_guidance_models.pt`` for both classifiers and the training record), made by
-``python -m redge_mini.experiments.train_image_models``; :func:`load_image_models` finds them from
+``python -m redge_mini.book.experiments.train_image_models``; :func:`load_image_models` finds them
+from
 any working directory.
 """
 
@@ -44,9 +47,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from redge_mini.datasets import load_digits_8x8
-from redge_mini.guidance import guided_sample
-from redge_mini.masked_diffusion import (
+from redge_mini.book.datasets import load_digits_8x8
+from redge_mini.book.guidance import guided_sample
+from redge_mini.book.masked_diffusion import (
     MaskedDenoiser,
     data_path,
     load_denoiser,
@@ -89,7 +92,7 @@ SEQ_LEN: int = IMAGE_SIDE * IMAGE_SIDE
 N_LEVELS: int = 4
 #: Number of digit classes.
 N_CLASSES: int = 10
-#: File name of the stored models in ``redge_mini/data``.
+#: File name of the stored models in ``redge_mini/book/data``.
 WEIGHTS_FILE: str = "image_guidance_models.pt"
 
 def _check_one_hot_shape(x: object, name: str) -> torch.Tensor:
@@ -146,7 +149,7 @@ def quantise(images: np.ndarray | torch.Tensor, n_levels: int = N_LEVELS) -> tor
 
 
 def load_digit_tokens(split: str = "train", *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8 x 8 digits as token images, split as in :mod:`redge_mini.datasets`.
+    """scikit-learn's 8 x 8 digits as token images, split as in :mod:`redge_mini.book.datasets`.
 
     The split is the data module's default (shuffled with ``seed``; 200 validation and 200 test
     images, 1,397 training images). The stored models were trained on ``split="train"`` with
@@ -433,9 +436,9 @@ def train_prior(
 ) -> tuple[MaskedDenoiser, dict[str, list[float]]]:
     """Train the class-conditional masked token model (the prior) on token images.
 
-    A :class:`~redge_mini.masked_diffusion.MaskedDenoiser` over ``K = 4`` grey levels and
+    A :class:`~redge_mini.book.masked_diffusion.MaskedDenoiser` over ``K = 4`` grey levels and
     ``L = 64`` positions with 10 classes (plus the "no class" label used with probability
-    ``label_dropout``), trained by :func:`~redge_mini.masked_diffusion.train_masked_denoiser`.
+    ``label_dropout``), trained by :func:`~redge_mini.book.masked_diffusion.train_masked_denoiser`.
 
     Parameters
     ----------
@@ -507,7 +510,7 @@ PRIOR_FILE: str = "image_prior.pt"
 
 
 def save_image_models(models: ImageModels, folder: str | Path | None = None) -> list[Path]:
-    """Store the models: the prior with :func:`~redge_mini.masked_diffusion.save_denoiser`
+    """Store the models: the prior with :func:`~redge_mini.book.masked_diffusion.save_denoiser`
     (float16) and both classifiers (float32 state dicts) in :data:`WEIGHTS_FILE`.
 
     Parameters
@@ -515,7 +518,7 @@ def save_image_models(models: ImageModels, folder: str | Path | None = None) -> 
     models : ImageModels
         The models to store.
     folder : str, pathlib.Path or None
-        Destination folder; default the package's ``redge_mini/data``.
+        Destination folder; default the package's ``redge_mini/book/data``.
 
     Returns
     -------
@@ -548,7 +551,7 @@ def load_image_models(
     ----------
     folder : str, pathlib.Path or None
         Folder holding :data:`PRIOR_FILE` and :data:`WEIGHTS_FILE`; default the package's
-        ``redge_mini/data`` (found through :mod:`importlib.resources`).
+        ``redge_mini/book/data`` (found through :mod:`importlib.resources`).
     device : torch.device, str or None
         Where to put the models (default CPU).
 
@@ -560,7 +563,7 @@ def load_image_models(
     Raises
     ------
     FileNotFoundError
-        If the weights were never made (see ``redge_mini.experiments.train_image_models``).
+        If the weights were never made (see ``redge_mini.book.experiments.train_image_models``).
     """
     if folder is None:
         classifier_path = data_path(WEIGHTS_FILE)
@@ -572,7 +575,7 @@ def load_image_models(
         if not path.is_file():
             raise FileNotFoundError(
                 f"no stored image model at {path}; make it with "
-                "`python -m redge_mini.experiments.train_image_models`"
+                "`python -m redge_mini.book.experiments.train_image_models`"
             )
     prior, _ = load_denoiser(prior_path, device=device)
     record = torch.load(classifier_path, map_location="cpu", weights_only=True)
@@ -640,7 +643,7 @@ def guide_images(
 
     The prior is conditioned on the source class ``c``; the reward is
     ``reward_scale * log p_reward(target | x)`` with ``target = (c + shift) mod 10``; guidance is
-    :func:`redge_mini.guidance.guided_sample` with ``maximize=True`` (so the inner loss is
+    :func:`redge_mini.book.guidance.guided_sample` with ``maximize=True`` (so the inner loss is
     ``-reward_scale * log p + lam * KL``). ``n_inner = 0`` gives the unguided baseline (greedy
     decoding of the prior on the same unmasking schedule). Every image is independent of the others
     (Adam acts elementwise and the loss is a sum over images), so standard errors over images are

@@ -1,12 +1,13 @@
-"""Train the tiny Sudoku masked diffusion models shipped in ``redge_mini/data/``.
+"""Train the tiny Sudoku masked diffusion models shipped in ``redge_mini/book/data/``.
 
 Usage::
 
-    python -m redge_mini.experiments.train_sudoku_mdm [--which weak|strong|both] [--out DIR]
+    python -m redge_mini.book.experiments.train_sudoku_mdm [--which weak|strong|both] [--out DIR]
 
 Both checkpoints share one architecture (:data:`ARCHITECTURE`) and are trained on freshly generated
-valid grids (:func:`redge_mini.tasks.sudoku.generate_grids`, a new batch every step) with
-:func:`redge_mini.masked_diffusion.train_masked_denoiser`; they differ only in the number of steps.
+valid grids (:func:`redge_mini.book.tasks.sudoku.generate_grids`, a new batch every step) with
+:func:`redge_mini.book.masked_diffusion.train_masked_denoiser`; they differ only in the number of
+steps.
 The *weak* checkpoint is deliberately short-trained, so that unguided sampling still breaks Sudoku
 constraints and guidance has something to fix; the *strong* one is trained longer. Weights are
 stored in float16 (under 0.1 MB each) with the training configuration, the final loss, the wall
@@ -22,14 +23,14 @@ from typing import Any
 
 import torch
 
-from redge_mini.masked_diffusion import (
+from redge_mini.book.masked_diffusion import (
     MaskedDenoiser,
     data_path,
     save_denoiser,
     train_masked_denoiser,
 )
-from redge_mini.runtime import run_metadata, set_seed
-from redge_mini.tasks.sudoku import cell_groups, generate_grids, grid_to_tokens
+from redge_mini.book.runtime import run_metadata, set_seed
+from redge_mini.book.tasks.sudoku import cell_groups, generate_grids, grid_to_tokens
 
 #: The network of both checkpoints: 9 digit tokens + mask, 81 cells, position embeddings
 #: factorised by row, column and box, attention restricted to the cells of a shared unit.
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--which", choices=["weak", "strong", "both"], default="both")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the weights (default: redge_mini/data/)")
+                        help="folder for the weights (default: redge_mini/book/data/)")
     args = parser.parse_args(argv)
     names = ["weak", "strong"] if args.which == "both" else [args.which]
     for name in names:

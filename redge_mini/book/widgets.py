@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .diffusion import ddim_sample
-from .estimators import sample_categorical
+from ..diffusion import ddim_sample
+from ..estimators import sample_categorical
+from ..validation import check_int, check_logits, check_n_steps, check_t_1
 from .plotting import PALETTE, draw_simplex, simplex_xy
-from .validation import check_int, check_logits, check_n_steps, check_t_1
 
 CORNER_COLORS: tuple[str, str, str] = (PALETTE[1], PALETTE[5], PALETTE[3])
 """Colour of a trajectory by the corner (hard sample) it ends in: orange, blue, green."""

@@ -25,7 +25,7 @@ grid ``t_j = 1 - j / n_steps``, each still-masked cell is revealed with probabil
 
 Weights. :func:`save_denoiser` stores the configuration and (optionally half-precision) weights in
 one file; :func:`load_denoiser` reads it back from a path or, for a bare file name, from the
-package's ``redge_mini/data/`` folder (through :mod:`importlib.resources`, so any working
+package's ``redge_mini/book/data/`` folder (through :mod:`importlib.resources`, so any working
 directory works).
 """
 
@@ -493,10 +493,11 @@ def sample_unmasking(
 
 
 def data_path(name: str) -> Path:
-    """Path of a file shipped in ``redge_mini/data/`` (independent of the working directory)."""
+    """Path of a file shipped in ``redge_mini/book/data/`` (independent of the working
+    directory)."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name:
         raise ValueError(f"name must be a bare file name, got {name!r}")
-    return Path(str(resources.files("redge_mini") / "data" / name))
+    return Path(str(resources.files("redge_mini.book") / "data" / name))
 
 
 def save_denoiser(
@@ -530,7 +531,7 @@ def load_denoiser(
     Parameters
     ----------
     name_or_path : str or pathlib.Path
-        A bare file name (looked up in the package's ``redge_mini/data/``) or a path.
+        A bare file name (looked up in the package's ``redge_mini/book/data/``) or a path.
     device : torch.device, str or None
         Where to put the model (default CPU). Weights are cast to float32.
 

@@ -1,18 +1,19 @@
 """Train and store the three models of the image-guidance experiment (chapter 10).
 
-    python -m redge_mini.experiments.train_image_models [--out DIR] [--prior-steps N] [--seed S]
-    python -m redge_mini.experiments.train_image_models --smoke --out /tmp/models   # seconds
+    python -m redge_mini.book.experiments.train_image_models [--out DIR] [--prior-steps N] [--seed
+    S]
+    python -m redge_mini.book.experiments.train_image_models --smoke --out /tmp/models   # seconds
 
 Makes, from scikit-learn's 8 x 8 digits quantised to 4 grey levels (training split of
-:func:`redge_mini.tasks.image_guidance.load_digit_tokens`):
+:func:`redge_mini.book.tasks.image_guidance.load_digit_tokens`):
 
 * the class-conditional masked token model (the prior), stored in float16 as ``image_prior.pt``;
 * the reward classifier (a small CNN) and the judge (an MLP), stored in
   ``image_guidance_models.pt`` together with the training configuration, losses and held-out
   accuracies.
 
-Default destination: the package's ``redge_mini/data`` folder, from which
-:func:`~redge_mini.tasks.image_guidance.load_image_models` reads them. Runs on the CPU in about
+Default destination: the package's ``redge_mini/book/data`` folder, from which
+:func:`~redge_mini.book.tasks.image_guidance.load_image_models` reads them. Runs on the CPU in about
 five minutes on one core (almost all of it the prior; the classifiers take seconds); everything is
 seeded.
 """
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from redge_mini.masked_diffusion import masked_diffusion_loss
-from redge_mini.tasks.image_guidance import (
+from redge_mini.book.masked_diffusion import masked_diffusion_loss
+from redge_mini.book.tasks.image_guidance import (
     ImageModels,
     accuracy,
     load_digit_tokens,
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Command-line entry point; returns the written files."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None,
-                        help="destination folder (default: the package's redge_mini/data)")
+                        help="destination folder (default: the package's redge_mini/book/data)")
     parser.add_argument("--prior-steps", type=int, default=DEFAULTS["prior"]["steps"],
                         help="Adam steps of the prior (default %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])

@@ -3,7 +3,8 @@
 Conventions. A grid or puzzle is a ``(81,)`` (or ``(B, 81)``) integer tensor in row-major order;
 digits are ``1 .. 9`` and ``0`` marks a blank cell of a puzzle. The one-hot form of a filled grid
 is ``(B, 81, 9)`` with column ``d - 1`` for digit ``d``; as tokens of the masked diffusion model
-(:mod:`redge_mini.masked_diffusion`, ``K = 9``) digit ``d`` is token ``d - 1`` and a blank is the
+(:mod:`redge_mini.book.masked_diffusion`, ``K = 9``) digit ``d`` is token ``d - 1`` and a blank is
+the
 mask token ``9``.
 
 The 27 *units* are the 9 rows, the 9 columns and the 9 boxes. A filled grid is valid when every

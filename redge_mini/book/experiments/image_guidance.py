@@ -2,11 +2,12 @@
 
 Usage::
 
-    python -m redge_mini.experiments.image_guidance --scale full          # the protocol below
-    python -m redge_mini.experiments.image_guidance --scale small --out /tmp/ig
-    python -m redge_mini.experiments.image_guidance --smoke --out /tmp/ig  # seconds, end to end
+    python -m redge_mini.book.experiments.image_guidance --scale full          # the protocol below
+    python -m redge_mini.book.experiments.image_guidance --scale small --out /tmp/ig
+    python -m redge_mini.book.experiments.image_guidance --smoke --out /tmp/ig  # seconds, end to
+    end
 
-The stand-in for MaskGIT + CLIP (see :mod:`redge_mini.tasks.image_guidance`): the stored
+The stand-in for MaskGIT + CLIP (see :mod:`redge_mini.book.tasks.image_guidance`): the stored
 class-conditional masked token model generates 8 x 8 digits of a source class ``c``; guidance
 maximises ``reward_scale * log p_reward(c + 1 mod 10 | x) - lam * KL`` with ``N`` Adam steps on the
 variational logits at each unmasking step, the gradient passing through one estimator.
@@ -37,8 +38,8 @@ from typing import Any
 
 import torch
 
+from ...registry import ESTIMATORS, check_knobs, label
 from .. import runtime
-from ..registry import ESTIMATORS, check_knobs, label
 from ..tasks.image_guidance import GuidanceRun, ImageModels, guide_images, load_image_models
 from . import REDGE_FAMILY, Deadline, compact, load_or_run, mean_se, parse_cli, verdict
 from . import (
@@ -50,7 +51,8 @@ ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
 #: The order in which :func:`run` processes estimators: if a time limit stops a run early, the
 #: paper's method and the plain baseline are already done.
 RUN_ORDER: tuple[str, ...] = ("redge", "st", "gumbel", "reinmax", "reindge", "redge_cov")
-#: Per-image metrics of :class:`~redge_mini.tasks.image_guidance.GuidanceRun` stored as mean, SE.
+#: Per-image metrics of :class:`~redge_mini.book.tasks.image_guidance.GuidanceRun` stored as mean,
+#: SE.
 METRICS = ("objective", "reward", "kl", "reward_hit", "judge_hit", "judge_source", "nll_prior")
 
 #: Knob grids of the full protocol (each crossed with the learning rates).

@@ -51,10 +51,10 @@ from typing import NamedTuple
 
 import torch
 
-from .estimators import reinmax_surrogate, straight_through
-from .exact import enumerate_onehot, exact_expectation, exact_gradient
-from .score_function import reinforce_loss
-from .validation import check_generator, check_int, check_logits, check_real, check_tau
+from ..estimators import reinmax_surrogate, straight_through
+from ..exact import enumerate_onehot, exact_expectation, exact_gradient
+from ..score_function import reinforce_loss
+from ..validation import check_generator, check_int, check_logits, check_real, check_tau
 
 __all__ = [
     "KINDS",

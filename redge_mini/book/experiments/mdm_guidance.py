@@ -2,15 +2,17 @@
 
 Usage::
 
-    python -m redge_mini.experiments.mdm_guidance --scale full
-    python -m redge_mini.experiments.mdm_guidance --scale small --out /tmp/mdm
-    python -m redge_mini.experiments.mdm_guidance --smoke --out /tmp/mdm   # seconds
+    python -m redge_mini.book.experiments.mdm_guidance --scale full
+    python -m redge_mini.book.experiments.mdm_guidance --scale small --out /tmp/mdm
+    python -m redge_mini.book.experiments.mdm_guidance --smoke --out /tmp/mdm   # seconds
 
-Protocol. The stored tiny masked diffusion models (``redge_mini/data/sudoku_mdm_*.pt``, made by
-:mod:`redge_mini.experiments.train_sudoku_mdm`) complete ``n_puzzles`` puzzles with ``n_blanks``
+Protocol. The stored tiny masked diffusion models (``redge_mini/book/data/sudoku_mdm_*.pt``, made by
+:mod:`redge_mini.book.experiments.train_sudoku_mdm`) complete ``n_puzzles`` puzzles with
+``n_blanks``
 blanks, each ``n_reps`` times. Baselines: the ancestral sampler
-(:func:`~redge_mini.masked_diffusion.sample_unmasking`) and greedy decoding on the guidance
-schedule (:func:`~redge_mini.guidance.guided_sample` with ``N = 0``). Guided: ``T`` unmasking steps,
+(:func:`~redge_mini.book.masked_diffusion.sample_unmasking`) and greedy decoding on the guidance
+schedule (:func:`~redge_mini.book.guidance.guided_sample` with ``N = 0``). Guided: ``T`` unmasking
+steps,
 ``N`` Adam steps (learning rate ``lr``) per unmasking step on the Sudoku penalty of the estimator's
 sample plus ``lam`` times the KL to the model, for every estimator at the same ``N``. Metrics per
 run: violations and solve rate of the completed grid, exact match with the grid the puzzle came
@@ -31,10 +33,10 @@ from typing import Any
 
 import torch
 
+from ...registry import ESTIMATORS, label
 from .. import runtime
 from ..guidance import guided_sample
 from ..masked_diffusion import MaskedDenoiser, load_denoiser, sample_unmasking
-from ..registry import ESTIMATORS, label
 from ..tasks.sudoku import grid_to_tokens, is_solved, make_puzzles, penalty, tokens_to_grid
 from ..tasks.sudoku import violations as count_violations
 from . import REDGE_FAMILY, Deadline, compact, load_or_run, mean_se, parse_cli, verdict

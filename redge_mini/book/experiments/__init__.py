@@ -1,8 +1,8 @@
 """Command-line entry points for the full-scale experiments, and the helpers they share.
 
-Run ``python -m redge_mini.experiments.<name> --help``. Each script is a thin layer over the
-matching :mod:`redge_mini.tasks` module and writes small JSON result files through
-:func:`redge_mini.runtime.save_results` into ``book/results/<name>/``. The summaries that the
+Run ``python -m redge_mini.book.experiments.<name> --help``. Each script is a thin layer over the
+matching :mod:`redge_mini.book.tasks` module and writes small JSON result files through
+:func:`redge_mini.book.runtime.save_results` into ``book/results/<name>/``. The summaries that the
 chapters print (mean and standard error, "wins / ties / loses" verdicts) are computed here from
 those files, so a table in the book is always generated from stored or freshly computed numbers.
 """
@@ -235,7 +235,7 @@ def parse_cli(
     ``--device``, ``--seed`` and ``--max-minutes``; a bad value ends the program with argparse's
     usage error (status 2). The clock of :meth:`CommandLine.finish` starts on return.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m redge_mini.experiments.{name}",
+    parser = argparse.ArgumentParser(prog=f"python -m redge_mini.book.experiments.{name}",
                                      description=doc.split("\n\n")[0])
     add_common_arguments(parser)
     if extra is not None:

@@ -8,7 +8,7 @@ import matplotlib as mpl
 import numpy as np
 import torch
 
-from .registry import label
+from ..registry import label
 
 PALETTE: list[str] = [
     "#000000",  # black

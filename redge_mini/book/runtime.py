@@ -14,7 +14,10 @@ Environment variables:
     ``small`` or ``full`` (case-insensitive); overrides the automatic choice. An empty value
     counts as unset; any other value raises :class:`ValueError`.
 ``REDGE_RESULTS_DIR``
-    Root folder of stored results; default ``<repository>/book/results``.
+    Root folder of stored results. :func:`set_results_dir` sets it from Python and wins over the
+    variable; without either, the root is the first ``book/results`` folder found in the working
+    directory or one of its parents (a clone of the book, whichever folder a notebook runs from),
+    else ``./redge_results``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "run_metadata",
     "save_results",
     "scale",
+    "set_results_dir",
     "set_seed",
 ]
 
@@ -48,7 +52,30 @@ SCALES: tuple[str, ...] = ("small", "full")
 
 _SCALE_ENV = "REDGE_SCALE"
 _RESULTS_ENV = "REDGE_RESULTS_DIR"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_RESULTS_ROOT: Path | None = None
+
+
+def set_results_dir(path: str | os.PathLike[str] | None) -> None:
+    """Set the root folder of stored results for this process (``None`` restores the default).
+
+    Parameters
+    ----------
+    path : str, os.PathLike or None
+        Folder holding one sub-folder per experiment; it need not exist yet.
+    """
+    global _RESULTS_ROOT
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str, os.PathLike or None, got {type(path).__name__}")
+    _RESULTS_ROOT = None if path is None else Path(path).expanduser().resolve()
+
+
+def _default_results_root() -> Path:
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "book" / "results"
+        if candidate.is_dir():
+            return candidate
+    return here / "redge_results"
 
 
 def device() -> torch.device:
@@ -101,9 +128,11 @@ def _check_name(value: object, argument: str) -> str:
 def results_dir(experiment: str | None = None) -> Path:
     """Return the folder of stored results, or of one experiment's results.
 
-    The root is ``<repository>/book/results``, computed from this file's location so that it does
-    not depend on the working directory; the environment variable ``REDGE_RESULTS_DIR`` overrides
-    it. The folder is not created.
+    The root is, in this order: the folder given to :func:`set_results_dir`; the environment
+    variable ``REDGE_RESULTS_DIR``; the first ``book/results`` folder in the working directory or
+    one of its parents (so a chapter finds the book's stored results whether it runs from
+    ``chapters/``, the repository root or nbval's build folder); else ``./redge_results``. The
+    folder is not created.
 
     Parameters
     ----------
@@ -116,7 +145,12 @@ def results_dir(experiment: str | None = None) -> Path:
         Absolute path of ``<root>`` or ``<root>/<experiment>``.
     """
     override = os.environ.get(_RESULTS_ENV, "").strip()
-    root = Path(override).expanduser().resolve() if override else _REPO_ROOT / "book" / "results"
+    if _RESULTS_ROOT is not None:
+        root = _RESULTS_ROOT
+    elif override:
+        root = Path(override).expanduser().resolve()
+    else:
+        root = _default_results_root()
     if experiment is None:
         return root
     return root / _check_name(experiment, "experiment")

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..registry import check_knobs, make_estimator
-from ..score_function import sample_onehot
-from ..validation import check_int
+from ...registry import check_knobs, make_estimator
+from ...score_function import sample_onehot
+from ...validation import check_int
 from . import StopCallback, TrainingInterrupted
 
 __all__ = [
@@ -358,7 +358,7 @@ def train(
         monitor: number of training images in the recorded exact-sample ``-ELBO``.
         progress: show a ``tqdm`` progress bar over epochs.
         stop: checked before every epoch; when it returns True training is abandoned by raising
-            :class:`~redge_mini.tasks.TrainingInterrupted`.
+            :class:`~redge_mini.book.tasks.TrainingInterrupted`.
     """
     config = model.config
     if len(members) != model.n_models:
