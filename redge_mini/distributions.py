@@ -1,8 +1,12 @@
-"""ReDGE as a :mod:`torch.distributions` object, for users who prefer distributions.
+"""Every pathwise estimator as a :mod:`torch.distributions` object.
 
-:class:`ReDGECategorical` is a one-hot categorical distribution (like
-:class:`torch.distributions.OneHotCategorical`) whose :meth:`~ReDGECategorical.rsample` returns a
-ReDGE hard sample: a one-hot value that carries ReDGE's pathwise gradient to the logits.
+:class:`PathwiseCategorical` is a one-hot categorical distribution (a
+:class:`torch.distributions.OneHotCategorical`) whose :meth:`~PathwiseCategorical.rsample` returns
+an estimator's hard sample: a one-hot value that carries the estimator's gradient to the logits.
+One subclass per estimator fixes the estimator and names its knobs: :class:`STCategorical`,
+:class:`GumbelSoftmaxCategorical`, :class:`ReinMaxCategorical`, :class:`ReDGECategorical`,
+:class:`ReDGECovCategorical`, :class:`ReinDGECategorical`. A ``-inf`` logit (or a zero
+probability) masks a category: it is never drawn and gets a zero gradient.
 """
 
 from __future__ import annotations
@@ -10,72 +14,99 @@ from __future__ import annotations
 import torch
 from torch.distributions import OneHotCategorical
 
-from .estimators import redge, sample_categorical
-from .validation import check_generator, check_n_steps, check_t_1
+from .estimators import KNOBS, sample, sample_categorical
+from .validation import check_generator, get_validate_args
 
-__all__ = ["ReDGECategorical"]
+__all__ = [
+    "GumbelSoftmaxCategorical",
+    "PathwiseCategorical",
+    "ReDGECategorical",
+    "ReDGECovCategorical",
+    "ReinDGECategorical",
+    "ReinMaxCategorical",
+    "STCategorical",
+]
 
 
-class ReDGECategorical(OneHotCategorical):
-    """One-hot categorical distribution ``Cat(π)`` with a ReDGE reparameterised sample.
+class PathwiseCategorical(OneHotCategorical):
+    """One-hot categorical distribution ``Cat(π)`` with an estimator's reparameterised sample.
 
-    ``log_prob``, ``entropy``, ``mean``, ``variance``, ``mode``, ``enumerate_support`` and
-    :meth:`sample` are those of the categorical law ``π = softmax(logits)`` (exactly as in
-    :class:`torch.distributions.OneHotCategorical`); :meth:`sample` is an exact draw from ``π``.
+    ``log_prob``, ``entropy``, ``mean``, ``variance``, ``mode``, ``support``,
+    ``enumerate_support`` and :meth:`sample` are those of the categorical law
+    ``π = softmax(logits)`` (exactly as in :class:`torch.distributions.OneHotCategorical`);
+    :meth:`sample` is an exact draw from ``π``.
 
-    :meth:`rsample` returns :func:`redge_mini.redge`'s hard sample: one-hot in the forward pass,
-    differentiable in ``logits`` through the DDIM sampler in the backward pass. Its law is ``π``
-    only approximately: the hard sample is drawn from the sampler's soft sample ``S``, and the
-    finite DDIM grid leaves a bias. At the defaults (``t_1 = 0.5``, ``n_steps = 5``) the measured
-    total variation to ``π`` is within Monte-Carlo error of the noise floor of an exact sampler
-    (about 0.005 with 40,000 draws for ``K = 10``), whereas ``t_1 = 0.1``, ``n_steps = 3`` is far
-    off (TV about 0.3); both are checked in ``tests/test_distributions.py``. Do not treat
-    ``log_prob`` of an ``rsample`` as the exact likelihood of a draw when ``t_1`` is small and
-    ``n_steps`` few.
+    :meth:`rsample` returns the estimator's hard sample (``redge_mini.<estimator>(..., hard=True)``
+    with this distribution's knobs): one-hot in the forward pass, the estimator's gradient in the
+    backward pass. For ST, Gumbel-Softmax and ReinMax its law is exactly ``π``; for the ReDGE
+    family only approximately (the finite DDIM grid leaves a bias, see :class:`ReDGECategorical`).
 
     Args:
+        estimator: a name of :data:`redge_mini.estimators.KNOBS` (``"st"``, ``"redge"``, ...).
         logits: unnormalised log-probabilities ``(..., K)`` (give exactly one of ``logits`` and
-            ``probs``).
-        probs: probabilities ``(..., K)`` (normalised along the last dimension).
-        t_1: ReDGE's stopping time in ``(0, 1]``.
-        n_steps: ReDGE's number of grid points (an int ``>= 2``).
-        validate_args: as in :class:`torch.distributions.Distribution` (checks that ``probs`` is
-            in the simplex and that ``log_prob``'s argument is one-hot).
-
-    Example:
-        >>> logits = torch.zeros(3, 4, requires_grad=True)
-        >>> dist = ReDGECategorical(logits=logits, t_1=0.5, n_steps=5)
-        >>> x = dist.rsample((8,), generator=torch.Generator().manual_seed(0))
-        >>> x.shape
-        torch.Size([8, 3, 4])
-        >>> (x * torch.arange(4.0)).sum().backward()
+            ``probs``); ``-inf`` masks a category.
+        probs: probabilities ``(..., K)`` (normalised along the last dimension); 0 masks one.
+        validate_args: as in :class:`torch.distributions.Distribution`; ``None`` follows
+            :func:`redge_mini.set_validate_args` (off there means off here).
+        **knobs: the estimator's knobs (defaults from the registry), stored as attributes.
     """
 
     has_rsample = True
+    estimator: str = ""
 
     def __init__(
         self,
+        estimator: str | None = None,
         logits: torch.Tensor | None = None,
         probs: torch.Tensor | None = None,
         *,
-        t_1: float = 0.5,
-        n_steps: int = 5,
         validate_args: bool | None = None,
+        **knobs: float | int,
     ) -> None:
+        name = estimator if estimator is not None else type(self).estimator
+        if name not in KNOBS:
+            raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(KNOBS)}")
         if (logits is None) == (probs is None):
             raise ValueError("give exactly one of logits and probs")
-        self.t_1 = check_t_1(t_1)
-        self.n_steps = check_n_steps(n_steps)
+        unknown = set(knobs) - set(KNOBS[name])
+        if unknown:
+            allowed = sorted(KNOBS[name]) or "none"
+            raise ValueError(f"estimator {name!r} has no knob {sorted(unknown)}; its knobs: "
+                             f"{allowed}")
+        self.estimator = name
+        self.knobs = {key: spec.check(key, knobs.get(key, spec.default))
+                      for key, spec in KNOBS[name].items()}
+        if validate_args is None and not get_validate_args():
+            validate_args = False
         super().__init__(probs=probs, logits=logits, validate_args=validate_args)
+        if probs is not None:
+            # torch derives logits from probs through clamped probabilities (log 1e-7 for a zero);
+            # a zero probability must stay impossible (log_prob -inf, never drawn), so the logits
+            # are log(probs) with log 0 = -inf, and a zero gradient there (not 0 * inf).
+            probs = self._categorical.probs
+            positive = probs > 0
+            safe = torch.where(positive, probs, torch.ones_like(probs)).log()
+            self._categorical.logits = torch.where(positive, safe, -torch.inf)
+
+    def __getattr__(self, key: str):
+        knobs = self.__dict__.get("knobs", {})
+        if key in knobs:
+            return knobs[key]
+        raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
 
     def expand(
-        self, batch_shape: torch.Size | tuple[int, ...], _instance: ReDGECategorical | None = None
-    ) -> ReDGECategorical:
-        """A view of the distribution with a broadcast batch shape (same ``t_1``, ``n_steps``)."""
-        new = self._get_checked_instance(ReDGECategorical, _instance)
-        new.t_1 = self.t_1
-        new.n_steps = self.n_steps
+        self,
+        batch_shape: torch.Size | tuple[int, ...],
+        _instance: PathwiseCategorical | None = None,
+    ) -> PathwiseCategorical:
+        """A view of the distribution with a broadcast batch shape (same estimator and knobs)."""
+        new = self._get_checked_instance(type(self), _instance)
+        new.estimator = self.estimator
+        new.knobs = dict(self.knobs)
         return super().expand(batch_shape, _instance=new)
+
+    def _sampling_logits(self, shape: torch.Size) -> torch.Tensor:
+        return self.logits.expand(shape)
 
     def sample(
         self,
@@ -87,8 +118,7 @@ class ReDGECategorical(OneHotCategorical):
         No gradient. ``generator`` (optional) is the source of the draws.
         """
         with torch.no_grad():
-            shape = self._extended_shape(sample_shape)
-            logits = self.logits.expand(shape)
+            logits = self._sampling_logits(self._extended_shape(sample_shape))
             generator = check_generator(generator, logits.device)
             return sample_categorical(logits, generator)
 
@@ -97,23 +127,86 @@ class ReDGECategorical(OneHotCategorical):
         sample_shape: torch.Size | tuple[int, ...] = (),
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """ReDGE hard samples, shape ``sample_shape + batch_shape + (K,)``.
+        """The estimator's hard samples, shape ``sample_shape + batch_shape + (K,)``.
 
-        The value is one-hot; the gradient with respect to ``logits`` (or ``probs``) is ReDGE's,
-        with this distribution's ``t_1`` and ``n_steps``. ``generator`` (optional) is the source
-        of every random draw.
+        One-hot values; the gradient with respect to ``logits`` (or ``probs``) is the estimator's,
+        with this distribution's knobs. ``generator`` (optional) is the source of every draw.
         """
-        shape = self._extended_shape(sample_shape)
-        return redge(
-            self.logits.expand(shape),
-            n_steps=self.n_steps,
-            t_1=self.t_1,
-            hard=True,
-            generator=generator,
-        )
+        logits = self._sampling_logits(self._extended_shape(sample_shape))
+        return sample(self.estimator, logits, generator=generator, **self.knobs).hard
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(batch_shape={tuple(self.batch_shape)}, "
-            f"K={self.event_shape[0]}, t_1={self.t_1}, n_steps={self.n_steps})"
-        )
+        knobs = "".join(f", {key}={value}" for key, value in self.knobs.items())
+        return (f"{type(self).__name__}(batch_shape={tuple(self.batch_shape)}, "
+                f"K={self.event_shape[0]}{knobs})")
+
+
+class STCategorical(PathwiseCategorical):
+    """:class:`PathwiseCategorical` with Straight-Through's ``rsample`` (no knob)."""
+
+    estimator = "st"
+
+    def __init__(self, logits=None, probs=None, *, validate_args=None) -> None:
+        super().__init__(None, logits, probs, validate_args=validate_args)
+
+
+class GumbelSoftmaxCategorical(PathwiseCategorical):
+    """:class:`PathwiseCategorical` with straight-through Gumbel-Softmax's ``rsample``.
+
+    Not :class:`torch.distributions.RelaxedOneHotCategorical` (whose samples are the soft,
+    relaxed ones): here ``rsample`` is one-hot with the relaxation's gradient at temperature
+    ``tau``.
+    """
+
+    estimator = "gumbel"
+
+    def __init__(self, logits=None, probs=None, *, tau: float = 1.0, validate_args=None) -> None:
+        super().__init__(None, logits, probs, validate_args=validate_args, tau=tau)
+
+
+class ReinMaxCategorical(PathwiseCategorical):
+    """:class:`PathwiseCategorical` with ReinMax's ``rsample`` (``tau >= 1``)."""
+
+    estimator = "reinmax"
+
+    def __init__(self, logits=None, probs=None, *, tau: float = 1.0, validate_args=None) -> None:
+        super().__init__(None, logits, probs, validate_args=validate_args, tau=tau)
+
+
+class ReDGECategorical(PathwiseCategorical):
+    """:class:`PathwiseCategorical` with ReDGE's ``rsample`` (knobs ``t_1``, ``n_steps``).
+
+    The law of an ``rsample`` is ``E[S]``, not exactly ``π``: the hard sample is drawn from the
+    sampler's soft sample ``S``, and the finite DDIM grid leaves a bias that shrinks with
+    ``n_steps`` and is large at small ``t_1`` with few steps (``t_1 = 0.1``, ``n_steps = 3``);
+    ``tests/test_estimators.py`` checks both. Do
+    not treat ``log_prob`` of an ``rsample`` as the exact likelihood of a draw when ``t_1`` is
+    small and ``n_steps`` few.
+
+    Example:
+        >>> logits = torch.zeros(3, 4, requires_grad=True)
+        >>> dist = ReDGECategorical(logits=logits, t_1=0.5, n_steps=5)
+        >>> x = dist.rsample((8,), generator=torch.Generator().manual_seed(0))
+        >>> x.shape
+        torch.Size([8, 3, 4])
+        >>> (x * torch.arange(4.0)).sum().backward()
+    """
+
+    estimator = "redge"
+
+    def __init__(self, logits=None, probs=None, *, t_1: float = 0.5, n_steps: int = 5,
+                 validate_args=None) -> None:
+        super().__init__(None, logits, probs, validate_args=validate_args, n_steps=n_steps,
+                         t_1=t_1)
+
+
+class ReDGECovCategorical(ReDGECategorical):
+    """:class:`ReDGECategorical` with ReDGE-cov's ``rsample`` (moment-matched reference noise)."""
+
+    estimator = "redge_cov"
+
+
+class ReinDGECategorical(ReDGECategorical):
+    """:class:`ReDGECategorical` with ReinDGE's ``rsample`` (ReinMax correction at ``t_1``)."""
+
+    estimator = "reindge"

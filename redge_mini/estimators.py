@@ -1,18 +1,22 @@
-"""Pathwise gradient estimators for categorical samples, all with one signature.
+"""Pathwise gradient estimators for categorical samples, all with torch's conventions.
 
-Every estimator is a drop-in for ``torch.nn.functional.gumbel_softmax(logits, tau, hard=True)``::
+Every estimator takes the arguments of ``torch.nn.functional.gumbel_softmax`` in the same order:
+``logits``, its knobs (positional or by name), ``hard=False`` and ``dim=-1``, then the keyword-only
+``generator``::
 
-    y = redge(logits, n_steps=5, t_1=0.5)          # one-hot value, ReDGE gradient
-    y = gumbel_softmax(logits, tau=0.5)            # one-hot value, Gumbel-Softmax gradient
-    hard, soft = redge(logits, return_soft=True)   # both samples from one call
+    y = redge(logits, 5, 0.5, hard=True)              # one-hot value, ReDGE gradient
+    y = gumbel_softmax(logits, 0.5, True, dim=1)      # exactly torch's call
+    hard, soft = sample("redge", logits)              # both samples from one call
 
-* ``logits``: a finite floating tensor ``(..., K)`` with ``K >= 2``; float16 and bfloat16 inputs are
-  computed in float32 and the result is cast back to the input dtype.
+* ``logits``: a floating tensor with ``K >= 2`` categories along ``dim``. ``-inf`` masks a category
+  (probability zero: never drawn, zero gradient). NaN, ``+inf`` and a slice with every category
+  masked are refused while validation is on (:func:`redge_mini.set_validate_args`). float16 and
+  bfloat16 inputs are computed in float32 and the results are cast back to the input dtype.
 * ``hard=True``: the value is a one-hot sample ``H``; the gradient is the estimator's surrogate.
-  ``hard=False``: the value is the differentiable soft sample.
-* ``return_soft=True``: return :class:`Sample` ``(hard, soft)`` instead of a single tensor.
+  ``hard=False`` (the default, as in torch): the value is the differentiable soft sample.
 * ``generator``: a :class:`torch.Generator` on the logits' device; every random draw of the call
   comes from it (``None``: the global generator).
+* :func:`sample` returns both, as :class:`Sample` ``(hard, soft)``.
 
 =============  ============================================  =======================================
 estimator      forward value ``H``                           what the gradient sees
@@ -24,23 +28,56 @@ redge          ``H ~ Cat(S)``, ``S`` from the DDIM sampler   ``S(logits, noise)`
 redge_cov      as redge, moment-matched reference noise      as redge
 reindge        as redge                                      trajectory + ReinMax step at ``t_1``
 =============  ============================================  =======================================
+
+The knobs, their defaults and valid ranges are in :data:`KNOBS` (the registry and the README's
+table read it).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
 from .diffusion import ddim_sample, fused_sample, inverse_cdf_sample
 from .validation import (
+    N_STEPS,
+    REINMAX_TAU,
+    T_1,
+    TAU,
+    Knob,
     check_generator,
     check_logits,
-    check_n_steps,
-    check_t_1,
-    check_tau,
     working_dtype,
 )
+
+__all__ = [
+    "KNOBS",
+    "Sample",
+    "gumbel_softmax",
+    "redge",
+    "redge_cov",
+    "reindge",
+    "reinmax",
+    "reinmax_surrogate",
+    "sample",
+    "sample_categorical",
+    "st",
+    "straight_through",
+]
+
+KNOBS: dict[str, dict[str, Knob]] = {
+    "st": {},
+    "gumbel": {"tau": TAU},
+    "reinmax": {"tau": REINMAX_TAU},
+    "redge": {"n_steps": N_STEPS, "t_1": T_1},
+    "redge_cov": {"n_steps": N_STEPS, "t_1": T_1},
+    "reindge": {"n_steps": N_STEPS, "t_1": T_1},
+}
+"""Estimator name -> its knobs (in positional order), with default, range and kind."""
 
 
 class Sample(NamedTuple):
@@ -50,102 +87,47 @@ class Sample(NamedTuple):
     soft: torch.Tensor
 
 
-def _prepare(
-    logits: object, generator: object
-) -> tuple[torch.Tensor, torch.Generator | None, torch.dtype]:
-    """Validate the common arguments; return the working logits (half precision moved to
-    float32), the generator and the input dtype (the dtype of the results)."""
-    logits = check_logits(logits)
-    generator = check_generator(generator, logits.device)
-    dtype = working_dtype(logits.dtype)
-    work = logits if dtype == logits.dtype else logits.to(dtype)
-    return work, generator, logits.dtype
+def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard Gumbel noise ``-log(E)``, ``E ~ Exp(1)``, shaped like ``like`` (no gradient).
 
-
-def _gumbel(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard Gumbel noise ``-log(E)``, ``E ~ Exp(1)``, shaped like ``like`` (no gradient)."""
-    exp = torch.empty_like(like, memory_format=torch.contiguous_format)
+    ``E`` is floored at the dtype's smallest normal number, so the noise is always finite and a
+    masked logit (``-inf``) stays ``-inf`` after the noise is added.
+    """
+    # preserve_format: for a permuted view of a dense tensor (``dim != -1``) the noise is drawn
+    # in the memory order of the input, so that it matches torch's gumbel_softmax draw for draw
+    exp = torch.empty_like(like, memory_format=torch.preserve_format)
     exp.exponential_(generator=generator)
-    return exp.log_().neg_()
+    return exp.clamp(min=torch.finfo(exp.dtype).tiny).log_().neg_()
+
+
+def gumbel_argmax(
+    log_weights: torch.Tensor, generator: torch.Generator | None = None, dim: int = -1
+) -> torch.Tensor:
+    """Index of one exact draw from ``Cat(softmax(log_weights))`` along ``dim`` (Gumbel-max).
+
+    Returns a long tensor without ``dim``. A ``-inf`` entry is never drawn.
+    """
+    scores = log_weights.detach()
+    return (scores + gumbel_noise(scores, generator)).argmax(dim=dim)
 
 
 def _one_hot_argmax(scores: torch.Tensor) -> torch.Tensor:
     """One-hot vector of the argmax of ``scores`` along the last dimension (no gradient)."""
     index = scores.argmax(dim=-1, keepdim=True)
-    return torch.zeros_like(scores, memory_format=torch.contiguous_format).scatter_(-1, index, 1.0)
+    return torch.zeros_like(scores, memory_format=torch.contiguous_format).scatter(-1, index, 1.0)
 
 
 def sample_categorical(
     log_weights: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """An exact one-hot draw from ``Cat(softmax(log_weights))`` by the Gumbel-max trick."""
+    """An exact one-hot draw from ``Cat(softmax(log_weights))`` (last dim) by Gumbel-max."""
     scores = log_weights.detach()
-    return _one_hot_argmax(scores + _gumbel(scores, generator))
+    return _one_hot_argmax(scores + gumbel_noise(scores, generator))
 
 
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """``hard`` in the forward pass, the gradient of ``soft`` in the backward pass."""
     return (hard - soft).detach() + soft
-
-
-def _finish(
-    hard: torch.Tensor,
-    soft: torch.Tensor,
-    *,
-    hard_flag: bool,
-    return_soft: bool,
-    dtype: torch.dtype,
-) -> torch.Tensor | Sample:
-    if hard.dtype != dtype:
-        hard, soft = hard.to(dtype), soft.to(dtype)
-    if return_soft:
-        return Sample(hard, soft)
-    return hard if hard_flag else soft
-
-
-def st(
-    logits: torch.Tensor,
-    *,
-    hard: bool = True,
-    generator: torch.Generator | None = None,
-    return_soft: bool = False,
-) -> torch.Tensor | Sample:
-    """Straight-Through: ``H ~ Cat(pi)`` forward, the gradient of ``pi = softmax(logits)`` backward.
-
-    Example:
-        >>> y = st(torch.zeros(4, 3, requires_grad=True))
-        >>> y.sum(-1)
-        tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
-    """
-    work, generator, dtype = _prepare(logits, generator)
-    probs = torch.softmax(work, dim=-1)
-    sample = sample_categorical(work, generator)
-    return _finish(straight_through(sample, probs), probs, hard_flag=hard,
-                   return_soft=return_soft, dtype=dtype)
-
-
-def gumbel_softmax(
-    logits: torch.Tensor,
-    *,
-    tau: float = 1.0,
-    hard: bool = True,
-    generator: torch.Generator | None = None,
-    return_soft: bool = False,
-) -> torch.Tensor | Sample:
-    """Gumbel-Softmax (Concrete), straight-through when ``hard=True``.
-
-    Forward ``H = onehot(argmax(logits + G))`` (an exact draw from ``Cat(softmax(logits))``);
-    backward through ``P = softmax((logits + G) / tau)``. Same as
-    ``torch.nn.functional.gumbel_softmax`` but with a validated ``tau`` and a ``generator``.
-    Small ``tau``: little bias, large variance; large ``tau``: the reverse.
-    """
-    tau = check_tau(tau)
-    work, generator, dtype = _prepare(logits, generator)
-    perturbed = work + _gumbel(work, generator)
-    soft = torch.softmax(perturbed / tau, dim=-1)
-    sample = _one_hot_argmax(perturbed.detach())
-    return _finish(straight_through(sample, soft), soft, hard_flag=hard,
-                   return_soft=return_soft, dtype=dtype)
 
 
 def _softmax_vjp(probs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -155,14 +137,24 @@ def _softmax_vjp(probs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 class _ReinMax(torch.autograd.Function):
-    """Forward: the given one-hot sample. Backward: ``2 J(pi_1)^T g - J(pi)^T g / 2``."""
+    """Forward: the given one-hot sample. Backward: ``2 J(pi_1)^T g - J(pi)^T g / 2``.
+
+    Written with ``setup_context`` and ``generate_vmap_rule`` so that ``torch.vmap`` and
+    ``torch.compile`` can trace it.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, sample: torch.Tensor, tau: float) -> torch.Tensor:
-        probs = torch.softmax(logits, dim=-1)
-        probs_tau = probs if tau == 1.0 else torch.softmax(logits / tau, dim=-1)
-        ctx.save_for_backward(probs, 0.5 * (sample + probs_tau))
+    def forward(logits: torch.Tensor, sample: torch.Tensor, tau: float) -> torch.Tensor:
         return sample.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        logits, sample, tau = inputs
+        probs = torch.softmax(logits.detach(), dim=-1)
+        probs_tau = probs if tau == 1.0 else torch.softmax(logits.detach() / tau, dim=-1)
+        ctx.save_for_backward(probs, 0.5 * (sample.detach() + probs_tau))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
@@ -171,7 +163,7 @@ class _ReinMax(torch.autograd.Function):
 
 
 def reinmax_surrogate(logits: torch.Tensor, sample: torch.Tensor, tau: float) -> torch.Tensor:
-    """The value of the one-hot ``sample`` with ReinMax's gradient in ``logits``.
+    """The value of the one-hot ``sample`` with ReinMax's gradient in ``logits`` (last dim).
 
     Backward: ``2 J(pi_1)^T g - J(pi)^T g / 2``, ``pi = softmax(logits)``,
     ``pi_1 = (sample + softmax(logits / tau)) / 2``. :func:`reinmax` draws the sample and calls
@@ -180,132 +172,280 @@ def reinmax_surrogate(logits: torch.Tensor, sample: torch.Tensor, tau: float) ->
     return _ReinMax.apply(logits, sample, tau)
 
 
-def reinmax(
+# ------------------------------------------------------------------ the estimators' kernels
+# Each kernel acts on validated logits in the working dtype with the categories last and returns
+# (hard sample carrying the estimator's gradient, soft sample).
+
+
+def _st(work: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = torch.softmax(work, dim=-1)
+    return straight_through(sample_categorical(work, generator), probs), probs
+
+
+def _gumbel(work, generator, tau):
+    perturbed = work + gumbel_noise(work, generator)
+    soft = torch.softmax(perturbed / tau, dim=-1)
+    return straight_through(_one_hot_argmax(perturbed.detach()), soft), soft
+
+
+def _reinmax(work, generator, tau):
+    hard = reinmax_surrogate(work, sample_categorical(work, generator), tau)
+    return hard, torch.softmax(work, dim=-1)
+
+
+def _diffusion(work, generator, n_steps, t_1, variant, reinmax_step):
+    noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
+    uniform_shape = work.shape[:-1] + (1,)
+    uniform = torch.rand(uniform_shape, generator=generator, device=work.device, dtype=work.dtype)
+    if variant == "plain":
+        sample_st, soft = fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1)
+        sample = sample_st.detach()
+    else:
+        soft = ddim_sample(work, noise, n_steps=n_steps, t_1=t_1, variant=variant).soft
+        sample = inverse_cdf_sample(soft.detach(), uniform)
+        sample_st = straight_through(sample, soft)
+    if not reinmax_step:
+        return sample_st, soft
+    # ReinDGE. The surrogate's value is exactly H; its gradient in the logits is
+    #   J(S)^T g (dlogits + c dx)       (S through the whole trajectory, as ReDGE)
+    # - J(S)^T g dlogits / 2            (keep half of the last denoiser's direct term)
+    # + (g . d) d / 2,  d = H - S       (ReinMax's correction at t_1)
+    # i.e. trajectory part + [J(S)^T g + (g . d) d] / 2, with no tensor hooks. ``delta`` is zero
+    # with the logits' gradient; masked (-inf) logits are replaced by 0 first (-inf - -inf is
+    # NaN), which gives them the zero gradient they must have.
+    probs = soft.detach()
+    finite = torch.where(torch.isneginf(work), torch.zeros_like(work), work)
+    delta = finite - finite.detach()
+    direction = sample - probs
+    correction = 0.5 * (
+        direction * (direction * delta).sum(dim=-1, keepdim=True) - _softmax_vjp(probs, delta)
+    )
+    return sample_st + correction, soft
+
+
+def _redge(work, generator, n_steps, t_1):
+    return _diffusion(work, generator, n_steps, t_1, "plain", False)
+
+
+def _redge_cov(work, generator, n_steps, t_1):
+    return _diffusion(work, generator, n_steps, t_1, "cov", False)
+
+
+def _reindge(work, generator, n_steps, t_1):
+    return _diffusion(work, generator, n_steps, t_1, "plain", True)
+
+
+_KERNELS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "st": _st,
+    "gumbel": _gumbel,
+    "reinmax": _reinmax,
+    "redge": _redge,
+    "redge_cov": _redge_cov,
+    "reindge": _reindge,
+}
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or name not in _KERNELS:
+        raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(_KERNELS)}")
+    return name
+
+
+def _run(
+    name: str, logits: object, knobs: dict[str, object], dim: object, generator: object
+) -> Sample:
+    """Validate every argument, run estimator ``name`` along ``dim``; return ``(hard, soft)``."""
+    values = [spec.check(key, knobs[key]) for key, spec in KNOBS[name].items()]
+    logits = check_logits(logits, dim=dim)
+    dim = dim % logits.dim()
+    generator = check_generator(generator, logits.device)
+    dtype = working_dtype(logits.dtype)
+    work = logits if dtype == logits.dtype else logits.to(dtype)
+    last = dim == logits.dim() - 1
+    if not last:
+        work = work.movedim(dim, -1)
+    hard, soft = _KERNELS[name](work, generator, *values)
+    if not last:
+        hard, soft = hard.movedim(-1, dim), soft.movedim(-1, dim)
+    if hard.dtype != logits.dtype:
+        hard, soft = hard.to(logits.dtype), soft.to(logits.dtype)
+    return Sample(hard, soft)
+
+
+def _check_hard(hard: object) -> bool:
+    # torch's ``if hard:`` also takes 0 and 1; anything else is more likely a misplaced argument
+    if isinstance(hard, bool):
+        return hard
+    if isinstance(hard, int) and hard in (0, 1):
+        return bool(hard)
+    raise TypeError(f"hard must be a bool, got {hard!r}")
+
+
+def sample(
+    name: str,
     logits: torch.Tensor,
     *,
-    tau: float = 1.0,
-    hard: bool = True,
+    dim: int = -1,
     generator: torch.Generator | None = None,
-    return_soft: bool = False,
-) -> torch.Tensor | Sample:
+    **knobs: float | int,
+) -> Sample:
+    """Both samples of estimator ``name`` from one draw: :class:`Sample` ``(hard, soft)``.
+
+    ``hard`` is what ``hard=True`` returns (one-hot value, the estimator's gradient), ``soft``
+    what ``hard=False`` returns, from the same random draws. Knobs by name, with the defaults of
+    :data:`KNOBS` for those not given.
+
+    Example:
+        >>> logits = torch.zeros(4, 3, requires_grad=True)
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> hard, soft = sample("redge", logits, t_1=0.3, generator=gen)
+        >>> hard.sum(-1)
+        tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
+    """
+    name = _check_name(name)
+    unknown = set(knobs) - set(KNOBS[name])
+    if unknown:
+        allowed = sorted(KNOBS[name]) or "none"
+        raise ValueError(f"estimator {name!r} has no knob {sorted(unknown)}; its knobs: {allowed}")
+    values = {key: knobs.get(key, spec.default) for key, spec in KNOBS[name].items()}
+    return _run(name, logits, values, dim, generator)
+
+
+def st(
+    logits: torch.Tensor,
+    hard: bool = False,
+    dim: int = -1,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Straight-Through: ``H ~ Cat(pi)`` forward, the gradient of ``pi = softmax(logits)`` backward.
+
+    ``hard=False`` returns ``pi`` itself (the soft sample).
+
+    Example:
+        >>> y = st(torch.zeros(4, 3, requires_grad=True), hard=True)
+        >>> y.sum(-1)
+        tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
+    """
+    out = _run("st", logits, {}, dim, generator)
+    return out.hard if _check_hard(hard) else out.soft
+
+
+def gumbel_softmax(
+    logits: torch.Tensor,
+    tau: float = 1.0,
+    hard: bool = False,
+    eps: float = 1e-10,
+    dim: int = -1,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Gumbel-Softmax (Concrete), straight-through when ``hard=True``.
+
+    Accepts every call of ``torch.nn.functional.gumbel_softmax(logits, tau, hard, eps, dim)`` and
+    draws the same noise from the same generator state. ``hard=True``: forward
+    ``H = onehot(argmax(logits + G))`` (an exact draw from ``Cat(softmax(logits))``), backward
+    through ``P = softmax((logits + G) / tau)``; ``hard=False``: ``P``. ``eps`` is unused, as in
+    torch (deprecated there). Small ``tau``: little bias, large variance; large ``tau``: the
+    reverse.
+    """
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+        raise TypeError(f"eps must be a finite real number, got {eps!r}")
+    if eps != 1e-10:
+        warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
+    out = _run("gumbel", logits, {"tau": tau}, dim, generator)
+    return out.hard if _check_hard(hard) else out.soft
+
+
+def reinmax(
+    logits: torch.Tensor,
+    tau: float = 1.0,
+    hard: bool = False,
+    dim: int = -1,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """ReinMax (Liu et al., 2023): second-order accurate straight-through.
 
     Forward ``H ~ Cat(pi)``; backward ``2 J(pi_1)^T g - J(pi)^T g / 2`` with
     ``pi_1 = (H + softmax(logits / tau)) / 2``. ``tau >= 1`` as the ReinMax authors require. The
     soft sample (``hard=False``) is ``softmax(logits)``, as for Straight-Through.
     """
-    tau = check_tau(tau, minimum=1.0)
-    work, generator, dtype = _prepare(logits, generator)
-    sample = sample_categorical(work, generator)
-    hard_sample = reinmax_surrogate(work, sample, tau)
-    return _finish(hard_sample, torch.softmax(work, dim=-1), hard_flag=hard,
-                   return_soft=return_soft, dtype=dtype)
-
-
-def _redge_family(
-    logits: torch.Tensor,
-    n_steps: int,
-    t_1: float,
-    hard: bool,
-    generator: torch.Generator | None,
-    return_soft: bool,
-    variant: str,
-    reinmax_step: bool,
-) -> torch.Tensor | Sample:
-    n_steps = check_n_steps(n_steps)
-    t_1 = check_t_1(t_1)
-    work, generator, dtype = _prepare(logits, generator)
-    noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
-    uniform_shape = work.shape[:-1] + (1,)
-    uniform = torch.rand(uniform_shape, generator=generator, device=work.device, dtype=work.dtype)
-    if variant == "plain":
-        sample_st, soft = fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1)
-    else:
-        soft = ddim_sample(work, noise, n_steps=n_steps, t_1=t_1, variant=variant).soft
-        sample = inverse_cdf_sample(soft.detach(), uniform)
-        sample_st = straight_through(sample, soft)
-    if not reinmax_step:
-        return _finish(sample_st, soft, hard_flag=hard, return_soft=return_soft, dtype=dtype)
-    # ReinDGE. The surrogate's value is exactly H; its gradient in the logits is
-    #   J(S)^T g (dlogits + c dx)       (S through the whole trajectory, as ReDGE)
-    # - J(S)^T g dlogits / 2            (keep half of the last denoiser's direct term)
-    # + (g . d) d / 2,  d = H - S       (ReinMax's correction at t_1)
-    # i.e. trajectory part + [J(S)^T g + (g . d) d] / 2, with no tensor hooks.
-    probs = soft.detach()
-    delta = work - work.detach()
-    direction = (sample_st.detach() if variant == "plain" else sample) - probs
-    correction = 0.5 * (
-        direction * (direction * delta).sum(dim=-1, keepdim=True) - _softmax_vjp(probs, delta)
-    )
-    hard_sample = sample_st + correction
-    return _finish(hard_sample, soft, hard_flag=hard, return_soft=return_soft, dtype=dtype)
+    out = _run("reinmax", logits, {"tau": tau}, dim, generator)
+    return out.hard if _check_hard(hard) else out.soft
 
 
 def redge(
     logits: torch.Tensor,
-    *,
     n_steps: int = 5,
     t_1: float = 0.5,
-    hard: bool = True,
+    hard: bool = False,
+    dim: int = -1,
+    *,
     generator: torch.Generator | None = None,
-    return_soft: bool = False,
-) -> torch.Tensor | Sample:
+) -> torch.Tensor:
     """ReDGE: reparameterise a categorical sample through an exact diffusion sampler.
 
     Draw ``x ~ N(0, I)``, run ``n_steps - 2`` deterministic DDIM moves of the closed-form
     categorical denoiser down to ``t_1``, take the soft sample ``S = D_{t_1}(x)`` and the hard
-    sample ``H ~ Cat(S)``; return ``H`` with the pathwise gradient of ``S(logits, noise)``.
+    sample ``H ~ Cat(S)``; ``hard=True`` returns ``H`` with the pathwise gradient of
+    ``S(logits, noise)``, ``hard=False`` returns ``S``.
 
     Args:
-        logits: ``(..., K)`` finite floating tensor.
-        n_steps: grid points (``>= 2``); more steps make the law of ``H`` closer to
+        logits: floating tensor with ``K >= 2`` categories along ``dim`` (``-inf``: masked).
+        n_steps: grid points (an int ``>= 2``); more steps make the law of ``H`` closer to
             ``softmax(logits)``. The authors suggest 3-9 (start at 5).
         t_1: stopping time in ``(0, 1]``; ``t_1 = 1`` is exactly Straight-Through, small ``t_1``
             makes ``S`` nearly one-hot. The authors suggest 0.3-0.9 (start at 0.5).
-        hard: return the one-hot sample (``True``) or the soft sample (``False``).
-        generator: source of the Gaussian and Gumbel noise.
-        return_soft: return ``Sample(hard, soft)``.
+        hard: return the one-hot sample (``True``) or the soft sample (``False``, as torch).
+        dim: the dimension of the categories.
+        generator: source of the Gaussian noise and of the uniform of the hard draw.
 
     Example:
         >>> logits = torch.randn(8, 4, requires_grad=True)
-        >>> y = redge(logits, n_steps=5, t_1=0.5, generator=torch.Generator().manual_seed(0))
+        >>> y = redge(logits, 5, 0.5, hard=True, generator=torch.Generator().manual_seed(0))
         >>> (y * torch.arange(4.0)).sum().backward()   # gradients reach the logits
     """
-    return _redge_family(logits, n_steps, t_1, hard, generator, return_soft, "plain", False)
+    out = _run("redge", logits, {"n_steps": n_steps, "t_1": t_1}, dim, generator)
+    return out.hard if _check_hard(hard) else out.soft
 
 
 def redge_cov(
     logits: torch.Tensor,
-    *,
     n_steps: int = 5,
     t_1: float = 0.5,
-    hard: bool = True,
+    hard: bool = False,
+    dim: int = -1,
+    *,
     generator: torch.Generator | None = None,
-    return_soft: bool = False,
-) -> torch.Tensor | Sample:
+) -> torch.Tensor:
     """ReDGE-cov: ReDGE with reference noise ``N(pi, diag(max(pi (1 - pi), 0.1)))``.
 
     The reference Gaussian matches the first two moments of ``Cat(pi)`` (floored), so the sampler
-    starts closer to the data; ``pi`` and the variance are differentiated too.
+    starts closer to the data; ``pi`` and the variance are differentiated too. Arguments as
+    :func:`redge`.
     """
-    return _redge_family(logits, n_steps, t_1, hard, generator, return_soft, "cov", False)
+    out = _run("redge_cov", logits, {"n_steps": n_steps, "t_1": t_1}, dim, generator)
+    return out.hard if _check_hard(hard) else out.soft
 
 
 def reindge(
     logits: torch.Tensor,
-    *,
     n_steps: int = 5,
     t_1: float = 0.5,
-    hard: bool = True,
+    hard: bool = False,
+    dim: int = -1,
+    *,
     generator: torch.Generator | None = None,
-    return_soft: bool = False,
-) -> torch.Tensor | Sample:
+) -> torch.Tensor:
     """ReinDGE: ReDGE's trajectory gradient plus a ReinMax correction at ``t_1``.
 
     Forward as :func:`redge`. Backward: the gradient through the trajectory (``logits`` held fixed
     in the last denoiser) plus ``[J(S)^T g + (g . (H - S)) (H - S)] / 2``, the ReinMax (``tau = 1``)
     estimator of the conditional categorical ``Cat(S)``. Implemented as a surrogate with no tensor
     hooks, so repeated backward passes and other paths to the logits are handled by autograd. The
-    soft sample (``hard=False``) is ReDGE's ``S`` with its full pathwise gradient.
+    soft sample (``hard=False``) is ReDGE's ``S`` with its full pathwise gradient. Arguments as
+    :func:`redge`.
     """
-    return _redge_family(logits, n_steps, t_1, hard, generator, return_soft, "plain", True)
+    out = _run("reindge", logits, {"n_steps": n_steps, "t_1": t_1}, dim, generator)
+    return out.hard if _check_hard(hard) else out.soft

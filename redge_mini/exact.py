@@ -30,6 +30,7 @@ from .validation import check_generator, check_int, check_logits
 __all__ = [
     "MAX_CONFIGS",
     "TVEstimate",
+    "config_log_probs",
     "empirical_law",
     "enumerate_onehot",
     "exact_expectation",
@@ -54,8 +55,8 @@ def _check_problem_logits(logits: object) -> torch.Tensor:
     return logits
 
 
-def _n_configs(L: int, K: int, max_configs: int) -> int:
-    n = K**L
+def _n_configs(L: int, K: int, max_configs: int, n: int | None = None) -> int:
+    n = K**L if n is None else n
     if n > max_configs:
         raise ValueError(
             f"K**L = {K}**{L} = {n} configurations exceeds max_configs = {max_configs}; "
@@ -71,25 +72,42 @@ def enumerate_onehot(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     max_configs: int = MAX_CONFIGS,
+    start: int = 0,
+    stop: int | None = None,
 ) -> torch.Tensor:
-    """All ``K**L`` configurations of ``L`` one-hot variables with ``K`` classes.
+    """All ``K**L`` configurations of ``L`` one-hot variables with ``K`` classes (or a slice).
 
     Args:
         L, K: Number of variables (``>= 1``) and of classes (``>= 2``).
         dtype, device: Of the returned tensor.
-        max_configs: Refuse (``ValueError``) when ``K**L`` exceeds this.
+        max_configs: Refuse (``ValueError``) when more than this many rows would be returned.
+        start, stop: Return only configurations ``start, ..., stop - 1`` (``stop`` defaults to,
+            and is capped at, ``K**L``), for enumerating a large space in chunks.
 
     Returns:
-        Shape ``(K**L, L, K)``, in lexicographic order of the class indices with variable 0 the
-        slowest (row ``i`` encodes the base-``K`` digits of ``i``).
+        Shape ``(stop - start, L, K)``, in lexicographic order of the class indices with variable
+        0 the slowest (row ``i`` encodes the base-``K`` digits of ``start + i``).
     """
     L = check_int(L, "L")
     K = check_int(K, "K", minimum=2)
-    n = _n_configs(L, K, max_configs)
-    index = torch.arange(n, device=device)
+    total = K**L
+    start = check_int(start, "start", minimum=0)
+    stop = total if stop is None else min(check_int(stop, "stop", minimum=start), total)
+    _n_configs(L, K, max_configs, max(stop - start, 0))
+    index = torch.arange(start, stop, device=device)
     powers = K ** torch.arange(L - 1, -1, -1, device=device)
     digits = (index[:, None] // powers) % K
     return torch.nn.functional.one_hot(digits, K).to(dtype)
+
+
+def config_log_probs(configs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """``log π(x) = Σ_l log π^l(x^l)`` for one-hot configurations ``(N, L, K)``: shape ``(N,)``.
+
+    The log-probability at each configuration's classes, summed (a ``where``, not the contraction
+    ``configs · log_probs``, so that a masked class, ``log π = -inf``, gives ``-inf`` for the
+    configurations that use it and 0, not ``0 · -inf = NaN``, for the others).
+    """
+    return torch.where(configs > 0, log_probs, 0.0).sum(dim=(-2, -1))
 
 
 def _values(f: Objective, configs: torch.Tensor) -> torch.Tensor:
@@ -125,8 +143,7 @@ def exact_expectation(
         L, K, dtype=logits.dtype, device=logits.device, max_configs=max_configs
     )
     log_probs = torch.log_softmax(logits, dim=-1)
-    # log π(x) = Σ_l log π^l(x^l); for one-hot x this is a contraction with log_probs.
-    log_weights = torch.einsum("nlk,lk->n", configs, log_probs)
+    log_weights = config_log_probs(configs, log_probs)
     values = _values(f, configs)
     return (log_weights.exp() * values).sum()
 

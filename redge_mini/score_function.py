@@ -111,7 +111,9 @@ def reinforce_loss(
         )
     log_probs = torch.log_softmax(logits, dim=-1)
     sample_dims = tuple(range(1 + len(batch), 1 + logits.dim()))
-    log_pi = (samples * log_probs).sum(dim=sample_dims)
+    # log π(X_s): the log-probability at each drawn class (a where, not samples * log_probs, so
+    # that a masked class, log π = -inf, contributes 0 rather than 0 * -inf = NaN)
+    log_pi = torch.where(samples > 0, log_probs, 0.0).sum(dim=sample_dims)
     v = values.detach().to(log_pi.dtype)
     if baseline == "loo":
         advantage = v - (v.sum(0) - v) / (n_samples - 1)

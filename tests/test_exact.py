@@ -44,8 +44,13 @@ def test_enumerate_onehot_lists_every_configuration_once():
     assert configs.shape == (K**L, L, K)
     assert configs.dtype == DTYPE
     assert torch.all(configs.sum(-1) == 1) and torch.all((configs == 0) | (configs == 1))
-    codes = {tuple(c.argmax(-1).tolist()) for c in configs}
-    assert codes == set(itertools.product(range(K), repeat=L))
+    codes = [tuple(c.argmax(-1).tolist()) for c in configs]
+    assert codes == list(itertools.product(range(K), repeat=L))  # lexicographic, variable 0 slowest
+    # slices for chunked enumeration: the same rows, and max_configs counts the returned rows
+    torch.testing.assert_close(enumerate_onehot(L, K, dtype=DTYPE, start=5, stop=17),
+                               configs[5:17], rtol=0, atol=0)
+    assert enumerate_onehot(L, K, start=60, stop=10**6, max_configs=4).shape == (4, L, K)
+    assert enumerate_onehot(30, 2, start=2**30 - 2).shape == (2, 30, 2)
 
 
 def test_enumerate_onehot_refuses_large_and_invalid_problems():
@@ -59,6 +64,8 @@ def test_enumerate_onehot_refuses_large_and_invalid_problems():
         enumerate_onehot(2.0, 3)
     with pytest.raises(ValueError, match="L"):
         enumerate_onehot(0, 3)
+    with pytest.raises(ValueError, match="stop"):
+        enumerate_onehot(2, 3, start=5, stop=4)
 
 
 # ---------------------------------------------------------------- exact expectation / gradient
