@@ -19,6 +19,9 @@ kind             ``f(x)``                what it teaches
 ``"step"``       ``1[s(x) > b]``         an indicator: its gradient is zero almost
                                          everywhere, so every pathwise estimator returns 0
                                          while the score-function estimator still works
+``"logcosh"``    ``log cosh(s(x) − b)``  smooth but not quadratic (quadratic near ``b``,
+                                         linear far from it): the smooth counterpart of
+                                         ``"nonsmooth"``, where no estimator is exact
 ===============  ======================  ===================================================
 
 Each ``f`` is defined on all of ``R^{L×K}`` (soft samples too), maps ``(..., L, K)`` to ``(...)``
@@ -52,7 +55,7 @@ from typing import NamedTuple
 import torch
 
 from ..estimators import reinmax_surrogate, straight_through
-from ..exact import enumerate_onehot, exact_expectation, exact_gradient
+from ..exact import config_log_probs, enumerate_onehot, exact_expectation, exact_gradient
 from ..score_function import reinforce_loss
 from ..validation import check_generator, check_int, check_logits, check_real, check_tau
 
@@ -67,18 +70,20 @@ __all__ = [
     "reinforce_gradients",
 ]
 
-KINDS = ("smooth", "nonsmooth", "step")
+KINDS = ("smooth", "nonsmooth", "step", "logcosh")
 """The accepted values of ``make_toy_problem(kind=...)``."""
 
 _FORMULAS = {
     "smooth": "(s(x) - b)^2",
     "nonsmooth": "|s(x) - b|",
     "step": "1[s(x) > b]",
+    "logcosh": "log cosh(s(x) - b)",
 }
 
 
 class ToyObjective:
-    """``f(x) = φ(s(x) − b)``, ``s(x) = ⟨A, x⟩ / sqrt(L)``, φ(u) = ``u²``, ``|u|`` or ``1[u > 0]``.
+    """``f(x) = φ(s(x) − b)``, ``s(x) = ⟨A, x⟩ / sqrt(L)``, φ(u) = ``u²``, ``|u|``, ``1[u > 0]``
+    or ``log cosh u``.
 
     Callable on tensors ``(..., L, K)`` (one-hot or soft), returning ``(...)`` in the input's
     dtype. Use :func:`make_toy_problem` rather than building one directly.
@@ -118,6 +123,8 @@ class ToyObjective:
             return u.square()
         if self.kind == "nonsmooth":
             return u.abs()
+        if self.kind == "logcosh":  # log cosh u = |u| + log1p(exp(-2|u|)) - log 2, stable
+            return u.abs() + torch.log1p(torch.exp(-2.0 * u.abs())) - math.log(2.0)
         # the step has zero gradient, but stays attached to the autograd graph
         return (u > 0).to(u.dtype) + 0.0 * u
 
@@ -189,8 +196,8 @@ def make_toy_problem(
     L, K:
         Number of variables (``>= 1``) and classes per variable (``>= 2``).
     kind:
-        ``"smooth"`` (``(s − b)²``), ``"nonsmooth"`` (``|s − b|``) or ``"step"`` (``1[s > b]``);
-        see the module docstring.
+        ``"smooth"`` (``(s − b)²``), ``"nonsmooth"`` (``|s − b|``), ``"step"`` (``1[s > b]``) or
+        ``"logcosh"`` (``log cosh(s − b)``); see the module docstring.
     seed:
         Seeds the draw of ``A`` and ``θ`` (a fresh CPU generator; the global RNG is untouched).
         Problems of the same ``seed``, ``L`` and ``K`` share ``A`` and ``θ`` whatever the kind.
@@ -350,7 +357,7 @@ def hard_sample_gradient_moments(
         L, K, dtype=logits.dtype, device=logits.device, max_configs=max_configs
     )
     n = configs.shape[0]
-    weights = torch.einsum("nlk,lk->n", configs, torch.log_softmax(logits.detach(), -1)).exp()
+    weights = config_log_probs(configs, torch.log_softmax(logits.detach(), -1)).exp()
     copies = logits.detach().unsqueeze(0).expand(n, L, K).clone().requires_grad_(True)
     with torch.enable_grad():
         if name == "st":
