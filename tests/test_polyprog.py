@@ -103,7 +103,7 @@ def test_st_estimator_gradient_at_the_stationary_point_is_zero_in_mean() -> None
     q = st_stationary_prob(C, p)
     logits = torch.tensor([[0.0, math.log(q / (1 - q))]]).expand(n, 1, 2).clone()
     logits.requires_grad_()
-    x = st(logits, generator=torch.Generator().manual_seed(0))
+    x = st(logits, hard=True, generator=torch.Generator().manual_seed(0))
     objective(x, C, p).sum().backward()
     grads = logits.grad[:, 0, 1]
     mean, se = float(grads.mean()), float(grads.std()) / math.sqrt(n)
@@ -163,19 +163,104 @@ def test_experiment_writes_resumes_and_summarises(tmp_path) -> None:
     proto = experiment.protocol("small", smoke=True)
     records = experiment.run(proto, ["st", "redge", "reinforce"], out=tmp_path)
     files = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert files == ["small-smoke_redge.json", "small-smoke_reinforce.json", "small-smoke_st.json"]
+    assert files == ["small-smoke_redge.json", "small-smoke_reinforce.json", "small-smoke_st.json",
+                     "small-smoke_tune_redge.json"]
     stored = json.loads((tmp_path / "small-smoke_redge.json").read_text())
     assert stored["config"]["estimator"] == "redge" and "torch" in stored["metadata"]
+    tune = json.loads((tmp_path / "small-smoke_tune_redge.json").read_text())["data"]
+    # The main stage runs, for every p, the grid value with the lowest mean tuning gap.
+    for i, knobs in enumerate(stored["config"]["chosen"]):
+        means = [sum(runs[i]) / len(runs[i]) for runs in tune["final_gap"]]
+        assert knobs == tune["knob_values"][means.index(min(means))]
+        assert stored["data"]["per_p"][i]["knobs"] == knobs
     mtime = (tmp_path / "small-smoke_st.json").stat().st_mtime_ns
     again = experiment.run(proto, ["st", "redge", "reinforce"], out=tmp_path)
     assert (tmp_path / "small-smoke_st.json").stat().st_mtime_ns == mtime
     assert json.dumps([r["data"] for r in again]) == json.dumps([r["data"] for r in records])
     summary = experiment.summarise(again)
     assert {row["estimator"] for row in summary["rows"]} == {"st", "redge", "reinforce"}
-    assert all(row["gap_mean"] >= 0 for row in summary["rows"])
+    assert all(row["gap_low"] <= row["gap_mean"] <= row["gap_high"] for row in summary["rows"])
+    assert all(row["n_eval"] == proto.config.n_runs for row in summary["rows"])
     assert {v["verdict"] for v in summary["verdicts"].values()} <= {"wins", "ties", "loses"}
     with pytest.raises(ValueError, match="different configuration"):
         experiment.run(proto, ["st"], out=tmp_path, seed=5)
+
+
+def test_summary_csv_from_stored_files_matches_the_records(tmp_path) -> None:
+    from scipy import stats
+
+    from redge_mini.book.experiments.summary import read_summary
+
+    proto = experiment.protocol("small", smoke=True)
+    experiment.run(proto, ["st", "gumbel"], out=tmp_path)
+    assert experiment.write_summary_csv(tmp_path, "none") is None
+    experiment.write_summary_csv(tmp_path, proto.scale)
+    rows = read_summary("polyprog", root=tmp_path)
+    main = json.loads((tmp_path / "small-smoke_gumbel.json").read_text())["data"]["per_p"][0]
+    row = next(r for r in rows if r.estimator == "gumbel" and r.metric == "final_gap"
+               and r.setting == f"p={main['p']:g}")
+    values = main["final_gap"]
+    mean = sum(values) / len(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
+    assert (row.n_seeds, row.budget) == (len(values), proto.config.n_iters)
+    assert row.mean == pytest.approx(mean) and row.ci_high == pytest.approx(mean + half)
+    assert row.knobs == f"tau={main['knobs']['tau']:g}"
+    tuning = [r for r in rows if r.metric == "tune_final_gap"]
+    assert len(tuning) == len(proto.grids["gumbel"]) * len(proto.config.powers)
+    assert {r.budget for r in tuning} == {proto.tune_iters}
+    # The command-line --summarise writes the same file from the stored records alone.
+    (tmp_path / "summary.csv").unlink()
+    assert experiment.main(["--smoke", "--scale", "small", "--summarise",
+                            "--out", str(tmp_path)]) == 0
+    assert read_summary("polyprog", root=tmp_path) == rows
+
+
+def test_records_of_the_earlier_one_stage_protocol_are_summarised() -> None:
+    gaps = [[[0.5, 0.4, 0.3, 0.2, 0.1]], [[0.05, 0.06, 0.01, 0.02, 0.03]]]   # (G, P, R)
+    record = {"config": {"scale": "full", "n_select": 2, "n_iters": 1000},
+              "metadata": {"device_name": "gpu"},
+              "data": {"estimator": "gumbel", "knob_values": [{"tau": 1.0}, {"tau": 0.1}],
+                       "powers": [2.0], "steps": [0, 1000], "final_gap": gaps,
+                       "final_prob": gaps, "initial_gap": [0.5],
+                       "curve_mean": [[[0.5, 0.1]], [[0.5, 0.02]]],
+                       "curve_se": [[[0.0, 0.1]], [[0.0, 0.01]]]}}
+    (row,) = experiment.summarise([record])["rows"]
+    assert row["knobs"] == {"tau": 0.1} and row["n_eval"] == 3      # runs 3-5 of tau = 0.1
+    assert row["gap_mean"] == pytest.approx(0.02) and row["budget"] == 1000
+    assert row["at_edge"]
+    metrics = {(r.metric, r.n_seeds) for r in experiment.summary_rows([record])}
+    assert metrics == {("final_gap", 3), ("final_mean_q", 3), ("tune_final_gap", 2)}
+
+
+def test_full_grids_extend_past_the_authors_and_cover_the_required_axes() -> None:
+    grids = experiment.protocol("full").grids
+    for name in ("redge", "redge_cov", "reindge"):
+        t_values = {k["t_1"] for k in grids[name]}
+        assert {0.1, 0.3, 0.5, 0.7, 0.9} <= t_values
+        assert {k["n_steps"] for k in grids[name]} == {3, 5, 9}
+        author = experiment.AUTHOR_KNOBS[name]["t_1"]
+        assert min(t_values) < author < max(t_values) or author == 0.1 and min(t_values) < 0.1
+    taus = sorted(k["tau"] for k in grids["gumbel"])
+    assert taus[0] < 0.02 < taus[-1]
+    table = experiment.protocol_table(experiment.protocol("small"))
+    assert table.count("\n") >= 10 and "**differs**" in table
+
+
+def test_welch_verdict_agrees_with_scipy_and_respects_the_tolerance() -> None:
+    from scipy import stats
+
+    from redge_mini.book.experiments import welch_verdict
+
+    a, b = [1.0, 1.1, 0.9, 1.05, 0.95], [2.0, 2.2, 1.8, 2.1, 1.9]
+    assert stats.ttest_ind(a, b, equal_var=False).pvalue < 0.05
+    assert welch_verdict(a, b) == "wins" and welch_verdict(b, a) == "loses"
+    assert welch_verdict(a, b, lower_is_better=False) == "loses"
+    noisy = [0.0, 3.0, -2.0, 4.0, 1.0]
+    assert stats.ttest_ind(a, noisy, equal_var=False).pvalue > 0.05
+    assert welch_verdict(a, noisy) == "ties"
+    assert welch_verdict([1e-9] * 3, [2e-9] * 3, tolerance=1e-6) == "ties"
+    with pytest.raises(ValueError, match="two seeds"):
+        welch_verdict([1.0], [2.0, 3.0])
 
 
 def test_experiment_cli_refuses_bad_input(tmp_path, capsys) -> None:

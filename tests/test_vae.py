@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -242,6 +243,75 @@ def test_experiment_smoke_run_resumes_and_summarises(tmp_path) -> None:
     assert pictures.shape == (2, 3, 28, 28) and 0 <= pictures.min() <= pictures.max() <= 1
     with pytest.raises(ValueError, match="different configuration"):
         experiment.run(proto, ["st", "redge"], out=tmp_path, seed=1)
+
+
+def test_paired_replicates_share_weights_and_batches_but_not_the_estimator() -> None:
+    members = [vae.Member("st", {}, 0), vae.Member("st", {}, 1), vae.Member("gumbel", {}, 0),
+               vae.Member("gumbel", {}, 1)]
+    model = vae.EnsembleVAE(4, TINY, generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    vae.share_initialisation(model, members)
+    for old, new in zip(before, model.parameters(), strict=True):
+        torch.testing.assert_close(new[[0, 1, 0, 1]], old[[0, 1, 0, 1]])
+        torch.testing.assert_close(new[2], old[0])
+        torch.testing.assert_close(new[3], old[1])
+        assert not torch.equal(new[0], new[1])
+    # The mini-batch order is drawn per replicate label, not per member.
+    order = vae.epoch_order(torch.tensor([0, 1, 0, 1, 2]), 50, torch.Generator().manual_seed(0))
+    assert torch.equal(order[0], order[2]) and torch.equal(order[1], order[3])
+    assert not torch.equal(order[0], order[1]) and not torch.equal(order[0], order[4])
+    assert all(sorted(row.tolist()) == list(range(50)) for row in order)
+
+
+def test_best_validation_test_elbo_reads_the_right_evaluation() -> None:
+    history = vae.History(
+        epochs=torch.arange(1, 7), train_loss=torch.zeros(2, 6),
+        eval_epochs=torch.tensor([2, 4, 6]), train_neg_elbo_exact=torch.zeros(2, 3),
+        valid_neg_elbo=torch.tensor([[5.0, 3.0, 4.0], [9.0, 8.0, 7.0]]), seconds=0.0,
+        test_neg_elbo=torch.tensor([[50.0, 30.0, 40.0], [90.0, 80.0, 70.0]]))
+    epoch, test = history.at_best_validation()
+    assert epoch.tolist() == [4, 6] and test.tolist() == [30.0, 70.0]
+    with pytest.raises(ValueError, match="histories"):
+        vae.History(epochs=torch.arange(1, 2), train_loss=torch.zeros(1, 1),
+                    eval_epochs=torch.tensor([1]), train_neg_elbo_exact=torch.zeros(1, 1),
+                    valid_neg_elbo=torch.zeros(1, 0), seconds=0.0).at_best_validation()
+
+
+def test_summary_csv_rows_and_paired_verdicts(tmp_path) -> None:
+    from scipy import stats
+
+    from redge_mini.book.experiments.summary import read_summary
+
+    proto = replace(experiment.protocol("small", smoke=True), n_seeds=3)
+    experiment.run(proto, ["st", "redge"], out=tmp_path)
+    assert experiment.main(["--smoke", "--scale", "small", "--summarise",
+                            "--out", str(tmp_path)]) == 0
+    rows = read_summary("vae", root=tmp_path)
+    stored = json.loads((tmp_path / "small-smoke_binary12_main.json").read_text())
+    metrics, members = stored["data"]["metrics"], stored["data"]["members"]
+    redge = [i for i, m in enumerate(members) if m["estimator"] == "redge"]
+    row = next(r for r in rows if r.estimator == "redge" and r.metric == "train_neg_elbo")
+    values = [metrics["train_neg_elbo_exact"][i] for i in redge]
+    assert row.n_seeds == 3 and row.mean == pytest.approx(sum(values) / 3)
+    half = stats.t.ppf(0.975, 2) * stats.sem(values)
+    assert row.ci_low == pytest.approx(row.mean - half)
+    assert row.budget == proto.n_epochs * (proto.n_train // proto.batch_size)
+    gap = next(r for r in rows if r.estimator == "redge" and r.metric == "gap")
+    # The stored metrics are rounded to 5 significant digits (about 0.01 nats here).
+    assert gap.mean == pytest.approx(
+        sum(metrics["test_neg_elbo"][i] - metrics["train_neg_elbo_exact"][i] for i in redge) / 3,
+        abs=0.02)
+    assert {r.metric for r in rows} >= {"train_neg_elbo", "test_neg_elbo_best_valid",
+                                        "ms_per_step", "gap"}
+    table = experiment.summarise(experiment.load_records(tmp_path, proto.scale))
+    verdict = table["main"]["binary12"]["verdicts"][("train_neg_elbo_exact", "redge")]
+    assert verdict["paired"] and verdict["rival"] == "st"
+    st = [metrics["train_neg_elbo_exact"][i] for i, m in enumerate(members)
+          if m["estimator"] == "st"]
+    p_value = stats.ttest_rel(values, st).pvalue
+    expected = "ties" if p_value >= 0.05 else ("wins" if sum(values) < sum(st) else "loses")
+    assert verdict["verdict"] == expected
+    assert "| budget |" in experiment.protocol_table(experiment.protocol("full"))
 
 
 def test_experiment_cli_refuses_bad_input(capsys) -> None:

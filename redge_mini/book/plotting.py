@@ -8,6 +8,7 @@ import matplotlib as mpl
 import numpy as np
 import torch
 
+from .. import registry
 from ..registry import label
 
 PALETTE: list[str] = [
@@ -21,21 +22,6 @@ PALETTE: list[str] = [
     "#CC79A7",  # reddish purple
 ]
 """The Okabe–Ito palette, distinguishable under the common forms of colour blindness."""
-
-_ESTIMATOR_COLORS = {
-    "st": PALETTE[0],
-    "gumbel": PALETTE[1],
-    "reinmax": PALETTE[2],
-    "reindge": PALETTE[3],
-    "reinforce": PALETTE[5],
-    "redge": PALETTE[6],
-    "redge_cov": PALETTE[7],
-    "exact": "#7f7f7f",
-}
-_ESTIMATOR_MARKERS = {
-    "st": "o", "gumbel": "s", "reinmax": "^", "reindge": "v", "reinforce": "P", "redge": "D",
-    "redge_cov": "X", "exact": "*",
-}
 
 
 def use_style() -> None:
@@ -60,13 +46,17 @@ def use_style() -> None:
 
 
 def estimator_color(name: str) -> str:
-    """The colour of estimator ``name`` in every figure."""
-    return _ESTIMATOR_COLORS.get(name, PALETTE[4])
+    """The colour of estimator ``name`` in every figure (from the registry)."""
+    return registry.color(name) if _known(name) else PALETTE[4]
 
 
 def estimator_marker(name: str) -> str:
     """The marker of estimator ``name`` in every figure (so lines differ beyond colour)."""
-    return _ESTIMATOR_MARKERS.get(name, "o")
+    return registry.marker(name) if _known(name) else "o"
+
+
+def _known(name: str) -> bool:
+    return name == "exact" or name in registry.ALL_ESTIMATORS
 
 
 def estimator_label(name: str) -> str:

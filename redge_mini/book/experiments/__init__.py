@@ -1,10 +1,17 @@
 """Command-line entry points for the full-scale experiments, and the helpers they share.
 
-Run ``python -m redge_mini.book.experiments.<name> --help``. Each script is a thin layer over the
-matching :mod:`redge_mini.book.tasks` module and writes small JSON result files through
-:func:`redge_mini.book.runtime.save_results` into ``book/results/<name>/``. The summaries that the
-chapters print (mean and standard error, "wins / ties / loses" verdicts) are computed here from
-those files, so a table in the book is always generated from stored or freshly computed numbers.
+Run ``python -m redge_mini.book.experiments.<name> --help``, or all five one after another with
+``python -m redge_mini.book.experiments.run_all --scale full``. Each script is a thin layer over
+the matching :mod:`redge_mini.book.tasks` module and writes small JSON result files through
+:func:`redge_mini.book.runtime.save_results` into ``book/results/<name>/``.
+
+Shared here: the command line (:func:`parse_cli`), the run loop of resumable, deadline-bound
+stages (:class:`Stages`, built on :func:`load_or_run`), the one record type every stage stores
+(:func:`make_record`), reading stored records back (:func:`load_records`) and the verdicts
+(:func:`welch_verdict` for independent runs; :func:`.summary.paired_verdict` for runs that share
+seeds). By convention a script also offers ``write_summary_csv(folder, scale)`` (regenerate
+``summary.csv`` from the stored files) and ``measure_throughput(proto, device=...)`` (projected
+seconds, key ``"total"``), which :mod:`.run_all` calls when present.
 """
 
 from __future__ import annotations
@@ -27,16 +34,20 @@ __all__ = [
     "REDGE_FAMILY",
     "CommandLine",
     "Deadline",
+    "Stages",
     "add_common_arguments",
     "compact",
     "existing_result",
     "knob_text",
     "load_or_run",
+    "load_records",
+    "make_record",
     "mean_se",
     "parse_cli",
     "parse_estimators",
     "resolve_device",
     "verdict",
+    "welch_verdict",
 ]
 
 #: The estimators built on the ReDGE sampler, compared as a group against the best other one.
@@ -92,6 +103,38 @@ def verdict(
                        + (other_se if math.isfinite(other_se) else 0.0) ** 2)
     diff = mean - other_mean
     if abs(diff) <= max(n_se * spread, tolerance):
+        return "ties"
+    better = diff < 0 if lower_is_better else diff > 0
+    return "wins" if better else "loses"
+
+
+def welch_verdict(
+    values: Sequence[float],
+    other: Sequence[float],
+    *,
+    lower_is_better: bool = True,
+    alpha: float = 0.05,
+    tolerance: float = 0.0,
+) -> str:
+    """``"wins"``, ``"ties"`` or ``"loses"`` for two *independent* samples (no shared seeds).
+
+    Welch's two-sided t-test (:func:`scipy.stats.ttest_ind` with ``equal_var=False``) at level
+    ``alpha``; a difference of means within ``tolerance`` (e.g. two gaps at numerical zero) is a
+    tie. For seeds that share data use :func:`.summary.paired_verdict` instead.
+    """
+    from scipy import stats
+
+    a, b = [float(v) for v in values], [float(v) for v in other]
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("values and other need at least two seeds each")
+    diff = math.fsum(a) / len(a) - math.fsum(b) / len(b)
+    if abs(diff) <= tolerance:
+        return "ties"
+    if len(set(a)) == 1 and len(set(b)) == 1:
+        significant = diff != 0.0
+    else:
+        significant = bool(stats.ttest_ind(a, b, equal_var=False).pvalue < alpha)
+    if not significant:
         return "ties"
     better = diff < 0 if lower_is_better else diff > 0
     return "wins" if better else "loses"
@@ -253,6 +296,82 @@ def parse_cli(
     folder = args.out if args.out is not None else runtime.results_dir(name)
     return CommandLine(name=name, parser=parser, args=args, proto=proto, estimators=estimators,
                        device=device, folder=folder, start=time.perf_counter())
+
+
+def make_record(experiment: str, name: str, config: dict[str, Any], seed: int,
+                data: dict[str, Any], device: torch.device | str | None = None,
+                ) -> dict[str, Any]:
+    """The one record type every experiment stores (and :func:`load_or_run` returns).
+
+    Keys ``experiment``, ``name``, ``config``, ``seed``, ``metadata`` (software, hardware and
+    time of :func:`~redge_mini.book.runtime.run_metadata`, with ``device`` and ``device_name``
+    of the device the computation actually ran on when ``device`` is given) and ``data``
+    (rounded by :func:`compact`).
+    """
+    metadata = runtime.run_metadata()
+    if device is not None:
+        device = torch.device(device)
+        metadata["device"] = device.type
+        if device.type == "cuda":
+            metadata["device_name"] = torch.cuda.get_device_name(device)
+        elif metadata.get("device_name", "").startswith("NVIDIA"):
+            metadata["device_name"] = "cpu"
+    return {"experiment": experiment, "name": name, "config": config, "seed": seed,
+            "metadata": metadata, "data": compact(data)}
+
+
+def load_records(folder: str | Path, scale: str) -> list[dict[str, Any]]:
+    """Every stored record ``<folder>/<scale>_*.json`` (sorted by name); ``[]`` if none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [json.loads(path.read_text(encoding="utf-8"))
+            for path in sorted(folder.glob(f"{scale}_*.json"))]
+
+
+class Stages:
+    """The run loop shared by the experiment scripts: resumable, deadline-bound stages.
+
+    ``stages.run(name, config, compute)`` returns the stored record ``<folder>/<name>.json``
+    when it holds a finished run of ``config``; otherwise, unless the deadline has passed,
+    calls ``compute()`` for the record's ``data``, wraps it with :func:`make_record`, saves it
+    at once (``save=True``) and returns it. A stage interrupted by the deadline
+    (:class:`~redge_mini.book.tasks.TrainingInterrupted`) is discarded with a note and gives
+    None, so a rerun resumes with it. Every record returned is also kept in ``stages.records``.
+    """
+
+    def __init__(self, experiment: str, folder: str | Path, *, seed: int, save: bool = True,
+                 max_minutes: float | None = None, device: torch.device | str | None = None,
+                 verbose: bool = False) -> None:
+        self.experiment, self.folder = experiment, Path(folder)
+        self.seed, self.save, self.device, self.verbose = seed, save, device, verbose
+        self.deadline = Deadline(max_minutes)
+        self.records: list[dict[str, Any]] = []
+
+    def run(self, name: str, config: dict[str, Any],
+            compute: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """One stage (see the class docstring)."""
+        from ..tasks import TrainingInterrupted
+
+        def make() -> dict[str, Any]:
+            tic = time.perf_counter()
+            record = make_record(self.experiment, name, config, self.seed, compute(),
+                                 self.device)
+            if self.verbose:
+                print(f"{self.experiment}: {name} done in {time.perf_counter() - tic:.1f} s "
+                      f"({self.deadline.elapsed():.0f} s since start)", file=sys.stderr)
+            return record
+
+        try:
+            record = load_or_run(self.experiment, self.folder, name, config, make,
+                                 seed=self.seed, save=self.save, deadline=self.deadline)
+        except TrainingInterrupted:
+            print(f"{self.experiment}: --max-minutes reached during {name}, which was discarded "
+                  "(rerun to resume)", file=sys.stderr)
+            return None
+        if record is not None:
+            self.records.append(record)
+        return record
 
 
 def load_or_run(

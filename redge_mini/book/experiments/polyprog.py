@@ -1,25 +1,36 @@
-"""E1, polynomial programming: every estimator, its knob tuned on a grid, several runs.
+"""E1, polynomial programming: every estimator, its knob tuned on a grid, five fresh seeds.
 
 Usage::
 
     python -m redge_mini.book.experiments.polyprog --scale full            # the protocol below
     python -m redge_mini.book.experiments.polyprog --scale small --out /tmp/pp
     python -m redge_mini.book.experiments.polyprog --smoke --out /tmp/pp   # seconds, end to end
+    python -m redge_mini.book.experiments.polyprog --summarise             # summary.csv only
 
-Protocol (full scale): ``L = 128`` binary variables, ``c = 0.45``, ``p in {1.5, 2, 3}``, logits
-start at 0, Adam (lr 0.05), 256 Monte-Carlo samples per step, 1000 steps. For every estimator each
-value of its knob grid is run with 8 replicate runs, all in one batch. The first 3 runs of every
-setting *select* the knob value (lowest mean final optimality gap, separately for each ``p``); the
-other 5 runs, which took no part in the choice, are the ones reported (mean +- standard error).
+Protocol (full scale), the authors' problem and optimiser: ``L = 128`` binary variables,
+``c = 0.45``, ``p in {1.5, 2, 3}``, logits start at 0, Adam (lr 0.05), 256 Monte-Carlo samples
+per step, 1000 steps. Two stages per estimator:
 
-One result file per estimator, ``<scale>_<estimator>.json``; a rerun skips estimators whose file
-exists (and refuses one written with another configuration), so an interrupted run resumes.
+1. *Tuning* (``<scale>_tune_<estimator>.json``): every value of the estimator's knob grid
+   (:data:`GRIDS`; the ReDGE family over ``t_1`` x ``n_steps``) is run ``tune_runs`` times for
+   ``tune_iters`` steps (a stated proxy of the main budget, to fit the CPU budget), all in one
+   batch; for every ``p`` the value with the lowest mean final optimality gap is chosen.
+2. *Main* (``<scale>_<estimator>.json``): each ``p`` at its chosen value, ``n_seeds`` fresh
+   runs (other random streams than the tuning runs) of the full 1000 steps. These are reported:
+   mean and 95 % t-interval of the final gap; ReDGE-family members against the best other
+   estimator by Welch's t-test (the runs of two estimators are independent).
+
+A rerun skips stages whose file exists (and refuses one written with another configuration),
+so an interrupted run resumes. ``summary.csv`` is regenerated from the stored files at the end,
+or alone with ``--summarise``. Records of the earlier one-stage protocol (``n_select`` selection
+runs and the evaluation runs in one file) are still read and summarised, with their own budget
+and number of runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,37 +41,50 @@ import torch
 
 from ...registry import label
 from .. import runtime
-from ..tasks import StopCallback, TrainingInterrupted
+from ..tasks import StopCallback
 from ..tasks.polyprog import ESTIMATOR_NAMES, PolyProgConfig, optimise
-from . import REDGE_FAMILY, Deadline, compact, knob_text, load_or_run, mean_se, parse_cli, verdict
+from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli, welch_verdict
+from .summary import Row, summary_row, t_interval, write_summary
+
+__all__ = ["AUTHOR_KNOBS", "GRIDS", "Protocol", "main", "measure_throughput", "protocol",
+           "protocol_table", "run", "summarise", "summary_rows", "write_summary_csv"]
 
 EXPERIMENT = "polyprog"
 
+_T1 = (0.02, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _family(t_values: tuple[float, ...], steps: tuple[int, ...]) -> list[dict[str, float | int]]:
+    return [{"n_steps": n, "t_1": t} for n in steps for t in t_values]
+
+
 #: Knob grids. The authors' settings (ReDGE t_1 = 0.1 with 3 steps, ReDGE-cov t_1 = 0.2 and
-#: ReinDGE t_1 = 0.8 with 5 steps, Gumbel tau = 0.02) are part of each grid.
+#: ReinDGE t_1 = 0.8 with 5 steps, Gumbel tau = 0.02) lie inside each full grid, and every grid
+#: extends past the values chosen with the earlier, smaller grids (ReDGE t_1 = 0.1 and Gumbel
+#: tau = 0.02 sat at the lower edge, so those grids reach 0.02 and 0.005). ReinMax's
+#: tau >= 1 is its whole domain, so tau = 1 is a natural edge.
 GRIDS: dict[str, dict[str, list[dict[str, float | int]]]] = {
     "full": {
         "st": [{}],
-        "gumbel": [{"tau": t} for t in (0.02, 0.1, 0.5, 1.0)],
-        "reinmax": [{"tau": t} for t in (1.0, 1.5, 2.0, 3.0)],
-        "redge": [{"n_steps": 3, "t_1": t} for t in (0.1, 0.3, 0.5, 0.8)],
-        "redge_cov": [{"n_steps": 5, "t_1": t} for t in (0.1, 0.2, 0.5, 0.8)],
-        "reindge": [{"n_steps": 5, "t_1": t} for t in (0.1, 0.3, 0.5, 0.8)],
+        "gumbel": [{"tau": t} for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)],
+        "reinmax": [{"tau": t} for t in (1.0, 1.25, 1.5, 2.0, 3.0)],
+        "redge": _family(_T1, (3, 5, 9)),
+        "redge_cov": _family((0.1, 0.2, 0.3, 0.5, 0.7, 0.9), (3, 5, 9)),
+        "reindge": _family((0.1, 0.3, 0.5, 0.7, 0.8, 0.9), (3, 5, 9)),
         "reinforce": [{}],
     },
     "small": {
         "st": [{}],
-        "gumbel": [{"tau": t} for t in (0.1, 0.5)],
+        "gumbel": [{"tau": t} for t in (0.02, 0.1, 0.5)],
         "reinmax": [{"tau": t} for t in (1.0, 2.0)],
-        "redge": [{"n_steps": 3, "t_1": t} for t in (0.1, 0.5)],
-        "redge_cov": [{"n_steps": 5, "t_1": t} for t in (0.2, 0.5)],
-        "reindge": [{"n_steps": 5, "t_1": t} for t in (0.3, 0.8)],
+        "redge": _family((0.1, 0.9), (3,)),
+        "redge_cov": _family((0.2, 0.9), (5,)),
+        "reindge": _family((0.1, 0.9), (5,)),
         "reinforce": [{}],
     },
 }
 
-
-#: The authors' settings for this problem (ReDGE paper), used for illustrations.
+#: The authors' settings for this problem (ReDGE paper).
 AUTHOR_KNOBS: dict[str, dict[str, float | int]] = {
     "st": {},
     "gumbel": {"tau": 0.02},
@@ -73,24 +97,42 @@ AUTHOR_KNOBS: dict[str, dict[str, float | int]] = {
 
 @dataclass(frozen=True)
 class Protocol:
-    """A scale of the experiment: the optimisation problem, the grids and the run split."""
+    """A scale of the experiment: the problem and main runs, the tuning stage, the grids.
+
+    ``config.n_runs`` is the number of fresh seeds of every reported row.
+    """
 
     scale: str
     config: PolyProgConfig
-    n_select: int
+    tune_iters: int
+    tune_runs: int
     grids: dict[str, list[dict[str, float | int]]]
 
     def __post_init__(self) -> None:
-        if not 1 <= self.n_select < self.config.n_runs:
-            raise ValueError(
-                f"n_select must leave at least one evaluation run: 1 <= n_select < n_runs, got "
-                f"n_select={self.n_select}, n_runs={self.config.n_runs}"
-            )
+        for name in ("tune_iters", "tune_runs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        unknown = [e for e in self.grids if e not in ESTIMATOR_NAMES]
+        if unknown:
+            raise ValueError(f"grids names unknown estimator(s) {unknown}")
 
-    def as_config(self, estimator: str, seed: int) -> dict[str, Any]:
-        """The JSON-able configuration of one estimator's result file."""
-        return {"scale": self.scale, **asdict(self.config), "n_select": self.n_select,
-                "estimator": estimator, "knob_values": self.grids[estimator], "seed": seed}
+    @property
+    def tune_config(self) -> PolyProgConfig:
+        """The problem as run by the tuning stage."""
+        return replace(self.config, n_iters=self.tune_iters, n_runs=self.tune_runs)
+
+    def as_config(self, estimator: str, seed: int, stage: str,
+                  chosen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The JSON-able configuration of one stage's result file."""
+        base = {"scale": self.scale, "stage": stage, "estimator": estimator, "seed": seed,
+                **asdict(self.config)}
+        if stage == "tune":
+            base.update(tune_iters=self.tune_iters, tune_runs=self.tune_runs,
+                        knob_values=self.grids[estimator])
+        else:
+            base["chosen"] = chosen
+        return base
 
 
 def protocol(scale: str, *, smoke: bool = False) -> Protocol:
@@ -98,60 +140,114 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
     if scale not in ("small", "full"):
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     if scale == "full":
-        config = PolyProgConfig(n_samples=256, n_iters=1000, n_runs=8, record_every=10)
-        n_select = 3
+        config = PolyProgConfig(n_samples=256, n_iters=1000, n_runs=5, record_every=10)
+        tune_iters, tune_runs = 250, 2
     else:
-        config = PolyProgConfig(n_samples=16, n_iters=150, n_runs=4, record_every=5)
-        n_select = 2
+        config = PolyProgConfig(n_samples=16, n_iters=150, n_runs=5, record_every=5)
+        tune_iters, tune_runs = 50, 1
     grids = GRIDS[scale]
     if smoke:
-        config = replace(config, n_samples=4, n_iters=6, n_runs=3, record_every=2)
-        n_select = 1
+        config = replace(config, n_samples=4, n_iters=6, n_runs=2, record_every=2)
+        tune_iters, tune_runs = 4, 1
+        grids = {e: g[:2] for e, g in grids.items()}
     return Protocol(scale=scale + ("-smoke" if smoke else ""), config=config,
-                    n_select=n_select, grids=grids)
+                    tune_iters=tune_iters, tune_runs=tune_runs, grids=grids)
 
 
-def run_estimator(
-    estimator: str,
-    proto: Protocol,
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-    stop: StopCallback | None = None,
-) -> dict[str, Any]:
-    """Run one estimator over its grid; return the record stored in its result file."""
-    if estimator not in ESTIMATOR_NAMES:
-        raise ValueError(f"unknown estimator {estimator!r}; choose from {list(ESTIMATOR_NAMES)}")
-    start = time.perf_counter()
-    result = optimise(estimator, proto.grids[estimator], proto.config,
-                      seed=seed + ESTIMATOR_NAMES.index(estimator), device=device,
-                      progress=progress, stop=stop)
-    wall = time.perf_counter() - start
-    evaluation = result.gaps[:, :, proto.n_select:, :]
-    n_eval = evaluation.shape[2]
-    curve_se = (evaluation.std(dim=2) / math.sqrt(n_eval) if n_eval > 1
-                else torch.full_like(evaluation[:, :, 0], math.nan))
-    data = {
-        "estimator": estimator,
-        "knob_values": list(result.knob_values),
-        "powers": list(result.powers),
-        "steps": result.steps.tolist(),
-        "final_gap": result.gaps[..., -1],
-        "initial_gap": result.gaps[0, :, 0, 0],
-        "final_prob": result.final_probs,
-        "curve_mean": evaluation.mean(dim=2),
-        "curve_se": curve_se,
-        "wall_seconds": wall,
-    }
-    return {
-        "experiment": EXPERIMENT,
-        "name": f"{proto.scale}_{estimator}",
-        "config": proto.as_config(estimator, seed),
-        "seed": seed,
-        "metadata": runtime.run_metadata(),
-        "data": compact(data),
-    }
+def protocol_table(proto: Protocol) -> str:
+    """Markdown table: the authors' protocol beside ``proto``, with every deviation and why."""
+    c, full = proto.config, "full" in proto.scale
+
+    def grid(name: str, key: str) -> str:
+        values = sorted({k[key] for k in proto.grids[name]})
+        return ", ".join(f"{v:g}" for v in values)
+
+    def mark(ours: object, theirs: object) -> str:
+        return "same" if str(ours) == str(theirs) else "**differs**"
+
+    rows = [
+        ("variables L", "128", str(c.n_vars), ""),
+        ("target c", "0.45", f"{c.c:g}", ""),
+        ("exponents p", "1.5, 2, 3", ", ".join(f"{p:g}" for p in c.powers), ""),
+        ("samples per step", "256", str(c.n_samples),
+         "" if full else "small scale: a CPU page in seconds"),
+        ("Adam steps (lr)", "1000 (0.05)", f"{c.n_iters} ({c.lr:g})",
+         "" if full else "small scale: a CPU page in seconds"),
+        ("runs per reported row", "1", f"{c.n_runs} fresh seeds",
+         "95 % t-intervals need several seeds"),
+        ("knob choice", "fixed by the authors",
+         f"grid, {proto.tune_runs} run{'s' * (proto.tune_runs > 1)} x {proto.tune_iters} "
+         "steps",
+         "fair tuning of every estimator; fewer steps than the main runs to fit the budget"),
+        ("ReDGE-family t_1", "0.1 / 0.2 / 0.8", grid("redge", "t_1"), "grid past the choice"),
+        ("ReDGE-family n_steps", "3 / 5 / 5", grid("redge", "n_steps"), ""),
+        ("Gumbel tau", "0.02", grid("gumbel", "tau"), "grid past the choice"),
+        ("ReinMax tau", "1", grid("reinmax", "tau"), "tau >= 1 is ReinMax's domain"),
+    ]
+    lines = ["| setting | authors | ours | | why |", "|---|---|---|---|---|"]
+    for name, theirs, ours, why in rows:
+        lines.append(f"| {name} | {theirs} | {ours} | {mark(ours, theirs)} | {why} |")
+    return "\n".join(lines)
+
+
+def _seed(seed: int, estimator: str, offset: int) -> int:
+    return seed + offset + 10 * ESTIMATOR_NAMES.index(estimator)
+
+
+def choose(final_gap: list, n_powers: int) -> list[int]:
+    """For every exponent, the grid index with the lowest mean final gap over the runs."""
+    return [min(range(len(final_gap)), key=lambda g: float(np.mean(final_gap[g][i])))
+            for i in range(n_powers)]
+
+
+def run_tune(estimator: str, proto: Protocol, *, seed: int,
+             device: torch.device | str | None = None, progress: bool = False,
+             stop: StopCallback | None = None) -> dict[str, Any]:
+    """Stage 1: every grid value, ``tune_runs`` runs of ``tune_iters`` steps; the choice."""
+    tic = time.perf_counter()
+    result = optimise(estimator, proto.grids[estimator], proto.tune_config,
+                      seed=_seed(seed, estimator, 500), device=device, progress=progress,
+                      stop=stop)
+    final = result.gaps[..., -1]
+    chosen = choose(final.tolist(), len(result.powers))
+    return {"estimator": estimator, "knob_values": list(result.knob_values),
+            "powers": list(result.powers), "final_gap": final, "chosen_index": chosen,
+            "chosen": [result.knob_values[g] for g in chosen],
+            "wall_seconds": time.perf_counter() - tic}
+
+
+def run_main(estimator: str, proto: Protocol, chosen: list[dict[str, Any]], *, seed: int,
+             device: torch.device | str | None = None, progress: bool = False,
+             stop: StopCallback | None = None) -> dict[str, Any]:
+    """Stage 2: every exponent at its chosen knobs, ``config.n_runs`` fresh seeds.
+
+    Exponents that chose the same knobs run in one batched call (one estimator call per step
+    for all of them: on a GPU the cost of these small tensors is mostly kernel launches).
+    """
+    powers = proto.config.powers
+    groups: dict[str, list[int]] = {}
+    for i, knobs in enumerate(chosen):
+        groups.setdefault(repr(sorted(knobs.items())), []).append(i)
+    per_p: list[dict[str, Any] | None] = [None] * len(powers)
+    total_steps, tic = 0, time.perf_counter()
+    for g, members in enumerate(groups.values()):
+        config = replace(proto.config, powers=tuple(powers[i] for i in members))
+        result = optimise(estimator, [chosen[members[0]]], config,
+                          seed=_seed(seed, estimator, g), device=device, progress=progress,
+                          stop=stop)
+        for j, i in enumerate(members):
+            evaluation = result.gaps[0, j]                              # (R, T)
+            n = evaluation.shape[0]
+            se = (evaluation.std(dim=0) / math.sqrt(n) if n > 1
+                  else torch.full_like(evaluation[0], math.nan))
+            per_p[i] = {"p": powers[i], "knobs": result.knob_values[0],
+                        "final_gap": evaluation[:, -1], "final_prob": result.final_probs[0, j],
+                        "initial_gap": evaluation[0, 0], "curve_mean": evaluation.mean(dim=0),
+                        "curve_se": se}
+        total_steps += config.n_iters
+    wall = time.perf_counter() - tic
+    return {"estimator": estimator, "powers": list(powers), "steps": result.steps.tolist(),
+            "per_p": per_p, "wall_seconds": wall, "ms_per_step": 1000.0 * wall / total_steps}
 
 
 def run(
@@ -165,89 +261,222 @@ def run(
     progress: bool = False,
     save: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the experiment; return the records of the estimators run now or found.
+    """Run (or resume) the experiment; return the records of the stages run now or found.
 
-    With ``save=True`` every finished estimator is written at once to ``out`` (default
-    ``book/results/polyprog``), and an estimator whose file exists is loaded instead of rerun.
+    With ``save=True`` every finished stage is written at once to ``out`` (default
+    ``book/results/polyprog``), and a stage whose file exists is loaded instead of rerun.
     """
-    estimators = list(ESTIMATOR_NAMES) if estimators is None else estimators
+    estimators = list(proto.grids) if estimators is None else estimators
+    unknown = [e for e in estimators if e not in proto.grids]
+    if unknown:
+        raise ValueError(f"unknown estimator(s) {unknown}; choose from {list(proto.grids)}")
     folder = Path(out) if out is not None else runtime.results_dir(EXPERIMENT)
-    deadline = Deadline(max_minutes)
-    records = []
+    stages = Stages(EXPERIMENT, folder, seed=seed, save=save, max_minutes=max_minutes,
+                    device=device)
     for estimator in estimators:
-        try:
-            record = load_or_run(
-                EXPERIMENT, folder, f"{proto.scale}_{estimator}",
-                proto.as_config(estimator, seed),
-                lambda e=estimator: run_estimator(e, proto, seed=seed, device=device,
-                                                  progress=progress, stop=deadline.expired),
-                seed=seed, save=save, deadline=deadline, what=estimator)
-        except TrainingInterrupted:
-            print(f"polyprog: --max-minutes reached during {estimator}, which was discarded "
-                  "(rerun to resume)", file=sys.stderr)
+        grid = proto.grids[estimator]
+        chosen = [grid[0]] * len(proto.config.powers)
+        if len(grid) > 1:
+            tune = stages.run(
+                f"{proto.scale}_tune_{estimator}", proto.as_config(estimator, seed, "tune"),
+                lambda e=estimator: run_tune(e, proto, seed=seed, device=device,
+                                             progress=progress, stop=stages.deadline.expired))
+            if tune is None:
+                break
+            chosen = tune["data"]["chosen"]
+        main_record = stages.run(
+            f"{proto.scale}_{estimator}", proto.as_config(estimator, seed, "main", chosen),
+            lambda e=estimator, k=chosen: run_main(e, proto, k, seed=seed, device=device,
+                                                   progress=progress,
+                                                   stop=stages.deadline.expired))
+        if main_record is None:
             break
-        if record is not None:
-            records.append(record)
-    return records
+    return stages.records
+
+
+# --------------------------------------------------------------------------------- summaries
+
+
+def _normalise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """estimator -> ``{"tune": ..., "main": ..., "budget", "tune_budget"}`` in one layout.
+
+    Reads both the two-stage records written by :func:`run` and the earlier one-stage ones
+    (selection and evaluation runs of every grid value in one file).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for record in records:
+        config, data = record["config"], record["data"]
+        estimator = data["estimator"]
+        entry = out.setdefault(estimator, {"tune": None, "main": None, "device": None})
+        entry["device"] = record.get("metadata", {}).get("device_name")
+        if config.get("stage") == "tune":
+            entry["tune"] = {"knob_values": data["knob_values"], "powers": data["powers"],
+                             "final_gap": data["final_gap"],
+                             "chosen_index": data["chosen_index"],
+                             "budget": config["tune_iters"]}
+        elif config.get("stage") == "main":
+            entry["main"] = {"powers": data["powers"], "steps": data["steps"],
+                             "per_p": data["per_p"], "budget": config["n_iters"],
+                             "ms_per_step": data.get("ms_per_step")}
+        else:                                   # the earlier one-stage layout
+            n_select, grid = config["n_select"], data["knob_values"]
+            selection = [[runs[:n_select] for runs in per_grid] for per_grid in data["final_gap"]]
+            chosen = choose(selection, len(data["powers"]))
+            if len(grid) > 1:
+                entry["tune"] = {"knob_values": grid, "powers": data["powers"],
+                                 "final_gap": selection, "chosen_index": chosen,
+                                 "budget": config["n_iters"]}
+            per_p = []
+            for i, p in enumerate(data["powers"]):
+                g = chosen[i]
+                per_p.append({"p": p, "knobs": grid[g],
+                              "final_gap": data["final_gap"][g][i][n_select:],
+                              "final_prob": data["final_prob"][g][i][n_select:],
+                              "initial_gap": data["initial_gap"][i],
+                              "curve_mean": data["curve_mean"][g][i],
+                              "curve_se": data["curve_se"][g][i]})
+            entry["main"] = {"powers": data["powers"], "steps": data["steps"], "per_p": per_p,
+                             "budget": config["n_iters"], "ms_per_step": None}
+    return out
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Tables, curves and verdicts from result records (stored or freshly computed).
+    """Tables, curves and verdicts from result records (stored or freshly computed) of one scale.
 
-    For each exponent ``p`` and estimator: the knob value with the lowest mean final gap on the
-    selection runs, and the mean +- SE of the final gap on the evaluation runs at that value.
-
-    Returns a dict with ``rows`` (one per ``(p, estimator)``), ``curves`` (``(p, estimator) ->
-    (steps, mean, se)``), ``verdicts`` (``(p, redge-family member) -> dict``), ``powers``,
-    ``estimators`` and ``scale``.
+    Returns a dict with ``rows`` (one per ``(p, estimator)``: chosen knobs, mean final gap and
+    its 95 % t-interval, ``gap_se``, mean probability ``prob_mean``, ``n_eval`` runs, ``budget``,
+    ``at_edge``: whether the choice lies at an end of a tuned grid axis), ``curves`` (``(p,
+    estimator) -> (steps, mean, se)``), ``verdicts`` (``(p, ReDGE-family member) -> dict``,
+    Welch's test against the best other estimator), ``tuning`` (estimator -> tune data),
+    ``powers``, ``estimators``, ``scale`` and ``device``.
     """
     if not records:
         raise ValueError("records is empty: nothing to summarise")
     scales = {r["config"]["scale"] for r in records}
     if len(scales) != 1:
         raise ValueError(f"records mix scales {sorted(scales)}; summarise one scale at a time")
-    rows, curves = [], {}
-    best: dict[tuple[float, str], tuple[float, float]] = {}
-    powers = records[0]["data"]["powers"]
-    for record in records:
-        data, n_select = record["data"], record["config"]["n_select"]
-        estimator = data["estimator"]
-        for i_p, p in enumerate(data["powers"]):
-            selection = [mean_se(data["final_gap"][g][i_p][:n_select])[0]
-                         for g in range(len(data["knob_values"]))]
-            g = min(range(len(selection)), key=selection.__getitem__)
-            mean, se = mean_se(data["final_gap"][g][i_p][n_select:])
-            prob, _ = mean_se(data["final_prob"][g][i_p][n_select:])
+    table = _normalise(records)
+    rows, curves, gaps = [], {}, {}
+    powers: list[float] = []
+    for estimator in [e for e in ESTIMATOR_NAMES if e in table]:
+        main = table[estimator]["main"]
+        if main is None:
+            continue
+        tune = table[estimator]["tune"]
+        for entry in main["per_p"]:
+            p = entry["p"]
+            if p not in powers:
+                powers.append(p)
+            values = [float(v) for v in entry["final_gap"]]
+            mean, low, high = t_interval(values)
+            se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 \
+                else math.nan
             rows.append({
                 "p": p, "estimator": estimator, "label": label(estimator),
-                "knobs": data["knob_values"][g], "knob_text": knob_text(data["knob_values"][g]),
-                "gap_mean": mean, "gap_se": se, "prob_mean": prob,
-                "initial_gap": data["initial_gap"][i_p],
-                "n_eval": len(data["final_gap"][g][i_p]) - n_select,
-                "selection": selection,
+                "knobs": entry["knobs"], "knob_text": knob_text(entry["knobs"]),
+                "gap_mean": mean, "gap_low": low, "gap_high": high, "gap_se": se,
+                "prob_mean": float(np.mean(entry["final_prob"])),
+                "initial_gap": float(entry["initial_gap"]), "n_eval": len(values),
+                "budget": main["budget"], "at_edge": _at_edge(entry["knobs"], tune),
             })
-            curves[(p, estimator)] = (data["steps"], data["curve_mean"][g][i_p],
-                                      data["curve_se"][g][i_p])
-            best[(p, estimator)] = (mean, se)
+            curves[(p, estimator)] = (main["steps"], entry["curve_mean"], entry["curve_se"])
+            gaps[(p, estimator)] = values
     verdicts = {}
     for p in powers:
-        others = [(best[(p, e)][0], e) for e in {r["estimator"] for r in rows}
-                  if e not in REDGE_FAMILY and (p, e) in best]
+        others = [e for (q, e) in gaps if q == p and e not in REDGE_FAMILY]
         if not others:
             continue
-        _, rival = min(others)
+        rival = min(others, key=lambda e: float(np.mean(gaps[(p, e)])))
+        initial = next(r["initial_gap"] for r in rows if r["p"] == p)
         for member in REDGE_FAMILY:
-            if (p, member) not in best:
+            if (p, member) not in gaps:
                 continue
-            (m, s), (rm, rs) = best[(p, member)], best[(p, rival)]
-            initial = next(r["initial_gap"] for r in rows if r["p"] == p)
+            a, b = gaps[(p, member)], gaps[(p, rival)]
             verdicts[(p, member)] = {
-                "verdict": verdict(m, s, rm, rs, tolerance=1e-6 * initial),
-                "rival": rival, "mean": m, "se": s, "rival_mean": rm, "rival_se": rs,
+                "verdict": welch_verdict(a, b, tolerance=1e-6 * initial),
+                "rival": rival, "mean": float(np.mean(a)), "rival_mean": float(np.mean(b)),
             }
+    device = next((t["device"] for t in table.values() if t["device"]), None)
     return {"rows": rows, "curves": curves, "verdicts": verdicts, "powers": powers,
-            "estimators": [r["data"]["estimator"] for r in records],
-            "scale": records[0]["config"]["scale"]}
+            "estimators": [e for e in ESTIMATOR_NAMES if (powers[0], e) in gaps] if powers
+            else [], "tuning": {e: t["tune"] for e, t in table.items() if t["tune"]},
+            "scale": next(iter(scales)), "device": device}
+
+
+def _at_edge(knobs: dict[str, Any], tune: dict[str, Any] | None) -> bool:
+    """Whether some tuned knob of ``knobs`` sits at the smallest or largest grid value."""
+    if tune is None:
+        return False
+    for key, value in knobs.items():
+        values = sorted({k[key] for k in tune["knob_values"] if key in k})
+        if len(values) > 1 and value in (values[0], values[-1]):
+            return True
+    return False
+
+
+def summary_rows(records: list[dict[str, Any]]) -> list[Row]:
+    """``summary.csv`` rows: ``final_gap`` and ``final_mean_q`` of the reported runs, and one
+    ``tune_final_gap`` row per grid value and exponent (the tuning runs)."""
+    rows: list[Row] = []
+    table = _normalise(records)
+    for estimator, entry in sorted(table.items(), key=lambda i: ESTIMATOR_NAMES.index(i[0])):
+        main, tune = entry["main"], entry["tune"]
+        if main is not None:
+            for item in main["per_p"]:
+                setting = f"p={item['p']:g}"
+                for metric, key in (("final_gap", "final_gap"), ("final_mean_q", "final_prob")):
+                    rows.append(summary_row(EXPERIMENT, setting, estimator, item["knobs"], metric,
+                                            main["budget"], [float(v) for v in item[key]]))
+        if tune is not None:
+            for i, p in enumerate(tune["powers"]):
+                for g, knobs in enumerate(tune["knob_values"]):
+                    rows.append(summary_row(EXPERIMENT, f"p={p:g}", estimator, knobs,
+                                            "tune_final_gap", tune["budget"],
+                                            [float(v) for v in tune["final_gap"][g][i]]))
+    return rows
+
+
+def write_summary_csv(folder: str | Path | None = None, scale: str = "full") -> Path | None:
+    """Regenerate ``<folder>/summary.csv`` from the stored ``<scale>_*.json``; None if none."""
+    folder = Path(folder) if folder is not None else runtime.results_dir(EXPERIMENT)
+    records = load_records(folder, scale)
+    if not records:
+        return None
+    return write_summary(EXPERIMENT, summary_rows(records), root=folder)
+
+
+def measure_throughput(proto: Protocol, *, n_iters: int = 10,
+                       device: torch.device | str | None = None) -> dict[str, float]:
+    """Projected seconds of each estimator's stages at ``proto``, from ``n_iters`` timed steps.
+
+    Each stage is run for ``n_iters`` steps (after one warm-up step) with its real batch shape
+    (the whole tuning grid; one knob value and one exponent per main run), and its time is
+    scaled to the stage's number of steps. Returns estimator -> seconds and ``"total"``.
+    """
+    out: dict[str, float] = {}
+
+    def timed(estimator: str, grid: list, config: PolyProgConfig) -> float:
+        optimise(estimator, grid, replace(config, n_iters=1), device=device)
+        tic = time.perf_counter()
+        optimise(estimator, grid, replace(config, n_iters=n_iters, record_every=n_iters),
+                 device=device)
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - tic) / n_iters
+
+    for estimator, grid in proto.grids.items():
+        seconds = 0.0
+        if len(grid) > 1:
+            seconds += timed(estimator, grid, proto.tune_config) * proto.tune_iters
+        main = replace(proto.config, powers=proto.config.powers[:1])
+        seconds += (timed(estimator, grid[:1], main) * proto.config.n_iters
+                    * len(proto.config.powers))
+        out[estimator] = seconds
+    out["total"] = sum(out.values())
+    return out
+
+
+# ----------------------------------------------------------------------------------- plots
 
 
 def plot_gap_curves(summary: dict[str, Any], axes: Any) -> None:
@@ -272,20 +501,32 @@ def plot_gap_curves(summary: dict[str, Any], axes: Any) -> None:
     axes[0].set_ylabel("optimality gap  F(θ) − c^p")
 
 
+def _add_summarise(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summarise", action="store_true",
+                        help="only regenerate summary.csv from the stored result files")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES)
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, tuple(GRIDS["full"]),
+                    extra=_add_summarise)
     args = cli.args
+    if args.summarise:
+        path = write_summary_csv(cli.folder, cli.proto.scale)
+        print(f"polyprog: {path or 'no stored ' + cli.proto.scale + ' results'}")
+        return 0 if path else 3
     try:
         records = run(cli.proto, cli.estimators, out=cli.folder, seed=args.seed,
                       device=cli.device, max_minutes=args.max_minutes,
                       progress=not args.no_progress)
     except ValueError as error:
         cli.fail(error)
-    for row in summarise(records)["rows"] if records else []:
+    mains = [r for r in records if r["config"].get("stage") == "main"]
+    for row in summarise(mains)["rows"] if mains else []:
         print(f"p={row['p']:<4g} {row['label']:<18} {row['knob_text']:<16} "
-              f"gap {row['gap_mean']:.3e} ± {row['gap_se']:.1e}")
-    return cli.finish(len(records), len(cli.estimators), "estimators")
+              f"gap {row['gap_mean']:.3e} [{row['gap_low']:.1e}, {row['gap_high']:.1e}]")
+    write_summary_csv(cli.folder, cli.proto.scale)
+    return cli.finish(len(mains), len(cli.estimators), "estimators")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ...registry import ALL_ESTIMATORS
 from .. import runtime
 
 __all__ = [
@@ -45,16 +46,7 @@ COLUMNS: tuple[str, ...] = (
 )
 
 #: Values allowed in the ``estimator`` column (registry names, plus the unguided baseline).
-ESTIMATOR_NAMES: tuple[str, ...] = (
-    "st",
-    "gumbel",
-    "reinmax",
-    "redge",
-    "redge_cov",
-    "reindge",
-    "reinforce",
-    "unguided",
-)
+ESTIMATOR_NAMES: tuple[str, ...] = (*ALL_ESTIMATORS, "unguided")
 
 
 @dataclass(frozen=True)

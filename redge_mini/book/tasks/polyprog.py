@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ...registry import check_knobs, make_estimator
-from ...score_function import reinforce_loss
+from ...registry import ALL_ESTIMATORS, check_knobs, get_spec, make_loss
 from ...validation import check_int
 from . import StopCallback, TrainingInterrupted
 
@@ -46,7 +45,7 @@ __all__ = [
     "st_stationary_prob",
 ]
 
-ESTIMATOR_NAMES = ("st", "gumbel", "reinmax", "redge", "redge_cov", "reindge", "reinforce")
+ESTIMATOR_NAMES = tuple(ALL_ESTIMATORS)
 """Every estimator :func:`optimise` accepts (``"reinforce"`` is RLOO over the batch)."""
 
 
@@ -215,12 +214,7 @@ def normalise_grid(
     for knobs in knob_values:
         if not isinstance(knobs, dict):
             raise TypeError(f"every entry of knob_values must be a dict, got {knobs!r}")
-        if estimator == "reinforce":
-            if knobs:
-                raise ValueError(f"estimator 'reinforce' has no knob, got {sorted(knobs)}")
-            out.append({})
-        else:
-            out.append(check_knobs(estimator, **knobs))
+        out.append(check_knobs(estimator, **knobs))
     return tuple(out)
 
 
@@ -264,28 +258,23 @@ def optimise(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     device = torch.device("cpu") if device is None else torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    if estimator == "reinforce" and config.n_samples < 2:
-        raise ValueError("estimator 'reinforce' needs n_samples >= 2 (leave-one-out baseline)")
+    # every estimator's surrogate loss says how many samples it needs (RLOO: 2)
+    check_int(config.n_samples, "n_samples", get_spec(estimator).min_samples)
 
     n_grid, n_pow = len(grid), len(config.powers)
     shape = (n_grid, n_pow, config.n_runs, config.n_vars, 2)
     logits = torch.zeros(shape, device=device, requires_grad=True)
     powers = torch.tensor(config.powers, dtype=torch.float32, device=device)
     p_runs = powers.view(1, n_pow, 1).expand(n_grid, n_pow, config.n_runs)
-    samplers = [None if estimator == "reinforce" else make_estimator(estimator, **knobs)
-                for knobs in grid]
+    losses = [make_loss(estimator, **knobs) for knobs in grid]
     optimiser = torch.optim.Adam([logits], lr=config.lr)
     c, n_samples = config.c, config.n_samples
 
     def loss_of(g: int) -> torch.Tensor:
-        theta = logits[g]                                       # (P, R, L, 2)
-        if samplers[g] is None:
-            p = powers.view(1, n_pow, 1)                        # against (S, P, R)
-            return reinforce_loss(lambda x: objective(x, c, p), theta, n_samples,
-                                  generator=generator).sum()
-        batch = theta.unsqueeze(2).expand(n_pow, config.n_runs, n_samples, config.n_vars, 2)
-        x = samplers[g](batch, generator=generator)
-        return objective(x, c, powers.view(n_pow, 1, 1)).mean(dim=-1).sum()
+        # the surrogate loss of any estimator: mean over n_samples draws (S, P, R, L, 2) of f
+        p = powers.view(1, n_pow, 1)                            # against (S, P, R)
+        return losses[g](lambda x: objective(x, c, p), logits[g], n_samples,
+                         generator=generator).sum()
 
     records, steps = [], []
     with torch.no_grad():

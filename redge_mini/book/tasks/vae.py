@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...exact import enumerate_onehot
 from ...registry import check_knobs, make_estimator
 from ...score_function import sample_onehot
 from ...validation import check_int
@@ -46,6 +47,7 @@ __all__ = [
     "Member",
     "VAEConfig",
     "enumerate_latents",
+    "epoch_order",
     "evaluate",
     "exact_log_likelihood",
     "importance_weighted_bound",
@@ -55,6 +57,7 @@ __all__ = [
     "negative_elbo_per_datum",
     "prior_samples",
     "reconstruct",
+    "share_initialisation",
     "time_training_steps",
     "train",
 ]
@@ -215,6 +218,36 @@ class EnsembleVAE(nn.Module):
         return self._mlp(self.decoder, z.flatten(start_dim=-2))
 
 
+@torch.no_grad()
+def share_initialisation(model: EnsembleVAE, members: Sequence[Member]) -> EnsembleVAE:
+    """Give every member the initial weights of the first member with the same replicate.
+
+    With :func:`train`'s mini-batch order also shared by replicate, replicate ``r`` of two
+    estimators then starts from the same network and sees the same batches: only the estimator
+    (and its random draws) differs, so results can be compared *paired* by replicate.
+    """
+    if len(members) != model.n_models:
+        raise ValueError(f"members has {len(members)} entries for {model.n_models} models")
+    first: dict[int, int] = {}
+    source = [first.setdefault(m.replicate, i) for i, m in enumerate(members)]
+    index = torch.tensor(source, device=next(model.parameters()).device)
+    for parameter in model.parameters():
+        parameter.copy_(parameter[index])
+    return model
+
+
+def epoch_order(replicate: torch.Tensor, n_data: int, generator: torch.Generator | None = None,
+                n_orders: int | None = None) -> torch.Tensor:
+    """One random permutation of ``range(n_data)`` per replicate label: ``(R, n_data)``.
+
+    Row ``i`` is the permutation of label ``replicate[i]``, so members with the same label see
+    the same mini-batches. ``n_orders`` (default ``max(replicate) + 1``) permutations are drawn.
+    """
+    n_orders = int(replicate.max()) + 1 if n_orders is None else n_orders
+    return torch.rand(n_orders, n_data, device=replicate.device,
+                      generator=generator).argsort(dim=1)[replicate]
+
+
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     """``KL(q || Uniform)`` summed over the latents: ``sum_l sum_k q log q + L log K``.
 
@@ -281,6 +314,10 @@ class History:
         valid_neg_elbo: ``(R, T)`` ``-ELBO`` on the validation set with exact samples (empty if
             no validation set was given).
         seconds: wall time of the training loop.
+        test_neg_elbo: ``(R, T)`` ``-ELBO`` on the test set with exact samples (empty if no test
+            set was given); with ``valid_neg_elbo`` it gives the held-out ``-ELBO`` at the
+            best-validation evaluation (:meth:`at_best_validation`).
+        steps_per_epoch: optimiser steps per epoch.
     """
 
     epochs: torch.Tensor
@@ -289,6 +326,16 @@ class History:
     train_neg_elbo_exact: torch.Tensor
     valid_neg_elbo: torch.Tensor
     seconds: float
+    test_neg_elbo: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
+    steps_per_epoch: int = 0
+
+    def at_best_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(epoch, test -ELBO)`` per model at its lowest recorded validation ``-ELBO``."""
+        if self.valid_neg_elbo.numel() == 0 or self.test_neg_elbo.numel() == 0:
+            raise ValueError("at_best_validation needs validation and test histories")
+        best = self.valid_neg_elbo.argmin(dim=1)
+        test = self.test_neg_elbo.gather(1, best[:, None])[:, 0]
+        return self.eval_epochs[best], test
 
 
 @torch.no_grad()
@@ -334,6 +381,7 @@ def train(
     x_train: torch.Tensor,
     *,
     x_valid: torch.Tensor | None = None,
+    x_test: torch.Tensor | None = None,
     n_epochs: int | None = None,
     generator: torch.Generator | None = None,
     monitor: int = 1000,
@@ -342,17 +390,20 @@ def train(
 ) -> History:
     """Train every model of ``model`` with its member's estimator; return the :class:`History`.
 
-    Each model draws its own random permutation of ``x_train`` every epoch (the last incomplete
-    batch is dropped), its latent sample from its estimator, and takes one Adam step on its mean
-    single-sample ``-ELBO``. Every ``config.eval_every`` epochs (and after the last) the
-    exact-sample ``-ELBO`` on ``x_valid`` and on the first ``monitor`` training images is
-    recorded.
+    Every epoch draws one random permutation of ``x_train`` per replicate label (members with
+    the same :attr:`Member.replicate` see the same mini-batches; the last incomplete batch is
+    dropped); each model draws its latent sample from its estimator and takes one Adam step on
+    its mean single-sample ``-ELBO``. Every ``config.eval_every`` epochs (and after the last)
+    the exact-sample ``-ELBO`` on ``x_valid``, on ``x_test`` and on the first ``monitor``
+    training images is recorded.
 
     Args:
         model: the ensemble (trained in place).
         members: one :class:`Member` per model, in order.
         x_train: ``(N, n_pixels)`` tensor on the model's device.
         x_valid: optional validation images.
+        x_test: optional test images (recorded so that the test ``-ELBO`` at the
+            best-validation evaluation can be reported: early stopping without checkpoints).
         n_epochs: overrides ``model.config.n_epochs``.
         generator: source of every random draw (permutations, samples), on the model's device.
         monitor: number of training images in the recorded exact-sample ``-ELBO``.
@@ -376,13 +427,15 @@ def train(
     device = x_train.device
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     groups = _groups(members)
+    replicate = torch.tensor([m.replicate for m in members], device=device)
+    n_orders = int(replicate.max()) + 1
     losses, evals = [], []
     eval_epochs: list[int] = []
     start = time.perf_counter()
     for epoch in tqdm(range(1, n_epochs + 1), disable=not progress, desc="VAE", leave=False):
         if stop is not None and stop():
             raise TrainingInterrupted(f"VAE training stopped before epoch {epoch}")
-        order = torch.rand(n_models, n_data, device=device, generator=generator).argsort(dim=1)
+        order = epoch_order(replicate, n_data, generator, n_orders)
         epoch_loss = torch.zeros(n_models, device=device)
         for b in range(n_batches):
             index = order[:, b * batch:(b + 1) * batch]
@@ -398,18 +451,22 @@ def train(
         if epoch % config.eval_every == 0 or epoch == n_epochs:
             eval_epochs.append(epoch)
             row = [mean_negative_elbo(model, x_train[:monitor], generator=generator)]
-            if x_valid is not None:
-                row.append(mean_negative_elbo(model, x_valid, generator=generator))
+            for extra in (x_valid, x_test):
+                if extra is not None:
+                    row.append(mean_negative_elbo(model, extra, generator=generator))
             evals.append(torch.stack(row))
     seconds = time.perf_counter() - start
-    stacked = torch.stack(evals, dim=-1).cpu()                    # (1 or 2, R, T)
+    stacked = torch.stack(evals, dim=-1).cpu()                    # (1 to 3, R, T)
+    empty = torch.empty(n_models, 0)
     return History(
         epochs=torch.arange(1, n_epochs + 1),
         train_loss=torch.stack(losses, dim=-1).cpu(),
         eval_epochs=torch.tensor(eval_epochs),
         train_neg_elbo_exact=stacked[0],
-        valid_neg_elbo=stacked[1] if x_valid is not None else torch.empty(n_models, 0),
+        valid_neg_elbo=stacked[1] if x_valid is not None else empty,
         seconds=seconds,
+        test_neg_elbo=stacked[-1] if x_test is not None else empty,
+        steps_per_epoch=n_batches,
     )
 
 
@@ -458,16 +515,10 @@ def importance_weighted_bound(
 def enumerate_latents(n_latent: int, n_classes: int, *, device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32, start: int = 0,
                       stop: int | None = None) -> torch.Tensor:
-    """One-hot codes of the configurations ``start..stop-1`` of ``K^L`` (base-``K`` digits).
-
-    Returns ``(M, L, K)``; configuration ``m`` has class ``(m // K^l) % K`` at latent ``l``.
-    """
-    total = n_classes**n_latent
-    stop = total if stop is None else min(stop, total)
-    index = torch.arange(start, stop, device=device)
-    powers = n_classes ** torch.arange(n_latent, device=device)
-    digits = (index[:, None] // powers) % n_classes
-    return F.one_hot(digits, n_classes).to(dtype)
+    """One-hot codes ``(M, L, K)`` of the configurations ``start..stop-1`` of ``K^L``:
+    :func:`redge_mini.exact.enumerate_onehot` (base-``K`` digits, latent 0 the slowest)."""
+    return enumerate_onehot(n_latent, n_classes, dtype=dtype, device=device,
+                            max_configs=n_classes**n_latent, start=start, stop=stop)
 
 
 @torch.no_grad()

@@ -1,0 +1,221 @@
+"""Run the five experiments one after another, resumably, and record the device that ran them.
+
+Usage::
+
+    python -m redge_mini.book.experiments.run_all --scale full                 # all five
+    python -m redge_mini.book.experiments.run_all --scale full --only polyprog,vae
+    python -m redge_mini.book.experiments.run_all --scale full --project       # time estimate
+    python -m redge_mini.book.experiments.run_all --summarise                  # summary.csv only
+
+Each experiment runs in its own process (``python -m redge_mini.book.experiments.<name>``), never
+two at once, so no timing is made under contention and a crash of one does not lose the others.
+The scripts are resumable stage by stage (a finished stage is a result file that is loaded, not
+recomputed), and this runner keeps a manifest ``<out>/run_all.json``: the device, the software,
+and for every experiment each attempt's start, duration and exit status. An experiment that
+finished (exit status 0) at this scale is not started again unless ``--recheck`` is given. After
+each experiment its ``summary.csv`` is regenerated from the stored files when the script offers
+``write_summary_csv``.
+
+``--project`` times a few steps of every stage at its real batch shape on this device (for the
+experiments whose module offers ``measure_throughput``) and prints the projected full-scale
+minutes, without running anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import runtime
+from . import resolve_device
+
+__all__ = ["EXPERIMENTS", "device_description", "main", "project", "run_experiment",
+           "summarise_all"]
+
+#: The experiments in the order they run (cheapest and most basic first).
+EXPERIMENTS: tuple[str, ...] = ("polyprog", "vae", "sudoku", "mdm_guidance", "image_guidance")
+
+MANIFEST = "run_all.json"
+
+
+def device_description(device: torch.device) -> dict[str, Any]:
+    """Device, CPU model, core count and software versions, for the manifest."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"device": device.type, "cpu": cpu, "cpu_count": os.cpu_count(),
+           "torch": torch.__version__, "python": platform.python_version(),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    if device.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        out["device_name"] = cpu
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {"runs": {}}
+
+
+def _save_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_experiment(name: str, *, scale: str, device: torch.device, folder: Path,
+                   max_minutes: float | None, extra: list[str] | None = None) -> tuple[int, float]:
+    """Run one experiment script in a child process; return ``(exit status, seconds)``."""
+    command = [sys.executable, "-m", f"redge_mini.book.experiments.{name}", "--scale", scale,
+               "--device", device.type, "--out", str(folder), "--no-progress", *(extra or [])]
+    if max_minutes is not None:
+        command += ["--max-minutes", f"{max_minutes:.3f}"]
+    env = {**os.environ, "REDGE_SCALE": scale, "PYTHONUNBUFFERED": "1"}
+    tic = time.perf_counter()
+    status = subprocess.call(command, env=env)
+    return status, time.perf_counter() - tic
+
+
+def summarise_all(root: Path, scale: str, names: list[str]) -> dict[str, str]:
+    """Regenerate every ``summary.csv`` that a script knows how to write; name -> outcome."""
+    out = {}
+    for name in names:
+        module = importlib.import_module(f"redge_mini.book.experiments.{name}")
+        writer = getattr(module, "write_summary_csv", None)
+        if writer is None:
+            out[name] = "the script writes no summary.csv from stored files"
+            continue
+        path = writer(root / name, scale)
+        out[name] = str(path) if path else f"no stored {scale} results"
+    return out
+
+
+def project(names: list[str], device: torch.device, scale: str = "full") -> dict[str, float]:
+    """Projected seconds of each experiment at ``scale`` on ``device`` (where measurable)."""
+    out = {}
+    for name in names:
+        module = importlib.import_module(f"redge_mini.book.experiments.{name}")
+        measure = getattr(module, "measure_throughput", None)
+        if measure is None:
+            print(f"run_all: {name} offers no measure_throughput; no projection", file=sys.stderr)
+            continue
+        tic = time.perf_counter()
+        estimate = measure(module.protocol(scale), device=device)
+        out[name] = float(estimate["total"])
+        print(f"run_all: {name}: projected {out[name] / 60:.1f} min on {device.type} "
+              f"(measured in {time.perf_counter() - tic:.0f} s)", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; exit status 0 when every experiment finished, else 3 (or 1)."""
+    parser = argparse.ArgumentParser(prog="python -m redge_mini.book.experiments.run_all",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=("small", "full"), default="full")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated experiments (default all: {', '.join(EXPERIMENTS)})")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results root (default: book/results); one folder per experiment")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="overall budget: no experiment starts a new stage after it")
+    parser.add_argument("--recheck", action="store_true",
+                        help="start experiments that the manifest lists as finished too")
+    parser.add_argument("--project", action="store_true",
+                        help="only measure throughput and print projected full-scale times")
+    parser.add_argument("--summarise", action="store_true",
+                        help="only regenerate the summary.csv files from stored results")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, same code path (passed on to every script)")
+    args = parser.parse_args(argv)
+    try:
+        names = EXPERIMENTS if args.only is None else tuple(
+            n.strip() for n in args.only.split(",") if n.strip())
+        unknown = [n for n in names if n not in EXPERIMENTS]
+        if unknown or not names:
+            raise ValueError(f"--only: unknown experiment(s) {unknown}; choose from "
+                             f"{list(EXPERIMENTS)}")
+        device = resolve_device(args.device)
+        if args.max_minutes is not None and not args.max_minutes > 0:
+            raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
+    except ValueError as error:
+        parser.error(str(error))
+    root = args.out if args.out is not None else runtime.results_dir()
+    scale = args.scale + ("-smoke" if args.smoke else "")     # the result files' prefix
+    extra = ["--smoke"] if args.smoke else []
+    if args.summarise:
+        for name, outcome in summarise_all(root, scale, list(names)).items():
+            print(f"{name}: {outcome}")
+        return 0
+    if args.project:
+        estimate = project(list(names), device, args.scale)
+        path = root / f"projection_{device.type}.json"
+        _save_manifest(path, {"device": device_description(device), "measured_utc": _now(),
+                              "projected_seconds": estimate,
+                              "total_seconds": sum(estimate.values())})
+        print(f"projected total {sum(estimate.values()) / 60:.1f} min ({path})")
+        return 0
+
+    manifest_path = root / MANIFEST
+    manifest = _load_manifest(manifest_path)
+    start = time.perf_counter()
+    unfinished = 0
+    for name in names:
+        entry = manifest["runs"].setdefault(f"{scale}/{name}", {"attempts": []})
+        if entry.get("status") == "finished" and not args.recheck:
+            print(f"run_all: {name} finished earlier ({entry['attempts'][-1]['started']}), "
+                  "skipped", file=sys.stderr)
+            continue
+        left = None
+        if args.max_minutes is not None:
+            left = args.max_minutes - (time.perf_counter() - start) / 60
+            if left <= 0:
+                print(f"run_all: --max-minutes reached before {name} (rerun to resume)",
+                      file=sys.stderr)
+                unfinished += 1
+                continue
+        started = _now()
+        print(f"run_all: {name} ({args.scale}, {device.type}) started {started}", file=sys.stderr)
+        status, seconds = run_experiment(name, scale=args.scale, device=device,
+                                         folder=root / name, max_minutes=left, extra=extra)
+        entry["attempts"].append({"started": started, "seconds": round(seconds, 1),
+                                  "exit_status": status,
+                                  "device": device_description(device)})
+        entry["status"] = "finished" if status == 0 else (
+            "unfinished" if status == 3 else "failed")
+        manifest["device"] = device_description(device)
+        _save_manifest(manifest_path, manifest)
+        unfinished += status != 0
+        print(f"run_all: {name} {entry['status']} in {seconds:.0f} s", file=sys.stderr)
+        for key, outcome in summarise_all(root, scale, [name]).items():
+            print(f"run_all: {key} summary: {outcome}", file=sys.stderr)
+    print(f"run_all: {len(names) - unfinished}/{len(names)} experiments finished in "
+          f"{time.perf_counter() - start:.0f} s; manifest {manifest_path}")
+    return 0 if unfinished == 0 else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

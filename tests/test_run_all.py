@@ -1,0 +1,57 @@
+"""The one-command runner: sequential, resumable, recording the device; summaries on demand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from redge_mini.book.experiments import run_all
+from redge_mini.book.experiments.summary import read_summary
+
+
+def test_runner_runs_in_order_records_the_device_and_resumes(tmp_path) -> None:
+    argv = ["--smoke", "--scale", "small", "--only", "polyprog,vae", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert run_all.main(argv) == 0
+    manifest = json.loads((tmp_path / "run_all.json").read_text())
+    runs = manifest["runs"]
+    assert list(runs) == ["small-smoke/polyprog", "small-smoke/vae"]
+    for entry in runs.values():
+        assert entry["status"] == "finished" and len(entry["attempts"]) == 1
+        assert entry["attempts"][0]["device"]["device"] == "cpu"
+        assert entry["attempts"][0]["exit_status"] == 0
+    # The attempts ran one after the other, in the order asked for.
+    first, second = (runs[k]["attempts"][0] for k in runs)
+    assert first["started"] <= second["started"]
+    assert read_summary("polyprog", root=tmp_path / "polyprog")
+    assert read_summary("vae", root=tmp_path / "vae")
+    stored = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json") if p.parent != tmp_path}
+    # A second call starts nothing: finished experiments are neither redone nor lost.
+    assert run_all.main(argv) == 0
+    again = json.loads((tmp_path / "run_all.json").read_text())
+    assert all(len(e["attempts"]) == 1 for e in again["runs"].values())
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    # --recheck starts the scripts again, which load their finished stages instead of rerunning.
+    assert run_all.main([*argv, "--recheck"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    (tmp_path / "vae" / "summary.csv").unlink()
+    assert run_all.main([*argv, "--summarise"]) == 0
+    assert (tmp_path / "vae" / "summary.csv").is_file()
+
+
+def test_runner_refuses_bad_input(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        run_all.main(["--only", "polyprog,chess", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "--only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_all.main(["--max-minutes", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        run_all.main(["--device", "tpu", "--out", str(tmp_path)])
+
+
+def test_device_description_names_the_device() -> None:
+    import torch
+
+    info = run_all.device_description(torch.device("cpu"))
+    assert info["device"] == "cpu" and info["cpu_count"] >= 1 and info["torch"]
