@@ -1,7 +1,10 @@
 # Two commands (see README.md):
-#   make book   install into .venv, build the site into _build/html executing every chapter
-#   make test   install into .venv, then lint, unit tests, nbval, strict book build, timing table
-# Needs only Python 3.11 and pip. PYTHON picks the interpreter that creates the venv.
+#   make book   install into .venv, build the site into _build/html executing every chapter, with
+#               the wheel and stored results that downloaded notebooks install, and the book's PDF
+#   make test   install into .venv, then lint, unit tests, nbval, strict book build, browser
+#               check, a downloaded notebook run in a fresh environment, timing table
+# Needs only Python 3.11 and pip (and Chromium for the PDF and the browser check: .ci/run).
+# PYTHON picks the interpreter that creates the venv.
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,11 +17,12 @@ JB_FLAGS := --all -W -n --keep-going
 NBVAL_CELL_TIMEOUT ?= 300
 export NBVAL_CELL_TIMEOUT
 
-.PHONY: book test install lint unit nbval build-strict browser-check check-html exec-table clean
+.PHONY: book test install lint unit nbval build-strict site-extras pdf browser-check \
+	downloaded-notebook exec-table clean
 
 book: install
 	$(BIN)/jupyter-book build $(JB_FLAGS) .
-	$(PY) scripts/book_tools.py check-html _build/html
+	$(MAKE) --no-print-directory site-extras
 	@echo "Site built: $(CURDIR)/_build/html/index.html"
 
 test: install
@@ -27,6 +31,7 @@ test: install
 	$(MAKE) --no-print-directory nbval
 	$(MAKE) --no-print-directory build-strict
 	$(MAKE) --no-print-directory browser-check
+	$(MAKE) --no-print-directory downloaded-notebook
 	$(MAKE) --no-print-directory exec-table
 
 install: $(STAMP)
@@ -49,12 +54,31 @@ nbval:
 
 build-strict:
 	$(BIN)/jupyter-book build $(JB_FLAGS) .
+	$(MAKE) --no-print-directory site-extras
+
+# What the site publishes beside its pages: the wheel of redge_mini and the stored results that a
+# downloaded notebook's first cell installs (_build/html/_static/dist), and the book as one PDF
+# (_build/html/_static/redge-book.pdf, linked from the teachers' page). Then: nothing remote.
+site-extras:
+	$(PY) scripts/book_tools.py publish _build/html
+	$(PY) scripts/book_pdf.py _build/html
 	$(PY) scripts/book_tools.py check-html _build/html
 
-# Every built page in headless Chromium: raw TeX, broken images/links, empty widgets, remote
-# scripts/styles, sideways scrolling. Screenshots go to _build/screenshots/.
+# The PDF alone, from the built site (builds the site first when there is none).
+pdf: install
+	if [ -f _build/html/index.html ]; then $(PY) scripts/book_pdf.py _build/html; \
+	else $(MAKE) --no-print-directory book; fi
+
+# Every built page in headless Chromium (Playwright), offline: raw TeX, MathJax errors, broken
+# images and links, empty widgets, remote loads, console errors, sideways scrolling, live figures
+# that do not respond to their sliders. Screenshots go to _build/screenshots/.
 browser-check:
 	$(PY) scripts/browser_check.py _build/html
+
+# Chapter 0's notebook as the site offers it for download, run in a fresh virtual environment
+# outside the repository: its first cell installs redge_mini from the site's wheel.
+downloaded-notebook:
+	$(PY) scripts/check_downloaded_notebook.py _build/html chapters/00_how_to_use
 
 exec-table:
 	$(PY) scripts/exec_table.py

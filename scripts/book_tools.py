@@ -1,17 +1,26 @@
-"""Small helpers for the book pipeline: read _toc.yml, find notebook pages, check built HTML.
+"""Small helpers for the book pipeline: read _toc.yml, find notebook pages, check built HTML,
+publish what a downloaded notebook installs, and point the Colab buttons at notebooks.
 
-Used by the Makefile (through the command line below) and by tests/test_book.py.
+Used by the Makefile (through the command line below), by the tests, and by the book's build as a
+Sphinx extension (``_config.yml``: ``local_extensions``; see :func:`setup`).
 
 Command line (from the repository root)::
 
     python scripts/book_tools.py notebooks          # toc entries that are jupytext notebooks
     python scripts/book_tools.py check-html _build/html   # fail if a page loads remote assets
+    python scripts/book_tools.py publish _build/html      # wheel + results into _static/dist
+    python scripts/book_tools.py install-cell             # (re)write every chapter's first cell
 """
 
 from __future__ import annotations
 
 import argparse
+import html
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,6 +28,10 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_SUFFIXES = (".md", ".ipynb", ".py")
+#: Where the site publishes the wheel of redge_mini and the stored results (under the build).
+DIST = "_static/dist"
+#: The branch that the deploy workflow fills with the executed notebooks, for Colab.
+NOTEBOOK_BRANCH = "notebooks"
 
 
 def toc_entries(toc_path: Path = REPO_ROOT / "_toc.yml") -> list[str]:
@@ -138,16 +151,158 @@ def check_html(build_dir: Path) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------------------------------
+# Notebooks that run anywhere: the first cell of every chapter and what it installs
+# ------------------------------------------------------------------------------------------------
+
+
+def site_url(config_path: Path = REPO_ROOT / "_config.yml") -> str:
+    """The GitHub Pages address of the book, from ``repository.url`` in ``_config.yml``."""
+    url = yaml.safe_load(config_path.read_text(encoding="utf-8"))["repository"]["url"]
+    match = re.fullmatch(r"https://github\.com/([^/]+)/([^/]+?)/?", url)
+    if not match:
+        raise ValueError(f"repository.url must be https://github.com/OWNER/NAME, got {url!r}")
+    return f"https://{match.group(1).lower()}.github.io/{match.group(2)}"
+
+
+INSTALL_CELL_MARK = "# Set-up for Colab or a fresh Jupyter"
+
+
+def install_cell(site: str | None = None) -> str:
+    """The first code cell of every chapter, as MyST text.
+
+    When ``redge_mini`` cannot be imported (a downloaded notebook, Colab), it installs the wheel
+    that the site publishes, with the book's extra, and unpacks the stored results into
+    ``book/results`` of the working directory, where ``redge_mini.book.runtime`` looks for them.
+    Inside the repository it only asks ``importlib`` one question. ``REDGE_BOOK_DIST`` points it
+    elsewhere (the tests: a local build).
+    """
+    dist = f"{site or site_url()}/{DIST}"
+    return f"""```{{code-cell}} ipython3
+:tags: [remove-cell]
+
+{INSTALL_CELL_MARK}: when redge_mini is missing, install it
+# with the book's extra, and the stored results, from the book's site. In a
+# clone of the book, where redge_mini is installed, this cell does nothing.
+import importlib.util
+
+if importlib.util.find_spec("redge_mini") is None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+
+    DIST = os.environ.get(
+        "REDGE_BOOK_DIST",
+        "{dist}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "--find-links", DIST, "redge_mini[book]"], check=True)
+    try:
+        urllib.request.urlretrieve(f"{{DIST}}/results.zip", "results.zip")
+        shutil.unpack_archive("results.zip", "book/results")
+    except OSError as error:
+        print(f"no stored results ({{error}}): chapters show small runs only")
+```
+"""
+
+
+def write_install_cells(paths: list[Path], cell: str) -> list[Path]:
+    """Put ``cell`` before the first code cell of each page (replacing an older install cell).
+
+    Returns the pages that changed.
+    """
+    changed = []
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        old = re.search(r"```\{code-cell\} ipython3\n(?::tags:.*\n\n)?"
+                        + re.escape(INSTALL_CELL_MARK) + r".*?\n```\n\n?", text, re.S)
+        if old:
+            new = text[: old.start()] + cell + "\n" + text[old.end():]
+        else:
+            first = text.find("```{code-cell}")
+            if first < 0:
+                continue
+            new = text[:first] + cell + "\n" + text[first:]
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+def publish(build_dir: Path, root: Path = REPO_ROOT) -> Path:
+    """Put what a downloaded notebook installs into ``<build_dir>/_static/dist``.
+
+    The wheel of ``redge_mini`` (built from ``root`` without network: ``--no-build-isolation``),
+    ``results.zip`` (the stored results, ``book/results``) and ``index.html``, a page of links
+    that ``pip install --find-links`` reads. Returns the folder.
+    """
+    dist = build_dir / DIST
+    shutil.rmtree(dist, ignore_errors=True)
+    dist.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:  # setuptools writes build/ next to the sources
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(root / name, tmp)
+        shutil.copytree(root / "redge_mini", Path(tmp) / "redge_mini",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                        "--no-build-isolation", "--wheel-dir", str(dist.resolve()), "."],
+                       cwd=tmp, check=True)
+    results = root / "book" / "results"
+    shutil.make_archive(str(dist / "results"), "zip", root_dir=results)
+    links = "".join(f'<a href="{html.escape(p.name)}">{html.escape(p.name)}</a><br>\n'
+                    for p in sorted(dist.iterdir()))
+    (dist / "index.html").write_text(
+        f"<!DOCTYPE html><html><head><title>redge_mini for the book</title></head><body>\n"
+        f"{links}</body></html>\n", encoding="utf-8")
+    return dist
+
+
+# ------------------------------------------------------------------------------------------------
+# Sphinx extension: the Colab button opens the executed notebook that the deploy workflow
+# publishes on the branch NOTEBOOK_BRANCH (Colab opens only .ipynb files from GitHub; the sources
+# are MyST Markdown).
+# ------------------------------------------------------------------------------------------------
+
+
+def _colab_to_notebook_branch(app, pagename, templatename, context, doctree) -> None:
+    for group in context.get("header_buttons", []):
+        for button in group.get("buttons", []) if isinstance(group, dict) else []:
+            if button.get("text") == "Colab":
+                head, _, path = button["url"].partition("/blob/")
+                path = path.split("/", 1)[1] if "/" in path else path
+                button["url"] = (f"{head}/blob/{NOTEBOOK_BRANCH}/"
+                                 f"{Path(path).with_suffix('.ipynb').as_posix()}")
+
+
+def setup(app) -> dict:
+    # after sphinx-book-theme's add_launch_buttons (priority 501)
+    app.connect("html-page-context", _colab_to_notebook_branch, priority=502)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("notebooks", help="print the executed pages listed in _toc.yml")
     check = sub.add_parser("check-html", help="fail if the built site loads remote assets")
     check.add_argument("build_dir", type=Path)
+    pub = sub.add_parser("publish", help="wheel, results and a find-links page into the site")
+    pub.add_argument("build_dir", type=Path)
+    sub.add_parser("install-cell", help="write the install cell into every chapter")
     args = parser.parse_args(argv)
     if args.command == "notebooks":
         for path in notebook_sources():
             print(path.relative_to(REPO_ROOT))
+        return 0
+    if args.command == "publish":
+        dist = publish(args.build_dir)
+        print(f"published for downloaded notebooks: {', '.join(p.name for p in dist.iterdir())}")
+        return 0
+    if args.command == "install-cell":
+        chapters = sorted((REPO_ROOT / "chapters").glob("*.md"))
+        for path in write_install_cells(chapters, install_cell()):
+            print(f"install cell written: {path.relative_to(REPO_ROOT)}")
         return 0
     problems = check_html(args.build_dir)
     for line in problems:

@@ -1,13 +1,16 @@
-"""Habits of the site: lint and spelling, alt text, code width, the problem set, the browser check.
+"""Habits of the site: alt text, the problem set, the browser check.
 
 What each test compares against:
 
-* ruff and codespell: their own rule sets (configured in ``pyproject.toml``);
-* alt text and code width: the MyST sources of every page;
+* ruff and codespell run in the Makefile's lint target (not here, so they run once); the
+  80-column rule for code cells is tests/test_book.py's;
+* alt text: the MyST sources of every page;
 * the problem set: the student version regenerated from the solutions, and a strict execution of
   the student version, in which every check must fail until it is solved;
-* the browser check: hand-written pages with known defects, checked statically and, when Chromium
-  is installed, in the browser;
+* the browser check: hand-written pages with known defects (and a working live figure), checked
+  statically and, when Chromium is installed, in the browser;
+* notebooks that run anywhere: every chapter's first cell, run with and without redge_mini; the
+  wheel and results the site publishes, opened as pip and the cell open them; the Colab button;
 * the workflows: the README's commands and ``.ci/run``.
 """
 
@@ -26,6 +29,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
+import book_tools  # noqa: E402
 import browser_check  # noqa: E402
 import make_problem_set  # noqa: E402
 
@@ -33,30 +37,10 @@ import make_problem_set  # noqa: E402
 PAGES = sorted(REPO.glob("chapters/*.md")) + sorted(
     p for p in (REPO / "book").rglob("*.md") if not {"assets", "results"} & set(p.parts)
 )
-#: Code in chapters must fit the column at 1280 px without horizontal scrolling.
-MAX_CODE_LINE = 80
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-
-
-# ------------------------------------------------------------------------------------------------
-# Lint and spelling
-# ------------------------------------------------------------------------------------------------
-
-
-def test_ruff_is_clean() -> None:
-    result = _run(sys.executable, "-m", "ruff", "check", "--no-cache", ".")
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_codespell_is_clean() -> None:
-    # "./" prefixes: the skip patterns of [tool.codespell] in pyproject.toml are written that way.
-    targets = ["chapters", "book", "redge_mini", "scripts", "tests", "README.md", "CONTRIBUTING.md"]
-    paths = [f"./{t}" for t in targets if (REPO / t).exists()]
-    result = _run(sys.executable, "-m", "codespell_lib", *paths)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,32 +100,6 @@ def figures_without_alt(path: Path) -> list[str]:
 def test_every_figure_has_alt_text(path: Path) -> None:
     missing = figures_without_alt(path)
     assert not missing, "\n".join(missing)
-
-
-def long_code_lines(path: Path, limit: int = MAX_CODE_LINE) -> list[str]:
-    """Lines of a page's code cells longer than ``limit`` characters."""
-    text = path.read_text(encoding="utf-8")
-    if "kernelspec" not in text.split("\n---", 1)[0]:
-        return []
-    rel = path.relative_to(REPO)
-    found = []
-    for index, cell in enumerate(jupytext.read(path).cells):
-        if cell.cell_type != "code":
-            continue
-        for line in cell.source.splitlines():
-            if len(line) > limit:
-                found.append(f"{rel}: code cell {index}: {len(line)} characters: {line[:60]}...")
-    return found
-
-
-@pytest.mark.parametrize(
-    "path", [p for p in PAGES if "book" in p.relative_to(REPO).parts[:1]],
-    ids=lambda p: str(p.relative_to(REPO)),
-)
-def test_book_pages_code_fits_the_column(path: Path) -> None:
-    """Notebook pages under book/ (chapters/ is covered by tests/test_book.py)."""
-    found = long_code_lines(path)
-    assert not found, "\n".join(found)
 
 
 def test_alt_text_check_catches_missing_alt(tmp_path: Path, monkeypatch) -> None:
@@ -250,56 +208,43 @@ def test_unsolved_student_version_fails_every_task_when_graded() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_dom_check_finds_raw_tex_but_not_typeset_math_or_code() -> None:
-    good = (
-        "<body><p>Typeset <span class='math'><mjx-container>x</mjx-container></span></p>"
-        "<pre>$$ not math in code $$</pre><code>\\frac{a}{b}</code></body>"
-    )
-    assert browser_check.dom_problems(good) == []
-    bad = "<body><section class='tex2jax_ignore'><p>Raw \\(\\alpha\\) here</p></section></body>"
-    problems = browser_check.dom_problems(bad)
-    assert len(problems) == 1 and "raw TeX" in problems[0]
-    error = "<body><mjx-merror data-mjx-error='Undefined control sequence'></mjx-merror></body>"
-    assert "MathJax error" in browser_check.dom_problems(error)[0]
-
-
-def test_dom_check_finds_empty_widgets_and_remote_scripts() -> None:
-    view = (
-        '<script type="application/vnd.jupyter.widget-view+json">{"model_id": "abc123"}</script>'
-    )
-    drawn = (
-        f'<div><div class="widget-subarea"><div class="jupyter-widgets"></div></div>{view}</div>'
-    )
-    assert browser_check.dom_problems(f"<body>{drawn}</body>") == []
-    empty = f'<div><div class="widget-subarea"></div>{view}</div>'
-    assert browser_check.dom_problems(f"<body>{empty}</body>") == ["widget abc123 is not drawn"]
-    assert browser_check.dom_problems(f"<body><div>{view}</div></body>") == [
-        "widget abc123 is not drawn"
-    ]
-    remote = '<head><script src="https://cdn.example.org/x.js"></script></head>'
-    assert "loads remote" in browser_check.dom_problems(remote)[0]
+PNG_DOT = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c63f8ffff3f0005fe02fe0def46b80000000049454e44ae426082"
+)
+#: A live figure whose slider changes nothing (the check must notice).
+DEAD_LIVE_FIGURE = (
+    '<div class="redge-live" data-kind="dead"><input type="range" min="0" max="3" value="1">'
+    "<svg><circle r='1'></circle></svg></div>"
+)
 
 
 def _tiny_site(root: Path) -> Path:
-    """A two-page site: ``index.html`` is fine, ``bad.html`` has one of every static defect."""
+    """A two-page site: ``index.html`` is fine (with a working live figure), ``bad.html`` has one
+    of every defect the check looks for."""
+    from redge_mini.book.widgets import live_figure
+
     root.mkdir(parents=True)
-    (root / "img.png").write_bytes(
-        bytes.fromhex(
-            "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-            "1f15c4890000000d49444154789c63f8ffff3f0005fe02fe0def46b80000000049454e44ae426082"
-        )
-    )
+    (root / "img.png").write_bytes(PNG_DOT)
+    live = live_figure("sampler", logits=[1.0, 0.0, -0.5], t_1=0.5, n_steps=5, seed=0,
+                       n_law=200).data
     (root / "index.html").write_text(
         '<html><body><h1 id="top">Home</h1><img src="img.png" alt="a dot">'
-        '<a href="bad.html#sec">bad</a><a href="#top">top</a></body></html>',
+        f'<a href="bad.html#sec">bad</a><a href="#top">top</a>{live}'
+        "<p>Typeset <span class='math'><mjx-container>x</mjx-container></span></p>"
+        "<pre>$$ not math in code $$</pre><code>\\frac{a}{b}</code></body></html>",
         encoding="utf-8",
     )
     (root / "bad.html").write_text(
         '<html><head><link rel="stylesheet" href="https://cdn.example.org/a.css"></head><body>'
         '<h2 id="sec">Bad</h2><p>Raw $$x^2$$ here.</p><img src="missing.png" alt="x">'
         '<a href="nowhere.html">x</a><a href="index.html#no-anchor">y</a>'
+        "<mjx-merror data-mjx-error='Undefined control sequence'></mjx-merror>"
         '<div><script type="application/vnd.jupyter.widget-view+json">{"model_id": "dead"}'
-        "</script></div><pre>" + "y" * 400 + "</pre></body></html>",
+        "</script></div><pre>" + "y" * 400 + "</pre>"
+        "<script>document.body.appendChild(document.createElement('script')).src ="
+        " 'https://cdn.example.org/late.js'; console.error('boom');</script>"
+        f"{DEAD_LIVE_FIGURE}</body></html>",
         encoding="utf-8",
     )
     return root
@@ -337,27 +282,141 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed")
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (.ci/run installs it)")
 def test_browser_check_fails_on_a_broken_page_and_passes_a_good_one(tmp_path: Path) -> None:
     site = _tiny_site(tmp_path / "html")
-    result = _run(sys.executable, str(REPO / "scripts" / "browser_check.py"), str(site),
-                  "--budget-ms", "2000")
+    result = _run(sys.executable, str(REPO / "scripts" / "browser_check.py"), str(site))
     assert result.returncode == 1, result.stdout + result.stderr
     report = result.stderr
-    assert "bad.html:" in report and "index.html:" not in report
-    for expected in ("raw TeX", "widget dead is not drawn", "scrolls horizontally",
-                     "broken image", "loads remote"):
+    assert "bad.html:" in report and "index.html:" not in report, report
+    for expected in ("raw TeX (not typeset): ...Raw $$x^2$$", "MathJax error: Undefined control",
+                     "widget dead is not drawn", "code block scrolls horizontally",
+                     "image not displayed: missing.png", "broken link: nowhere.html",
+                     "request leaves the site (blocked offline): https://cdn.example.org/late.js",
+                     "console error: boom", "live figure 1 (dead) does not respond"):
         assert expected in report, report
-    assert (tmp_path / "screenshots" / "landing.png").is_file()
+    assert (tmp_path / "screenshots" / "landing.png").stat().st_size > 1000
 
     (site / "bad.html").unlink()
     (site / "index.html").write_text(
-        '<html><body><h1>Home</h1><img src="img.png" alt="a dot"></body></html>',
-        encoding="utf-8",
-    )
-    result = _run(sys.executable, str(REPO / "scripts" / "browser_check.py"), str(site),
-                  "--budget-ms", "2000")
+        (site / "index.html").read_text().replace('<a href="bad.html#sec">bad</a>', ""))
+    result = _run(sys.executable, str(REPO / "scripts" / "browser_check.py"), str(site))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Notebooks that run anywhere (the run in a fresh environment: scripts/check_downloaded_notebook.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def _install_code() -> str:
+    cell = book_tools.install_cell()
+    return cell.split("\n\n", 1)[1].rsplit("```", 1)[0]
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("chapters/*.md")), ids=lambda p: p.stem)
+def test_every_chapter_starts_with_the_install_cell(path: Path) -> None:
+    cells = _code_cells(path)
+    assert cells, f"{path.name} has no code cell"
+    assert cells[0].source == _install_code().strip(), (
+        f"{path.name}: the first code cell is not the install cell; run "
+        "`python scripts/book_tools.py install-cell`")
+
+
+def test_install_cell_does_nothing_where_redge_mini_is_installed(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+    namespace: dict = {}
+    exec(_install_code(), namespace)
+    assert calls == [] and "DIST" not in namespace
+
+
+def test_install_cell_installs_the_wheel_and_results_from_the_site(monkeypatch, tmp_path,
+                                                                  capsys) -> None:
+    import importlib.util
+    import urllib.request
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "redge_mini" else real_find_spec(name, *a))
+    pip, fetched = [], []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: pip.append((cmd, k)))
+    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, to: fetched.append(url))
+    monkeypatch.setattr(shutil, "unpack_archive", lambda *a: fetched.append(a))
+    monkeypatch.delenv("REDGE_BOOK_DIST", raising=False)
+    exec(_install_code(), {})
+    dist = f"{book_tools.site_url()}/{book_tools.DIST}"
+    (cmd, kwargs), = pip
+    assert cmd[1:] == ["-m", "pip", "install", "-q", "--find-links", dist, "redge_mini[book]"]
+    assert kwargs == {"check": True}
+    assert fetched == [f"{dist}/results.zip", ("results.zip", "book/results")]
+    # offline: the results cannot be fetched, and the cell says so instead of failing
+    monkeypatch.setenv("REDGE_BOOK_DIST", "file:///nowhere")
+
+    def offline(url, to):
+        raise OSError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    exec(_install_code(), {})
+    assert pip[-1][0][6] == "file:///nowhere"
+    assert "no stored results (no network)" in capsys.readouterr().out
+
+
+def test_site_url_follows_the_repository_of_the_config(tmp_path: Path) -> None:
+    assert book_tools.site_url() == "https://redge-book.github.io/redge-book"
+    config = tmp_path / "_config.yml"
+    config.write_text("repository:\n  url: https://github.com/Some-Org/a-book\n")
+    assert book_tools.site_url(config) == "https://some-org.github.io/a-book"
+    config.write_text("repository:\n  url: https://gitlab.com/x/y\n")
+    with pytest.raises(ValueError, match="repository.url"):
+        book_tools.site_url(config)
+
+
+def test_published_wheel_and_results_are_what_pip_and_the_cell_read(tmp_path: Path) -> None:
+    import zipfile
+    from html.parser import HTMLParser
+
+    had_build = (REPO / "build").exists()
+    dist = book_tools.publish(tmp_path / "html")
+    wheels = list(dist.glob("redge_mini-*-py3-none-any.whl"))
+    assert len(wheels) == 1
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    for needed in ("redge_mini/diffusion.py", "redge_mini/book/widgets.py",
+                   "redge_mini/book/js/live.js"):
+        assert needed in names
+    metadata = zipfile.ZipFile(wheels[0]).read(
+        next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert 'Requires-Dist: matplotlib; extra == "book"' in metadata
+    stored = sorted(p.relative_to(REPO / "book" / "results").as_posix()
+                    for p in (REPO / "book" / "results").rglob("*") if p.is_file())
+    assert sorted(n for n in zipfile.ZipFile(dist / "results.zip").namelist()
+                  if not n.endswith("/")) == stored
+
+    class Links(HTMLParser):
+        hrefs: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.hrefs += [v for k, v in attrs if tag == "a" and k == "href"]
+
+    parser = Links()
+    parser.feed((dist / "index.html").read_text())
+    assert sorted(parser.hrefs) == sorted([wheels[0].name, "results.zip"])
+    assert (REPO / "build").exists() == had_build, "publishing wrote build/ into the repository"
+
+
+def test_colab_button_opens_the_published_notebook() -> None:
+    config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
+    assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert config["sphinx"]["local_extensions"] == {"book_tools": "scripts"}
+    colab = {"type": "link", "text": "Colab", "url": "https://colab.research.google.com/github/"
+             "redge-book/redge-book/blob/main/chapters/04_diffusion_on_the_simplex.md"}
+    binder = {"type": "link", "text": "Binder", "url": "https://mybinder.org/v2/gh/x/y/main"}
+    context = {"header_buttons": [{"type": "group", "buttons": [binder, colab]}]}
+    book_tools._colab_to_notebook_branch(None, "chapters/04", "page.html", context, None)
+    assert colab["url"] == ("https://colab.research.google.com/github/redge-book/redge-book/"
+                            f"blob/{book_tools.NOTEBOOK_BRANCH}/chapters/"
+                            "04_diffusion_on_the_simplex.ipynb")
+    assert binder["url"] == "https://mybinder.org/v2/gh/x/y/main"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,7 +445,7 @@ def test_ci_workflow_runs_the_ci_script_on_python_311() -> None:
 def test_deploy_workflow_builds_with_the_readme_command_and_publishes_the_site() -> None:
     workflow = _workflow("deploy.yml")
     steps = _steps(workflow)
-    runs = [step["run"].strip() for step in steps if "run" in step]
+    runs = [step["run"].strip() for step in workflow["jobs"]["build"]["steps"] if "run" in step]
     assert runs == ["make book"]
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "make book" in readme, "the README's book command is not `make book` any more"
@@ -395,3 +454,16 @@ def test_deploy_workflow_builds_with_the_readme_command_and_publishes_the_site()
     assert any(s.get("uses", "").startswith("actions/deploy-pages") for s in steps)
     assert workflow["permissions"]["pages"] == "write"
     assert workflow["permissions"]["id-token"] == "write"
+
+
+def test_deploy_workflow_publishes_the_notebooks_that_colab_opens() -> None:
+    workflow = _workflow("deploy.yml")
+    build = workflow["jobs"]["build"]["steps"]
+    upload = [s for s in build if s.get("with", {}).get("name") == "notebooks"]
+    assert len(upload) == 1 and upload[0]["with"]["path"] == "_build/html/_sources/chapters/*.ipynb"
+    job = workflow["jobs"]["notebooks"]
+    assert job["needs"] == "build" and job["permissions"] == {"contents": "write"}
+    download = [s for s in job["steps"] if s.get("uses", "").startswith("actions/download")]
+    assert download[0]["with"] == {"name": "notebooks", "path": "notebooks/chapters"}
+    push = " ".join(s.get("run", "") for s in job["steps"])
+    assert f"push --force origin HEAD:{book_tools.NOTEBOOK_BRANCH}" in " ".join(push.split())

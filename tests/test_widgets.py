@@ -1,4 +1,5 @@
-"""The K = 3 trajectory pictures and the ipywidgets explorer of ReDGE's sampler."""
+"""The K = 3 trajectory pictures, the ipywidgets explorer of ReDGE's sampler, and the HTML of the
+live figures (their JavaScript is checked against redge_mini in tests/test_live_js.py)."""
 
 import matplotlib
 
@@ -9,10 +10,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from redge_mini.book.widgets import (  # noqa: E402
+    LIVE_FIGURES,
     draw_trajectories,
     explorer,
     explorer_figure,
     hard_law,
+    live_figure,
     project_to_plane,
     simplex_trajectories,
 )
@@ -93,3 +96,35 @@ def test_bad_input_is_named():
         simplex_trajectories(LOGITS, t_1=0.5, n_steps=3, n=2.0)
     with pytest.raises(ValueError, match="which"):
         draw_trajectories(None, simplex_trajectories(LOGITS, t_1=0.5, n_steps=3), which="x")
+
+
+@pytest.mark.parametrize("kind", LIVE_FIGURES)
+def test_live_figure_carries_its_script_and_options_inline(kind):
+    import json
+    import re
+    from importlib import resources
+
+    html = live_figure(kind, logits=[2, 0, -1], t_1=0.4, n_steps=3, seed=5, note="</script>").data
+    script = resources.files("redge_mini.book").joinpath("js/live.js").read_text()
+    assert script in html  # inline: nothing to fetch, from a page or a notebook
+    assert "src=" not in html.replace(script, "")
+    element = re.search(r'<div id="(redge-live-[\w-]+)" class="redge-live">', html).group(1)
+    mount = re.search(r"RedgeLive\.mount\(document\.getElementById\('([^']+)'\), '([^']+)', "
+                      r"(\{.*\})\);", html)
+    assert mount.group(1) == element and mount.group(2) == kind
+    options = json.loads(mount.group(3))
+    assert options["logits"] == [2.0, 0.0, -1.0] and options["seed"] == 5
+    assert options["note"] == "</script>"  # JSON-escaped: cannot close the script early
+    assert html.count("</script>") == 1
+    assert element != re.search(r'<div id="([^"]+)"', live_figure(kind).data).group(1)
+
+
+def test_live_figure_bad_input_is_named():
+    with pytest.raises(ValueError, match="kind"):
+        live_figure("histogram")
+    with pytest.raises(ValueError, match="logits"):
+        live_figure("sampler", logits=[1.0, 2.0])
+    with pytest.raises(ValueError, match="t_1"):
+        live_figure("sampler", t_1=1.5)
+    with pytest.raises(ValueError, match="n_steps"):
+        live_figure("sampler", n_steps=1)

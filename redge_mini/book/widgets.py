@@ -9,15 +9,22 @@ is the soft sample ``S``; the hard sample is ``H ~ Cat(S)``, a corner.
 * :func:`draw_trajectories` draws them on a triangle (denoiser outputs, or the noisy states
   projected onto the plane of the simplex);
 * :func:`draw_hard_law` compares the law of ``H`` with ``π = softmax(θ)``;
-* :func:`explorer` wraps both in ipywidgets sliders (logits, ``t_1``, ``n_steps``, seed).
+* :func:`explorer` wraps both in ipywidgets sliders (logits, ``t_1``, ``n_steps``, seed);
+* :func:`live_figure` is the same explorer (and two more live figures) computed in the browser by
+  a small JavaScript port of the sampler (``js/live.js``): it responds on the static site, where
+  no kernel runs, and in any notebook front end.
 
-A static page cannot recompute a widget, so every lesson of the explorer must also be carried by a
-static figure made with the same drawing functions.
+Every lesson of an explorer must also be carried by a static figure made with the same drawing
+functions (a printed page shows only the first state of a live figure).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import secrets
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -234,3 +241,55 @@ def explorer(
     output = w.interactive_output(redraw, sliders)
     controls = w.HBox([w.VBox(list(sliders.values())[:3]), w.VBox(list(sliders.values())[3:])])
     return w.VBox([controls, output])
+
+
+_LIVE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sampler": {"logits": [1.0, 0.0, -0.5], "t_1": 0.5, "n_steps": 5, "seed": 0, "n": 12,
+                "n_law": 4000},
+    "gumbel_softmax": {"logits": [1.0, 0.0, -0.5], "tau": 0.5, "seed": 0, "n": 500},
+    "bias_map": {"logits": [1.0, 0.0, -0.5], "t1s": [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0],
+                 "n_steps": [2, 3, 4, 5, 7, 9], "draws": 2000, "seed": 0,
+                 "box": [0.3, 0.9, 3, 9]},
+}
+LIVE_FIGURES: tuple[str, ...] = tuple(_LIVE_DEFAULTS)
+"""The kinds of :func:`live_figure`."""
+
+_LIVE_IDS = itertools.count()
+
+
+def live_figure(kind: str, **options: Any) -> Any:
+    """A figure recomputed in the reader's browser, as ``IPython.display.HTML``.
+
+    The HTML holds the JavaScript of ``redge_mini/book/js/live.js`` inline (no file to serve, no
+    network), so the figure responds on the static site and in Jupyter, JupyterLab or Colab.
+    Its noise comes from a seeded JavaScript generator: a seed gives other draws than torch.
+
+    Args:
+        kind: ``"sampler"`` (chapter 4: options ``logits`` (3 floats), ``t_1``, ``n_steps``,
+            ``seed``, ``n``, ``n_law``), ``"gumbel_softmax"`` (chapter 3: ``logits``, ``tau``,
+            ``seed``, ``n``) or ``"bias_map"`` (chapter 5: ``logits``, ``t1s``, ``n_steps``
+            (a list), ``draws``, ``seed``, ``box`` = ``(t_lo, t_hi, n_lo, n_hi)``).
+        **options: the initial state (defaults: ``_LIVE_DEFAULTS``); each becomes a slider or
+            a fixed setting.
+
+    Returns:
+        An ``IPython.display.HTML`` object (display it, or make it a cell's last expression).
+    """
+    from IPython.display import HTML
+
+    if kind not in LIVE_FIGURES:
+        raise ValueError(f"kind must be one of {LIVE_FIGURES}, got {kind!r}")
+    options = {**_LIVE_DEFAULTS[kind], **options}
+    options["logits"] = _check_logits3(options["logits"]).tolist()
+    if kind == "sampler":
+        check_t_1(options["t_1"])
+        check_n_steps(options["n_steps"])
+    script = resources.files(__package__).joinpath("js/live.js").read_text(encoding="utf-8")
+    # unique in a page that shows several notebooks' outputs (JupyterLab), whose counters collide
+    element = f"redge-live-{kind}-{next(_LIVE_IDS)}-{secrets.token_hex(4)}"
+    payload = json.dumps(options).replace("</", "<\\/")
+    return HTML(
+        f'<div id="{element}" class="redge-live"></div>\n<script>\n{script}\n'
+        f"RedgeLive.mount(document.getElementById({element!r}), {kind!r}, {payload});\n"
+        "</script>"
+    )
