@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from redge_mini.book import masked_diffusion as md
-from redge_mini.book.guidance import guided_sample, kl_to_prior
+from redge_mini.book.guidance import GuidanceConfig, guide_batched, guided_sample, kl_to_prior
 
 K, N = 4, 6
 
@@ -131,16 +131,84 @@ def test_bad_arguments_are_rejected() -> None:
         guided_sample(model, count_not_zero, "st", **{**common, "n": None})
 
 
-def test_experiment_script_runs_and_resumes(tmp_path) -> None:
-    from redge_mini.book.experiments import mdm_guidance as e4
+def linear_penalty(x: torch.Tensor) -> torch.Tensor:
+    """A penalty linear in the one-hot: with ST its gradient does not depend on the sample."""
+    weights = torch.linspace(0.0, 1.0, K)
+    return (x * weights).sum((-1, -2))
 
-    args = ["--smoke", "--out", str(tmp_path), "--estimators", "redge", "--device", "cpu"]
+
+def test_batched_budgets_match_separate_runs() -> None:
+    # ST on a linear penalty moves phi deterministically (the ST gradient is J(pi)^T c, the same
+    # for every sample), and with one unmasking step every cell is revealed at once; so each
+    # configuration of one batched loop (rows frozen after their own N) must give exactly the
+    # tokens of a separate run with that N and that model.
+    models = [tiny(), md.MaskedDenoiser(K, N, width=16, depth=1, heads=2).eval()]
+    for model in models:  # spread the prior logits, so that cells flip at different budgets
+        torch.nn.init.normal_(model.head.weight, std=0.3,
+                              generator=torch.Generator().manual_seed(7))
+        torch.nn.init.normal_(model.position_embedding, std=2.0,
+                              generator=torch.Generator().manual_seed(9))
+    init = torch.full((5, N), K)
+    init[:, 1] = torch.arange(5) % K
+    common = {"n_unmask_steps": 1, "lam": 0.1, "lr": 0.05, "init": init}
+    configs = [GuidanceConfig("st", n, model=m) for m in (0, 1) for n in (0, 2, 7, 25)]
+    tokens, info = guide_batched(models, linear_penalty, configs,
+                                 generator=torch.Generator().manual_seed(0), **common)
+    assert tokens.shape == (len(configs) * 5, N) and info["n_rows_per_config"] == 5
+    separate = []
+    for c, config in enumerate(configs):
+        alone, _ = guided_sample(models[config.model], linear_penalty, "st",
+                                 n_inner=config.n_inner,
+                                 generator=torch.Generator().manual_seed(1), **common)
+        separate.append(alone)
+        assert torch.equal(tokens[5 * c:5 * (c + 1)], alone), config
+    # the budgets matter (otherwise the check above could not fail on a wrong snapshot)
+    assert len({tuple(t.flatten().tolist()) for t in separate[:4]}) == 4
+
+
+def test_batched_mixes_estimators_and_keeps_rows_apart() -> None:
+    configs = [GuidanceConfig("redge", 3, {"t_1": 0.7}), GuidanceConfig("gumbel", 5, {"tau": 0.5}),
+               GuidanceConfig("st", 0)]
+    tokens, info = guide_batched(tiny(), count_not_zero, configs, n_unmask_steps=3, lam=0.0,
+                                 lr=0.3, generator=torch.Generator().manual_seed(2), n=16)
+    assert tokens.shape == (48, N) and (tokens < K).all()
+    assert len(info["kl"][0]) == 3 and info["kl"][-1][2] == pytest.approx(0.0, abs=1e-6)
+    # the guided configurations reach token 0 far more often than greedy decoding
+    zero = (tokens == 0).float().reshape(3, 16, N).mean((1, 2))
+    assert zero[0] > 0.8 and zero[1] > 0.8 and zero[2] < 0.5
+    with pytest.raises(ValueError, match="model=1"):
+        guide_batched(tiny(), count_not_zero, [GuidanceConfig("st", 1, model=1)],
+                      n_unmask_steps=1, lam=1.0, lr=0.1, generator=None, n=2)
+    with pytest.raises(TypeError, match="GuidanceConfig"):
+        guide_batched(tiny(), count_not_zero, [("st", 1)], n_unmask_steps=1, lam=1.0, lr=0.1,
+                      generator=None, n=2)
+
+
+def test_experiment_script_runs_resumes_and_writes_a_summary(tmp_path) -> None:
+    from redge_mini.book.experiments import mdm_guidance as e4
+    from redge_mini.book.experiments.summary import read_summary
+
+    args = ["--smoke", "--out", str(tmp_path), "--estimators", "st,redge", "--device", "cpu"]
     assert e4.main(args) == 0
     names = sorted(p.stem for p in tmp_path.glob("*.json"))
-    assert names == ["small-smoke_strong_redge", "small-smoke_strong_unguided",
-                     "small-smoke_weak_redge", "small-smoke_weak_unguided"]
-    assert e4.main(args) == 0
-    summary = e4.summarise(e4.run(e4.protocol("small", smoke=True), ["redge"], out=tmp_path))
-    settings = {(r["checkpoint"], r["setting"]) for r in summary["rows"]}
-    assert ("weak", "ancestral") in settings and ("strong", "N=2") in settings
-    assert all(r["violations"] >= 0 for r in summary["rows"])
+    assert names == ["small-smoke_main_redge", "small-smoke_main_st", "small-smoke_timing",
+                     "small-smoke_tune_redge", "small-smoke_tune_st", "small-smoke_unguided"]
+    stamp = (tmp_path / "small-smoke_main_st.json").stat().st_mtime_ns
+    assert e4.main(args) == 0  # resumed: nothing recomputed
+    assert (tmp_path / "small-smoke_main_st.json").stat().st_mtime_ns == stamp
+    proto = e4.protocol("small", smoke=True)
+    summary = e4.summarise(e4.run(proto, ["st", "redge"], out=tmp_path))
+    assert set(summary["chosen"]) == {"st", "redge"}
+    assert summary["chosen"]["redge"]["knobs"] in proto.grids["redge"]
+    assert {v["rival"] for v in summary["verdicts"].values()} == {"st"}
+    rows = read_summary("mdm_guidance", tmp_path)
+    assert {r.setting for r in rows} == {"weak", "strong", "tune_weak"}
+    assert {r.budget for r in rows if r.estimator == "redge" and r.setting == "weak"} == set(
+        proto.n_inner)
+    assert all(r.n_seeds == proto.n_seeds for r in rows if not r.setting.startswith("tune"))
+    assert all(r.ci_low <= r.mean <= r.ci_high for r in rows)
+    projected = e4.measure_throughput(proto, device="cpu")
+    assert projected["total"] >= projected["main"] > 0
+    table = e4.protocol_table(e4.protocol("full"))
+    assert all(r["reason"] for r in table if r["authors"] != r["ours"])
+    assert next(r for r in table if r["item"] == "lr")["reason"] == ""

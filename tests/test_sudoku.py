@@ -39,9 +39,47 @@ def test_generator_is_seeded_and_varied() -> None:
     b = sudoku.generate_grids(50, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     assert len({tuple(row.tolist()) for row in a}) == 50
-    # every digit appears in every cell position across many grids (the symmetries mix them)
+    # every digit appears in every cell position across many grids
     many = sudoku.generate_grids(400, generator=torch.Generator().manual_seed(4))
     assert all(len(set(many[:, cell].tolist())) == 9 for cell in range(81))
+
+
+def brute_signature(grid: list[int]) -> tuple[int, int]:
+    """Distinct digit sets of the 27 minirows and of the 27 minicolumns, by loops (sorted)."""
+    minirows = {frozenset(grid[9 * r + 3 * s + j] for j in range(3))
+                for r in range(9) for s in range(3)}
+    minicols = {frozenset(grid[9 * (3 * s + i) + c] for i in range(3))
+                for c in range(9) for s in range(3)}
+    return tuple(sorted((len(minirows), len(minicols))))
+
+
+def test_minirow_signature_matches_loops_and_is_an_orbit_invariant() -> None:
+    grids = sudoku.generate_grids(60, generator=torch.Generator().manual_seed(12))
+    signature = sudoku.minirow_signature(grids)
+    assert [tuple(s) for s in signature.tolist()] == [brute_signature(g) for g in grids.tolist()]
+    # the symmetries keep validity and the signature (it is an invariant of the orbit)
+    moved = sudoku.shuffle_grids(grids, generator=torch.Generator().manual_seed(13))
+    assert all(brute_valid(row) for row in moved.tolist())
+    assert not torch.equal(moved, grids)
+    assert torch.equal(sudoku.minirow_signature(moved), signature)
+    # so every relabelling / shuffle of the base grid stays in one orbit: signature (3, 9)
+    orbit = sudoku.shuffle_grids(sudoku.base_grid().repeat(200, 1),
+                                 generator=torch.Generator().manual_seed(14))
+    assert len({tuple(row) for row in orbit.tolist()}) == 200
+    assert (sudoku.minirow_signature(orbit) == torch.tensor([3, 9])).all()
+
+
+def test_generated_grids_lie_in_many_symmetry_orbits() -> None:
+    grids = sudoku.generate_grids(500, generator=torch.Generator().manual_seed(15))
+    signatures = {tuple(s) for s in sudoku.minirow_signature(grids).tolist()}
+    # grids with different signatures are not symmetries of each other: at least this many
+    # orbits (a one-orbit generator would give a single signature)
+    assert len(signatures) >= 20
+    assert (3, 9) not in signatures or len(signatures) > 1
+    # no cell holds one digit much more often than the others (mean 500 / 9 = 55.6 per digit;
+    # a binomial count with p = 1/9, n = 500 has sd 7.0, so 6 sd is a generous bound)
+    counts = torch.stack([torch.bincount(grids[:, c], minlength=10)[1:] for c in range(81)])
+    assert (counts - 500 / 9).abs().max() < 6 * (500 * (1 / 9) * (8 / 9)) ** 0.5
 
 
 def test_puzzles_have_the_requested_blanks_and_agree_with_solutions() -> None:
@@ -170,17 +208,62 @@ def test_mean_field_rejects_bad_arguments() -> None:
 
 def test_experiment_script_runs_resumes_and_refuses_bad_input(tmp_path, capsys) -> None:
     from redge_mini.book.experiments import sudoku as e3
+    from redge_mini.book.experiments.summary import read_summary
 
     args = ["--smoke", "--out", str(tmp_path), "--estimators", "st,redge", "--device", "cpu"]
     assert e3.main(args) == 0
     files = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert files == ["small-smoke_redge.json", "small-smoke_st.json"]
-    stamp = (tmp_path / "small-smoke_st.json").stat().st_mtime_ns
+    assert files == [f"small-smoke_{stage}.json" for stage in (
+        "main_redge", "main_st", "timing", "tune_knob_redge", "tune_knob_st", "tune_lr_redge",
+        "tune_lr_st")]
+    stamp = (tmp_path / "small-smoke_main_st.json").stat().st_mtime_ns
     assert e3.main(args) == 0  # resumed: nothing recomputed
-    assert (tmp_path / "small-smoke_st.json").stat().st_mtime_ns == stamp
-    summary = e3.summarise(e3.run(e3.protocol("small", smoke=True), ["st", "redge"],
-                                  out=tmp_path))
-    assert {r["estimator"] for r in summary["rows"]} == {"st", "redge"}
+    assert (tmp_path / "small-smoke_main_st.json").stat().st_mtime_ns == stamp
+    proto = e3.protocol("small", smoke=True)
+    summary = e3.summarise(e3.run(proto, ["st", "redge"], out=tmp_path))
+    assert set(summary["estimators"]) == {"st", "redge"}
+    assert summary["chosen"]["redge"]["knobs"] in proto.grids["redge"]
+    assert summary["chosen"]["st"]["tuned_lr"] in proto.lr_grid
+    rows = read_summary("sudoku", tmp_path)
+    main_rows = [r for r in rows if r.setting in ("authors_lr", "tuned_lr")]
+    assert {r.metric for r in main_rows} == set(e3.METRICS)
+    assert all(r.n_seeds == proto.n_seeds for r in main_rows)
+    assert all("lr=0.05" in r.knobs for r in main_rows if r.setting == "authors_lr")
+    assert {r.setting for r in rows} >= {"tune_knob", "tune_lr"}
+    (tmp_path / "summary.csv").unlink()
+    assert e3.write_summary_csv(tmp_path, "small-smoke") is None  # st and redge only
     with pytest.raises(SystemExit):
         e3.main(["--smoke", "--out", str(tmp_path), "--estimators", "nope"])
     assert "unknown estimator" in capsys.readouterr().err
+
+
+def test_edge_detection_and_choice_rule() -> None:
+    from redge_mini.book.experiments import sudoku as e3
+
+    grid = e3.REDGE_GRID
+    assert e3.on_edge(grid, grid.index({"n_steps": 5, "t_1": 0.9}))  # t_1 at its top
+    assert e3.on_edge(grid, grid.index({"n_steps": 3, "t_1": 0.5}))  # n_steps at its bottom
+    assert not e3.on_edge(grid, grid.index({"n_steps": 5, "t_1": 0.5}))
+    assert e3.on_edge([0.01, 0.05, 0.1], 0) and not e3.on_edge([0.01, 0.05, 0.1], 1)
+    assert not e3.on_edge([0.05, 0.01, 0.1], 0)  # unsorted grids (grown ones) work too
+    # a grid grows past the edge the choice sits on, one knob at a time, inside the knob's range
+    assert e3.extend_grid("redge", grid, grid.index({"n_steps": 9, "t_1": 0.9})) == [
+        {"n_steps": 17, "t_1": 0.9}, {"n_steps": 9, "t_1": 0.9667}]
+    assert e3.extend_grid("redge", grid, grid.index({"n_steps": 5, "t_1": 0.5})) == []
+    assert e3.extend_grid("reinmax", [{"tau": 1.0}, {"tau": 2.0}], 0) == []  # tau >= 1
+    assert e3.extend_grid("gumbel", [{"tau": 0.1}, {"tau": 2.0}], 0) == [{"tau": 0.0333}]
+    assert e3.extend_grid("st", [{"lr": 0.1}, {"lr": 0.3}], 1) == [{"lr": 0.9}]
+    # in a tuning stage, a choice on the edge makes the grid grow (one round here)
+    proto = e3.protocol("small", smoke=True)
+    data = e3.run_tuning("tune_knob", "gumbel", proto, [{"tau": 0.5}, {"tau": 1.0}], [0.05],
+                         seed=0, device=torch.device("cpu"), max_rounds=1)
+    assert len(data["configs"]) == 3 and len(data["extended"]) == 1
+    assert data["extended"][0]["tau"] in (0.1667, 2.5)
+    assert not e3.on_edge([{}], 0)
+    configs = [{"final_solved": [0, 1], "final_violations": [2, 0], "best_violations": [0, 0]},
+               {"final_solved": [1, 1], "final_violations": [0, 0], "best_violations": [0, 0]},
+               {"final_solved": [1, 1], "final_violations": [0, 0], "best_violations": [1, 0]}]
+    assert e3.choose(configs) == 1
+    table = e3.protocol_table(e3.protocol("full"))
+    assert next(r for r in table if r["item"] == "steps")["ours"] == "2000"
+    assert all(r["reason"] for r in table if r["authors"] != r["ours"])

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from redge_mini.estimators import gumbel_argmax
 from redge_mini.validation import check_generator, check_int, check_real
 
 __all__ = [
@@ -426,13 +427,6 @@ def train_masked_denoiser(
     return history
 
 
-def _gumbel_argmax(log_probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One categorical draw per row of ``log_probs`` (Gumbel-max)."""
-    u = torch.rand(log_probs.shape, generator=generator, device=log_probs.device)
-    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
-    return (log_probs + gumbel).argmax(-1)
-
-
 @torch.no_grad()
 def sample_unmasking(
     model: MaskedDenoiser,
@@ -485,7 +479,7 @@ def sample_unmasking(
         masked = x == model.mask_id
         if not bool(masked.any()):
             break
-        draw = _gumbel_argmax(model(x, cond), generator)
+        draw = gumbel_argmax(model(x, cond), generator)
         reveal_prob = 1.0 / (n_steps - j)
         u = torch.rand(x.shape, generator=generator, device=dev)
         x = torch.where(masked & (u < reveal_prob), draw, x)
