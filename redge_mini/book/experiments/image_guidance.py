@@ -1,71 +1,79 @@
-"""E5, image reward guidance: steer a masked digit-token prior towards another class.
+"""E5, image reward guidance: steer a masked VQ-token prior of MNIST digits towards another class.
 
 Usage::
 
     python -m redge_mini.book.experiments.image_guidance --scale full          # the protocol below
-    python -m redge_mini.book.experiments.image_guidance --scale small --out /tmp/ig
-    python -m redge_mini.book.experiments.image_guidance --smoke --out /tmp/ig  # seconds, end to
-    end
+    python -m redge_mini.book.experiments.image_guidance --scale small
+    python -m redge_mini.book.experiments.image_guidance --smoke --out /tmp/ig  # seconds
 
-The stand-in for MaskGIT + CLIP (see :mod:`redge_mini.book.tasks.image_guidance`): the stored
-class-conditional masked token model generates 8 x 8 digits of a source class ``c``; guidance
-maximises ``reward_scale * log p_reward(c + 1 mod 10 | x) - lam * KL`` with ``N`` Adam steps on the
-variational logits at each unmasking step, the gradient passing through one estimator.
+The stand-in for Halton-MaskGIT + CLIP (:mod:`redge_mini.book.tasks.image_guidance`): the stored
+class-conditional masked prior over ``K = 256`` VQ codes on a 7 x 7 grid generates digits of a
+source class ``c``; guidance maximises ``reward_scale * log p_reward(c + 1 mod 10 | decode(X)) -
+lam * KL`` with ``N`` Adam steps on the variational logits at each of the 19 moves of the authors'
+ReMDM sampler (classifier-free guidance weight 3, remasking sigma = 1, codes drawn from
+``Cat(phi)``).
 
-Protocol (full scale): 12 unmasking steps; the Adam learning rate is ``step_size / N`` (see
-:meth:`Protocol.settings`). Per estimator, its knob grid times two step sizes is *tuned* at the
-budget ``N = 8`` on a tuning batch (300 images, seed ``seed + 1``): the setting with
-the highest mean guidance objective ``reward_scale * reward - KL`` wins. The chosen setting is then
-*evaluated* at every budget ``N in {4, 8, 16, 32}`` on a fresh batch (1,000 images, 100 per class,
-seed ``seed``), and the unguided baseline (``N = 0``, greedy decoding of the prior on the same
-schedule) is run on the same batch. Images are independent, so every mean comes with its standard
-error over images. The whole protocol is about 7,400 Adam steps of a batch of variational logits;
-on a GPU each costs a few milliseconds of kernel launches whatever the batch, hence the large
-batches. The authors used 19 unmasking steps x 20 Adam steps on ``100 * CLIP - KL``.
+Protocol (:func:`protocol`). Per estimator, every setting of its knob grid is *tuned* at
+``tune_budget`` (10 Adam steps per move, a proxy for the main budget 20 that halves the cost of
+tuning) on tuning batches (their own seeds); the setting with the highest mean guidance
+objective ``J = reward_scale * reward - KL`` is chosen and then *evaluated* at every budget ``N``
+on ``n_seeds`` independent replicate batches; the unguided sampler (``N = 0``) runs on the same
+replicates. A replicate is a block of ``10 * n_per_class`` images (one source class per image);
+the blocks of one run are drawn in one batch (images do not interact: Adam acts elementwise and
+the loss is a sum over images) from a generator seeded by the replicate index, so they are
+independent, and every number is reported with a 95 % Student-t interval over replicates.
 
 Files (``<scale>`` is ``small``, ``full`` or ``<scale>-smoke``): ``<scale>_unguided.json``,
-``<scale>_tune_<estimator>.json``, ``<scale>_<estimator>.json``. A rerun skips files that exist (and
-refuses one written with another configuration), so an interrupted run resumes.
+``<scale>_tune_<estimator>.json``, ``<scale>_<estimator>.json`` and ``summary.csv``. A rerun
+loads the files that exist (and refuses one written with another configuration), so an
+interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...registry import ESTIMATORS, check_knobs, label
+from ...registry import ESTIMATORS, check_knobs
 from .. import runtime
-from ..tasks.image_guidance import GuidanceRun, ImageModels, guide_images, load_image_models
-from . import REDGE_FAMILY, Deadline, compact, load_or_run, mean_se, parse_cli, verdict
-from . import (
-    knob_text as shared_knob_text,
-)
+from ..tasks.image_guidance import ImageModels, guide_images, load_image_models
+from . import REDGE_FAMILY, Deadline, compact, load_or_run, parse_cli
+from .summary import Row, knob_string, paired_verdict, summary_row, t_interval, write_summary
 
 EXPERIMENT = "image_guidance"
 ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
-#: The order in which :func:`run` processes estimators: if a time limit stops a run early, the
-#: paper's method and the plain baseline are already done.
+#: Order of the runs: if a time limit stops a run early, ReDGE and the plain baseline are done.
 RUN_ORDER: tuple[str, ...] = ("redge", "st", "gumbel", "reinmax", "reindge", "redge_cov")
-#: Per-image metrics of :class:`~redge_mini.book.tasks.image_guidance.GuidanceRun` stored as mean,
-#: SE.
-METRICS = ("objective", "reward", "kl", "reward_hit", "judge_hit", "judge_source", "nll_prior")
+#: Per-image metrics kept per replicate (``objective`` is ``reward_scale * reward - kl``).
+METRICS: tuple[str, ...] = ("objective", "reward", "kl", "reward_hit", "judge_hit",
+                            "judge_source")
 
-#: Knob grids of the full protocol (each crossed with the learning rates).
+_T1 = (0.1, 0.3, 0.5, 0.7, 0.9)
+_FAMILY_GRID = [{"n_steps": n, "t_1": t} for n in (3, 5, 9) for t in _T1]
+#: Knob grids of the full protocol: the ReDGE family over t_1 x n_steps, the temperatures over
+#: two decades (ReinMax's tau must be >= 1; its grid starts at that bound).
 FULL_GRIDS: dict[str, list[dict[str, float | int]]] = {
     "st": [{}],
-    "gumbel": [{"tau": t} for t in (0.3, 1.0, 3.0)],
-    "reinmax": [{"tau": t} for t in (1.0, 2.0, 4.0)],
-    "redge": [{"n_steps": 5, "t_1": t} for t in (0.3, 0.5, 0.8)],
-    "redge_cov": [{"n_steps": 5, "t_1": t} for t in (0.3, 0.5, 0.8)],
-    "reindge": [{"n_steps": 5, "t_1": t} for t in (0.3, 0.5, 0.8)],
+    "gumbel": [{"tau": t} for t in (0.1, 0.3, 1.0, 3.0, 10.0)],
+    "reinmax": [{"tau": t} for t in (1.0, 1.5, 2.0, 3.0, 5.0)],
+    "redge": _FAMILY_GRID,
+    "redge_cov": _FAMILY_GRID,
+    "reindge": _FAMILY_GRID,
 }
-#: One setting per estimator (each estimator's default knobs) when there is no time to tune.
-DEFAULT_GRIDS: dict[str, list[dict[str, float | int]]] = {name: [{}] for name in ESTIMATOR_NAMES}
+#: The authors' setting, for the protocol table (ours comes from :class:`Protocol`).
+AUTHORS: dict[str, Any] = {
+    "model": "Halton-MaskGIT (ImageNet 384, about 0.5B parameters)",
+    "tokens": "24 x 24 grid, LlamaGen VQ-16 codebook of 16,384 codes",
+    "n_steps": 20, "moves": 19, "n_inner": 20, "lr": 0.5, "lam": 1.0,
+    "reward": "100 * CLIP ViT-L/14 score", "reward_scale": 100.0, "sigma": 1.0,
+    "cfg_weight": 3.0, "codes": "drawn from Cat(phi)",
+    "knobs": "sampler configs of their demos (ReDGE n = 3, t₁ = 0.5; Gumbel τ = 0.5)",
+}
 
 
 @dataclass(frozen=True)
@@ -73,171 +81,137 @@ class Protocol:
     """One scale of the experiment (see the module docstring)."""
 
     scale: str
-    n_per_class: int
-    budgets: tuple[int, ...]
-    n_unmask_steps: int = 12
-    tune_budget: int = 8
-    tune_n_per_class: int = 30
-    step_sizes: tuple[float, ...] = (2.0, 4.0)
-    grids: dict[str, list[dict[str, float | int]]] = field(default_factory=lambda: FULL_GRIDS)
+    n_seeds: int = 5
+    n_per_class: int = 1
+    budgets: tuple[int, ...] = (5, 10, 20)
+    tune_budget: int = 10
+    tune_seeds: int = 2
+    tune_n_per_class: int = 1
+    n_steps: int = 20
+    lr: float = 0.5
     lam: float = 1.0
     reward_scale: float = 10.0
+    sigma: float = 1.0
+    cfg_weight: float = 3.0
     shift: int = 1
-    n_show: int = 2
+    grids: dict[str, list[dict[str, float | int]]] = field(default_factory=lambda: FULL_GRIDS)
 
     def __post_init__(self) -> None:
         if not self.budgets or any(int(b) < 1 for b in self.budgets):
             raise ValueError(f"budgets must be positive integers, got {self.budgets}")
-        if not self.step_sizes or any(not (e > 0 and math.isfinite(e)) for e in self.step_sizes):
-            raise ValueError(f"step_sizes must be positive finite numbers, got {self.step_sizes}")
+        if self.n_seeds < 2 or self.tune_seeds < 1:
+            raise ValueError("n_seeds must be >= 2 (intervals) and tune_seeds >= 1")
         for name, grid in self.grids.items():
             if not grid:
                 raise ValueError(f"the knob grid of {name!r} is empty")
             for knobs in grid:
                 check_knobs(name, **knobs)  # unknown estimator or invalid knob -> ValueError
 
-    def settings(self, estimator: str) -> list[dict[str, Any]]:
-        """Every ``{"knobs", "step_size"}`` setting of ``estimator``'s tuning grid.
-
-        ``step_size`` is the Adam learning rate times the budget: a run with ``N`` Adam steps
-        per unmasking step uses ``lr = step_size / N``. Adam moves each logit by about ``lr`` per
-        step, so the total movement, which sets the balance between reward and KL, stays
-        comparable across budgets, and one tuned value serves every budget.
-        """
-        return [{"knobs": check_knobs(estimator, **knobs), "step_size": step_size}
-                for knobs in self.grids[estimator] for step_size in self.step_sizes]
-
-    def common(self) -> dict[str, Any]:
-        """The part of the configuration shared by every file."""
-        return {"scale": self.scale, "n_unmask_steps": self.n_unmask_steps, "lam": self.lam,
-                "reward_scale": self.reward_scale, "shift": self.shift}
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`guide_images` shared by every run."""
+        return {"n_steps": self.n_steps, "lr": self.lr, "lam": self.lam,
+                "reward_scale": self.reward_scale, "sigma": self.sigma,
+                "cfg_weight": self.cfg_weight, "shift": self.shift}
 
     def as_config(self, kind: str, estimator: str | None = None) -> dict[str, Any]:
         """The JSON-able configuration of one result file (``kind``: unguided, tune, eval)."""
-        config = {**self.common(), "kind": kind}
-        if kind == "unguided":
-            config["n_per_class"] = self.n_per_class
-        elif kind == "tune":
+        config: dict[str, Any] = {"scale": self.scale, "kind": kind, **self.sampler_kwargs()}
+        if kind == "tune":
             config.update(estimator=estimator, budget=self.tune_budget,
-                          n_per_class=self.tune_n_per_class, settings=self.settings(estimator))
+                          n_seeds=self.tune_seeds, n_per_class=self.tune_n_per_class,
+                          grid=self.grids[estimator])
         else:
-            config.update(estimator=estimator, budgets=list(self.budgets),
-                          n_per_class=self.n_per_class, settings=self.settings(estimator))
+            config.update(n_seeds=self.n_seeds, n_per_class=self.n_per_class)
+            if kind == "eval":
+                config.update(estimator=estimator, budgets=list(self.budgets))
         return json.loads(json.dumps(config))
+
+    def n_inner_steps(self) -> int:
+        """Sequential Adam steps of the whole protocol (its cost unit, batch aside)."""
+        moves = self.n_steps - 1
+        tune = sum(len(self.grids[e]) for e in self.grids if len(self.grids[e]) > 1)
+        return moves * (tune * self.tune_budget + len(self.grids) * sum(self.budgets))
 
 
 def protocol(scale: str, *, smoke: bool = False) -> Protocol:
-    """The protocol of ``scale`` (``"small"`` or ``"full"``); ``smoke`` shrinks it to seconds."""
+    """The protocol of ``scale`` (``"small"`` or ``"full"``); ``smoke`` shrinks it to seconds.
+
+    ``full`` is the authors' sampler (19 moves x up to 20 Adam steps, lr 0.5, lambda 1,
+    sigma 1, classifier-free guidance 3) with the knob grids of :data:`FULL_GRIDS`. ``small``
+    keeps the sampler and the replicates but not the tuning: each estimator at its default
+    knobs, budgets 5 and 20.
+    """
     if scale not in ("small", "full"):
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     if scale == "full":
-        proto = Protocol(scale="full", n_per_class=100, budgets=(4, 8, 16, 32))
+        proto = Protocol(scale="full")
     else:
-        proto = Protocol(scale="small", n_per_class=5, budgets=(4, 16), n_unmask_steps=8,
-                         step_sizes=(3.0,), grids=DEFAULT_GRIDS)
+        proto = Protocol(scale="small", budgets=(5, 20),
+                         grids={name: [{}] for name in ESTIMATOR_NAMES})
     if smoke:
-        proto = replace(proto, scale=scale + "-smoke", n_per_class=1, budgets=(2,),
-                        n_unmask_steps=3, tune_budget=2, tune_n_per_class=1,
+        proto = replace(proto, scale=scale + "-smoke", n_seeds=2, budgets=(1,), tune_budget=1,
+                        tune_seeds=1, n_steps=3,
                         grids={k: v[:2] for k, v in proto.grids.items()})
     return proto
 
 
-def run_summary(run: GuidanceRun, reward_scale: float, n_show: int) -> dict[str, Any]:
-    """Means and standard errors of a run's per-image metrics, its time and a few samples.
-
-    ``objective`` is the per-image guidance objective ``reward_scale * reward - kl``. The first
-    ``n_show`` images of every source class are kept for sample grids, each as a string of 64
-    digits (``tokens``; read back with :func:`tokens_from_text`).
-    """
+# --------------------------------------------------------------------------------- the runs
+def _guide(models: ImageModels, proto: Protocol, estimator: str, *, n_inner: int,
+           knobs: dict[str, Any], n_seeds: int, n_per_class: int,
+           seed: int) -> dict[str, Any]:
+    """One batch of ``n_seeds`` replicate blocks; per replicate means of :data:`METRICS`."""
+    run = guide_images(models, estimator, n_per_class=n_seeds * n_per_class, n_inner=n_inner,
+                       seed=seed, knobs=knobs, **proto.sampler_kwargs())
     per_image = dict(run.per_image)
-    per_image["objective"] = reward_scale * per_image["reward"] - per_image["kl"]
-    out: dict[str, Any] = {"n_images": len(run.source), "seconds": run.seconds}
-    for key in METRICS:
-        out[key], out[f"{key}_se"] = mean_se(per_image[key].tolist())
-    show = torch.cat([torch.nonzero(run.source == c).flatten()[:n_show]
-                      for c in run.source.unique()])
-    out["tokens"] = ["".join(str(v) for v in row) for row in run.tokens[show].tolist()]
-    out["source"] = run.source[show].tolist()
-    out["target"] = run.target[show].tolist()
+    per_image["objective"] = proto.reward_scale * per_image["reward"] - per_image["kl"]
+    block = 10 * n_per_class
+    out: dict[str, Any] = {key: per_image[key].reshape(n_seeds, block).mean(1).tolist()
+                           for key in METRICS}
+    out["seconds"] = run.seconds
+    out["ms_per_inner_step"] = (1e3 * run.seconds / max(1, n_inner * (proto.n_steps - 1))
+                                if n_inner else None)
+    out["tokens"] = run.tokens[:20].tolist()  # the first two replicate blocks, for figures
+    out["source"] = run.source[:20].tolist()
     return out
 
 
-def _guide(models: ImageModels, proto: Protocol, estimator: str, *, n_inner: int,
-           n_per_class: int, setting: dict[str, Any], seed: int) -> dict[str, Any]:
-    lr = setting["step_size"] / max(n_inner, 1)
-    run = guide_images(models, estimator, n_per_class=n_per_class, n_inner=n_inner,
-                       lr=lr, knobs=setting["knobs"], lam=proto.lam,
-                       reward_scale=proto.reward_scale, n_unmask_steps=proto.n_unmask_steps,
-                       shift=proto.shift, seed=seed)
-    return run_summary(run, proto.reward_scale, proto.n_show)
-
-
-def tokens_from_text(rows: list[str]) -> torch.Tensor:
-    """Token images stored by :func:`run_summary` (strings of 64 digits) as a ``(N, 64)`` tensor."""
-    return torch.tensor([[int(c) for c in row] for row in rows], dtype=torch.long)
-
-
 def run_unguided(models: ImageModels, proto: Protocol, *, seed: int) -> dict[str, Any]:
-    """The baseline ``N = 0`` (greedy decoding of the prior) on the evaluation batch."""
-    setting = {"knobs": {}, "step_size": proto.step_sizes[0]}
-    return _guide(models, proto, "st", n_inner=0, n_per_class=proto.n_per_class,
-                  setting=setting, seed=seed)
+    """The sampler without guidance (``N = 0``) on the evaluation replicates."""
+    return _guide(models, proto, "st", n_inner=0, knobs={}, n_seeds=proto.n_seeds,
+                  n_per_class=proto.n_per_class, seed=seed)
 
 
 def run_tuning(models: ImageModels, proto: Protocol, estimator: str, *,
                seed: int) -> dict[str, Any]:
-    """Every setting of ``estimator`` at the tuning budget; the best by mean objective."""
+    """Every knob setting of ``estimator`` at the tuning budget; the best mean objective wins."""
     results = []
-    for setting in proto.settings(estimator):
+    for knobs in proto.grids[estimator]:
         summary = _guide(models, proto, estimator, n_inner=proto.tune_budget,
-                         n_per_class=proto.tune_n_per_class, setting=setting, seed=seed + 1)
-        summary.pop("tokens"), summary.pop("source"), summary.pop("target")
-        results.append({**setting, **summary})
-    best = max(range(len(results)), key=lambda i: results[i]["objective"])
+                         knobs=check_knobs(estimator, **knobs), n_seeds=proto.tune_seeds,
+                         n_per_class=proto.tune_n_per_class, seed=seed + 1000)
+        summary.pop("tokens"), summary.pop("source")
+        results.append({"knobs": check_knobs(estimator, **knobs), **summary})
+    best = max(range(len(results)),
+               key=lambda i: sum(results[i]["objective"]) / len(results[i]["objective"]))
     return {"estimator": estimator, "results": results, "best": best,
-            "chosen": {"knobs": results[best]["knobs"],
-                       "step_size": results[best]["step_size"]}}
+            "chosen": results[best]["knobs"]}
 
 
 def run_evaluation(models: ImageModels, proto: Protocol, estimator: str,
-                   setting: dict[str, Any], *, seed: int) -> dict[str, Any]:
-    """The chosen ``setting`` of ``estimator`` at every budget, on the evaluation batch."""
-    budgets = {}
-    for n_inner in proto.budgets:
-        budgets[str(n_inner)] = _guide(models, proto, estimator, n_inner=n_inner,
-                                       n_per_class=proto.n_per_class, setting=setting,
-                                       seed=seed)
-    return {"estimator": estimator, "chosen": setting, "budgets": budgets}
+                   knobs: dict[str, Any], *, seed: int) -> dict[str, Any]:
+    """The chosen ``knobs`` of ``estimator`` at every budget, on the evaluation replicates."""
+    budgets = {str(n): _guide(models, proto, estimator, n_inner=n, knobs=knobs,
+                              n_seeds=proto.n_seeds, n_per_class=proto.n_per_class, seed=seed)
+               for n in proto.budgets}
+    return {"estimator": estimator, "chosen": knobs, "budgets": budgets}
 
 
-def _load_or_run(folder: Path, name: str, config: dict[str, Any], seed: int, save: bool,
-                 deadline: Deadline, compute: Any) -> dict[str, Any] | None:
-    def record() -> dict[str, Any]:
-        return {"experiment": EXPERIMENT, "name": name, "config": config, "seed": seed,
-                "metadata": runtime.run_metadata(), "data": compact(compute())}
-
-    return load_or_run(EXPERIMENT, folder, name, config, record, seed=seed, save=save,
-                       deadline=deadline)
-
-
-def run(
-    proto: Protocol,
-    estimators: list[str] | None = None,
-    *,
-    models: ImageModels | None = None,
-    out: Path | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    max_minutes: float | None = None,
-    save: bool = True,
-) -> list[dict[str, Any]]:
-    """Run (or resume) the experiment; return the records run now or found on disk.
-
-    Estimators are processed in :data:`RUN_ORDER`. With ``save=True`` every finished piece
-    (unguided baseline, one estimator's tuning, one estimator's evaluation) is written at once
-    to ``out`` (default ``book/results/image_guidance``) and a piece whose file exists is loaded
-    instead of rerun.
-    """
+def run(proto: Protocol, estimators: list[str] | None = None, *,
+        models: ImageModels | None = None, out: Path | None = None, seed: int = 0,
+        device: torch.device | str | None = None, max_minutes: float | None = None,
+        save: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) the experiment; return the records run now or found on disk, and write
+    ``summary.csv`` (when ``save``)."""
     estimators = list(ESTIMATOR_NAMES) if estimators is None else list(estimators)
     for name in estimators:
         if name not in proto.grids:
@@ -245,127 +219,244 @@ def run(
     rank = {name: i for i, name in enumerate(RUN_ORDER)}
     estimators.sort(key=lambda name: rank.get(name, len(rank)))
     folder = Path(out) if out is not None else runtime.results_dir(EXPERIMENT)
-    if models is None:
-        models = load_image_models(device=device)
+    models = load_image_models(device=device) if models is None else models
     deadline = Deadline(max_minutes)
+
+    def piece(name: str, config: dict[str, Any], compute: Any) -> dict[str, Any] | None:
+        def record() -> dict[str, Any]:
+            return {"experiment": EXPERIMENT, "name": name, "config": config, "seed": seed,
+                    "metadata": runtime.run_metadata(), "data": compact(compute())}
+
+        return load_or_run(EXPERIMENT, folder, name, config, record, seed=seed, save=save,
+                           deadline=deadline)
+
     records = []
-    record = _load_or_run(folder, f"{proto.scale}_unguided", proto.as_config("unguided"), seed,
-                          save, deadline, lambda: run_unguided(models, proto, seed=seed))
-    if record is not None:
-        records.append(record)
+    unguided = piece(f"{proto.scale}_unguided", proto.as_config("unguided"),
+                     lambda: run_unguided(models, proto, seed=seed))
+    if unguided is not None:
+        records.append(unguided)
     for estimator in estimators:
-        settings = proto.settings(estimator)
-        chosen = settings[0]
-        if len(settings) > 1:
-            tuned = _load_or_run(
-                folder, f"{proto.scale}_tune_{estimator}", proto.as_config("tune", estimator),
-                seed, save, deadline,
-                lambda e=estimator: run_tuning(models, proto, e, seed=seed))
+        chosen = check_knobs(estimator, **proto.grids[estimator][0])
+        if len(proto.grids[estimator]) > 1:
+            tuned = piece(f"{proto.scale}_tune_{estimator}", proto.as_config("tune", estimator),
+                          lambda e=estimator: run_tuning(models, proto, e, seed=seed))
             if tuned is None:
                 continue
             records.append(tuned)
             chosen = tuned["data"]["chosen"]
-        record = _load_or_run(
-            folder, f"{proto.scale}_{estimator}", proto.as_config("eval", estimator), seed,
-            save, deadline,
-            lambda e=estimator, c=chosen: run_evaluation(models, proto, e, c, seed=seed))
-        if record is not None:
+        evaluated = piece(f"{proto.scale}_{estimator}", proto.as_config("eval", estimator),
+                          lambda e=estimator, c=chosen: run_evaluation(models, proto, e, c,
+                                                                       seed=seed))
+        if evaluated is not None:
+            records.append(evaluated)
+    if save and records:
+        write_summary(EXPERIMENT, summary_rows(stored_records(folder)), root=folder)
+    return records
+
+
+def stored_records(folder: Path) -> list[dict[str, Any]]:
+    """Every result record of this experiment stored in ``folder`` (all scales), by file name."""
+    records = []
+    for path in sorted(Path(folder).glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("experiment") == EXPERIMENT and "config" in record:
             records.append(record)
     return records
 
 
-def knob_text(setting: dict[str, Any]) -> str:
-    """Short text of a ``{"knobs", "step_size"}`` setting, e.g. ``"n=5, t₁=0.5, lr=2/N"``."""
-    return shared_knob_text(setting["knobs"], setting["step_size"], lr_unit="/N")
+# ---------------------------------------------------------------------------- the summaries
+def summary_rows(records: list[dict[str, Any]]) -> list[Row]:
+    """One :class:`~redge_mini.book.experiments.summary.Row` per reported number.
+
+    ``setting`` is ``"<scale>"`` for the evaluation (estimators at their chosen knobs, every
+    budget; ``unguided`` at budget 0) and ``"tuning_<scale>"`` for every tried knob setting.
+    """
+    rows = []
+    for record in records:
+        config, data = record["config"], record["data"]
+        scale = config["scale"]
+        if config["kind"] == "unguided":
+            rows += [summary_row(EXPERIMENT, scale, "unguided", {}, m, 0, data[m])
+                     for m in METRICS]
+        elif config["kind"] == "tune":
+            for result in data["results"]:
+                rows += [summary_row(EXPERIMENT, f"tuning_{scale}", data["estimator"],
+                                     result["knobs"], m, config["budget"], result[m])
+                         for m in ("objective", "reward", "kl")]
+        else:
+            for budget, values in data["budgets"].items():
+                rows += [summary_row(EXPERIMENT, scale, data["estimator"], data["chosen"], m,
+                                     int(budget), values[m]) for m in METRICS]
+    return rows
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Tables and verdicts from result records (stored or freshly computed) of one scale.
+    """Tables and generated verdicts from the records of one scale.
 
-    Returns a dict with ``scale``, ``budgets``, ``estimators`` (evaluated ones, in registry
-    order), ``unguided`` (the baseline's metrics), ``rows`` (one per estimator and budget: every
-    metric's mean and SE, ``setting``, ``setting_text``), ``best`` (budget -> the estimator with
-    the highest mean objective and its margin over the runner-up), ``verdicts`` ((budget, ReDGE
-    family member) -> wins / ties / loses against the best estimator outside the family, on the
-    objective, with ``n_se = 2``, plus the difference and its standard error), ``tuning``
-    (estimator -> its tuning record: tried settings with their objective, the chosen one) and
-    ``config`` (the common configuration).
+    Returns ``scale``; ``budgets``; ``estimators`` (evaluated, registry order); ``table`` (one
+    dict per estimator and budget, with ``unguided`` at budget 0: mean and 95 % t-interval of
+    every metric, ``knobs``, ``ms_per_inner_step``); ``verdicts`` (``(budget, member)`` of the
+    ReDGE family -> ``{"metric": verdict}`` against ``rival``, the best other estimator by mean
+    objective at that budget, from a paired t-test over replicates); ``best`` (budget -> the
+    estimator with the highest mean objective); ``tuning`` (estimator -> tried settings with
+    their mean objective, the chosen one and whether it lies on the grid's edge); ``config``.
     """
     if not records:
         raise ValueError("records is empty: nothing to summarise")
     scales = {r["config"]["scale"] for r in records}
     if len(scales) != 1:
         raise ValueError(f"records mix scales {sorted(scales)}; summarise one scale at a time")
-    unguided, rows, tuning = None, [], {}
+    order = {name: i for i, name in enumerate(ESTIMATOR_NAMES)}
+    table, raw, tuning = [], {}, {}
     for record in records:
         config, data = record["config"], record["data"]
         if config["kind"] == "unguided":
-            unguided = data
+            raw[("unguided", 0)] = data
+            table.append(_table_row("unguided", 0, {}, data))
         elif config["kind"] == "tune":
-            tuning[data["estimator"]] = data
+            tuning[data["estimator"]] = _tuning_summary(data, config["grid"])
         else:
-            for budget, metrics in data["budgets"].items():
-                rows.append({"estimator": data["estimator"], "label": label(data["estimator"]),
-                             "budget": int(budget), "setting": data["chosen"],
-                             "setting_text": knob_text(data["chosen"]), **metrics})
-    order = {name: i for i, name in enumerate(ESTIMATOR_NAMES)}
-    rows.sort(key=lambda r: (r["budget"], order[r["estimator"]]))
-    budgets = sorted({r["budget"] for r in rows})
+            for budget, values in data["budgets"].items():
+                raw[(data["estimator"], int(budget))] = values
+                table.append(_table_row(data["estimator"], int(budget), data["chosen"], values))
+    table.sort(key=lambda r: (r["budget"], order.get(r["estimator"], -1)))
+    budgets = sorted({r["budget"] for r in table if r["budget"] > 0})
+    estimators = sorted({r["estimator"] for r in table if r["estimator"] != "unguided"},
+                        key=order.__getitem__)
     best, verdicts = {}, {}
     for budget in budgets:
-        at = sorted((r for r in rows if r["budget"] == budget), key=lambda r: -r["objective"])
-        top = at[0]
-        best[budget] = {"estimator": top["estimator"], "objective": top["objective"],
-                        "runner_up": at[1]["estimator"] if len(at) > 1 else None,
-                        "margin": top["objective"] - at[1]["objective"] if len(at) > 1 else 0.0,
-                        "margin_se": math.hypot(top["objective_se"], at[1]["objective_se"])
-                        if len(at) > 1 else 0.0}
-        rivals = [r for r in at if r["estimator"] not in REDGE_FAMILY]
+        at = sorted((r for r in table if r["budget"] == budget), key=lambda r: -r["objective"])
+        best[budget] = at[0]["estimator"]
+        rivals = [r["estimator"] for r in at if r["estimator"] not in REDGE_FAMILY]
         if not rivals:
             continue
         rival = rivals[0]
-        for row in at:
-            if row["estimator"] in REDGE_FAMILY:
-                verdicts[(budget, row["estimator"])] = {
-                    "verdict": verdict(row["objective"], row["objective_se"], rival["objective"],
-                                       rival["objective_se"], lower_is_better=False),
-                    "rival": rival["estimator"],
-                    "difference": row["objective"] - rival["objective"],
-                    "difference_se": math.hypot(row["objective_se"], rival["objective_se"]),
-                }
-    estimators = sorted({r["estimator"] for r in rows}, key=order.__getitem__)
+        for name in estimators:
+            if name in REDGE_FAMILY and (name, budget) in raw:
+                mine, theirs = raw[(name, budget)], raw[(rival, budget)]
+                verdicts[(budget, name)] = {
+                    "rival": rival,
+                    **{m: paired_verdict(mine[m], theirs[m], lower_is_better=(m == "kl"))
+                       for m in ("objective", "reward", "kl")}}
+    config = {k: v for k, v in records[0]["config"].items()
+              if k not in ("kind", "estimator", "grid", "budget", "budgets")}
     return {"scale": scales.pop(), "budgets": budgets, "estimators": estimators,
-            "unguided": unguided, "rows": rows, "best": best, "verdicts": verdicts,
-            "tuning": tuning, "config": {k: records[0]["config"][k] for k in
-                                         ("n_unmask_steps", "lam", "reward_scale", "shift")}}
+            "table": table, "verdicts": verdicts, "best": best, "tuning": tuning,
+            "config": config}
+
+
+def _table_row(estimator: str, budget: int, knobs: dict[str, Any],
+               values: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"estimator": estimator, "budget": budget, "knobs": knobs,
+                           "knob_text": knob_string(knobs).replace(";", ", ") or "—",
+                           "ms_per_inner_step": values.get("ms_per_inner_step"),
+                           "n_seeds": len(values["objective"])}
+    for metric in METRICS:
+        row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = t_interval(values[metric])
+    return row
+
+
+def _tuning_summary(data: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str, Any]:
+    tried = [{"knobs": r["knobs"], "objective": sum(r["objective"]) / len(r["objective"]),
+              "reward": sum(r["reward"]) / len(r["reward"]),
+              "kl": sum(r["kl"]) / len(r["kl"])} for r in data["results"]]
+    chosen = data["chosen"]
+    at_edge = []
+    for knob in chosen:
+        values = sorted({g[knob] for g in grid if knob in g})
+        if len(values) > 2 and chosen[knob] in (values[0], values[-1]):
+            at_edge.append(knob)
+    return {"tried": tried, "chosen": chosen, "at_edge": at_edge}
+
+
+def write_summary_csv(folder: str | Path | None = None, scale: str = "full") -> Path | None:
+    """Regenerate ``<folder>/summary.csv`` from every stored record (all scales; ``scale`` is
+    accepted for the runner's interface); None when nothing is stored."""
+    folder = Path(folder) if folder is not None else runtime.results_dir(EXPERIMENT)
+    records = stored_records(folder) if folder.is_dir() else []
+    if not any(r["config"].get("scale") == scale for r in records):
+        return None
+    return write_summary(EXPERIMENT, summary_rows(records), root=folder)
+
+
+def measure_throughput(proto: Protocol, *, device: torch.device | str | None = None,
+                       models: ImageModels | None = None) -> dict[str, float]:
+    """Projected seconds of the full run of ``proto`` on ``device``, from short runs.
+
+    Every stage (one tuning setting, each evaluation budget, the unguided sampler) is run at
+    its real batch shape for two moves of the sampler instead of ``n_steps - 1`` (every move
+    has the same shapes), nothing saved, and scaled up (tuning: by the size of the grid).
+    Returns estimator -> seconds, ``"unguided"`` and ``"total"``.
+    """
+    dev = torch.device(device) if device is not None else runtime.device()
+    models = load_image_models(device=dev) if models is None else models
+    short = replace(proto, n_steps=3)
+    scale_up = (proto.n_steps - 1) / (short.n_steps - 1)
+
+    def timed(estimator: str, n_inner: int, knobs: dict[str, Any], n_seeds: int,
+              n_per_class: int) -> float:
+        return _guide(models, short, estimator, n_inner=n_inner, knobs=knobs,
+                      n_seeds=n_seeds, n_per_class=n_per_class, seed=0)["seconds"] * scale_up
+
+    timed("st", 1, {}, 1, 1)  # warm-up
+    out: dict[str, float] = {"unguided": timed("st", 0, {}, proto.n_seeds, proto.n_per_class)}
+    for name, grid in proto.grids.items():
+        knobs = check_knobs(name, **grid[len(grid) // 2])
+        seconds = sum(timed(name, n, knobs, proto.n_seeds, proto.n_per_class)
+                      for n in proto.budgets)
+        if len(grid) > 1:
+            seconds += len(grid) * timed(name, proto.tune_budget, knobs, proto.tune_seeds,
+                                         proto.tune_n_per_class)
+        out[name] = seconds
+    out["total"] = sum(out.values())
+    return out
+
+
+def projected_seconds(proto: Protocol, ms_per_inner_step: dict[str, float],
+                      overhead_ms_per_move: float = 0.0) -> float:
+    """Projected wall time of ``proto`` from measured milliseconds per inner step per
+    estimator (at this protocol's batch sizes) and per sampler move (network calls)."""
+    moves = proto.n_steps - 1
+    total = 0.0
+    for name, grid in proto.grids.items():
+        per = ms_per_inner_step[name]
+        if len(grid) > 1:
+            total += len(grid) * moves * (proto.tune_budget * per * proto.tune_seeds
+                                          * proto.tune_n_per_class / (proto.n_seeds
+                                                                      * proto.n_per_class)
+                                          + overhead_ms_per_move)
+        total += moves * (sum(proto.budgets) * per + len(proto.budgets) * overhead_ms_per_move)
+    total += moves * overhead_ms_per_move
+    return total / 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES)
     if cli.device.type == "cpu":
-        # the tensors are tiny: a second thread costs more in synchronisation than it saves
-        # (the small protocol took 41 s with two threads, 8 s with one, on a 2-core machine)
+        # the tensors are small: a second thread costs more in synchronisation than it saves
         torch.set_num_threads(1)
-    models = load_image_models(device=cli.device)
-    records = run(cli.proto, cli.estimators, models=models, out=cli.folder, seed=cli.args.seed,
-                  device=cli.device, max_minutes=cli.args.max_minutes)
+    start = time.perf_counter()
+    try:
+        records = run(cli.proto, cli.estimators, out=cli.folder, seed=cli.args.seed,
+                      device=cli.device, max_minutes=cli.args.max_minutes)
+    except ValueError as error:
+        cli.fail(error)
     n_eval = sum(r["config"]["kind"] == "eval" for r in records)
     if n_eval:
         summary = summarise(records)
-        base = summary["unguided"]
-        if base is not None:
-            print(f"unguided            reward {base['reward']:7.3f}  KL {base['kl']:6.2f}  "
-                  f"judge hit {base['judge_hit']:.2f}")
-        for row in summary["rows"]:
-            print(f"N={row['budget']:<3d} {row['label']:<15} objective {row['objective']:8.2f} "
-                  f"± {row['objective_se']:.2f}  reward {row['reward']:7.3f}  KL {row['kl']:6.2f}"
-                  f"  judge hit {row['judge_hit']:.2f}  ({row['setting_text']})")
+        for row in summary["table"]:
+            print(f"N={row['budget']:<3d} {row['estimator']:<10} J {row['objective']:8.2f} "
+                  f"[{row['objective_low']:.2f}, {row['objective_high']:.2f}]  reward "
+                  f"{row['reward']:7.3f}  KL {row['kl']:7.2f}  judge hit "
+                  f"{row['judge_hit']:.2f}  ({row['knob_text']})")
+    print(f"wall time {time.perf_counter() - start:.1f} s")
     return cli.finish(n_eval, len(cli.estimators), "estimators")
 
 
-__all__ = ["EXPERIMENT", "RUN_ORDER", "Protocol", "knob_text", "main", "protocol", "run",
-           "run_summary", "summarise", "tokens_from_text"]
+__all__ = ["AUTHORS", "EXPERIMENT", "FULL_GRIDS", "METRICS", "RUN_ORDER", "Protocol", "main",
+           "measure_throughput", "projected_seconds", "protocol", "run", "stored_records",
+           "summarise", "summary_rows", "write_summary_csv"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

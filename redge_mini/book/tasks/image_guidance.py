@@ -1,42 +1,37 @@
-"""Reward guidance of a masked image-token model: the book's stand-in for MaskGIT + CLIP.
+"""Reward guidance of a masked image-token model: the book's stand-in for Halton-MaskGIT + CLIP.
 
-The authors steer a large masked image-token model (MaskGIT) with a CLIP score. Neither model can
-be downloaded here, so this module builds the same structure from scratch, small enough for a
-laptop:
+The authors steer Halton-MaskGIT (a masked token model over a 24 x 24 grid of LlamaGen VQ-16 codes,
+16,384 codes) with a CLIP score. Neither model can be downloaded here, so this module builds the
+same pipeline from scratch on the 5,000 MNIST digits of :func:`~redge_mini.book.datasets.
+load_mnist_5k`, small enough to train in minutes on one CPU thread but with a vocabulary of
+hundreds of codes:
 
-* **Image tokens.** scikit-learn's 1,797 digits (8 x 8 pixels, intensities 0..16) quantised to
-  ``K = 4`` grey levels: an image is a sequence of ``L = 64`` categorical tokens. Four levels keep
-  the variables genuinely categorical (``K > 2``, where the estimators differ most) while every
-  model trains in seconds to a minute on a CPU.
-* **Decoder.** A token's one-hot vector is mapped to its grey level by a matrix product,
-  ``pixels = one_hot @ levels`` (:func:`decode`), the analogue of MaskGIT's VQ decoder: it is
-  linear, hence differentiable in the one-hot input, so a pathwise estimator can pass a gradient
-  through it.
-* **Prior.** A class-conditional :class:`~redge_mini.book.masked_diffusion.MaskedDenoiser` trained
-on
-  the token images (:func:`train_prior`); it plays MaskGIT.
-* **Reward.** A small CNN classifier trained from scratch on the decoded token images; the reward
-  of an image is ``log p(target class | image)`` (:func:`class_log_prob`); it plays CLIP. A second
-  classifier with another architecture and seed, the *judge*, never sees the guidance and checks
-  whether a steered image really looks like the target class or merely fools the reward network.
-* **Guidance.** Prior samples of a source class are steered towards a target class with the
-  per-step variational procedure of :func:`redge_mini.book.guidance.guided_sample`: at every
-  unmasking
-  step the variational logits start at the prior's logits and take ``N`` Adam steps on
-  ``-scale * reward(estimator sample) + lam * KL(q || prior)``.
+* **VQ tokens.** Each 28 x 28 digit is cut into 4 x 4 patches (a 7 x 7 grid, ``L = 49`` tokens);
+  every patch is replaced by the nearest of ``K = 256`` code vectors learned by k-means on the
+  training patches (:func:`fit_codebook`, :func:`encode`).
+* **Decoder.** :class:`VQDecoder` maps one-hot codes ``(B, 49, K)`` to pixels: ``one_hot @ E`` (a
+  learned code embedding, as ``x0 @ codebook`` in the authors' code) followed by a small
+  convolutional network with non-linearities; it is trained to reconstruct the *original* digit
+  from its codes, so it is differentiable in the one-hot input and not a table look-up.
+* **Prior.** A class-conditional :class:`~redge_mini.book.masked_diffusion.MaskedDenoiser` over
+  the codes (with row and column position groups), sampled with classifier-free guidance.
+* **Reward.** ``log p(target | decode(X))`` of a small CNN trained on decoded digits
+  (:class:`DigitCNN`); a second classifier (:class:`DigitMLP`, the *judge*) never sees the
+  guidance and checks whether a steered image looks like the target to an independent reader.
+* **Sampler.** :func:`guided_remdm_sample`, the authors' structure: at each step, variational
+  logits ``phi`` start at the prior's (classifier-free guided) logits, take ``N`` Adam steps on
+  ``-s * reward(decode(X)) + lam * KL(q_phi || prior)`` with ``X`` the estimator's one-hot sample
+  of ``phi``; then codes are drawn from ``Cat(phi)`` and the grid moves to the next noise level by
+  the ReMDM bridge with remasking ``sigma`` (:func:`remdm_bridge`).
 
-Stored weights live in ``redge_mini/book/data/`` (``image_prior.pt`` for the prior,
-``image_guidance_models.pt`` for both classifiers and the training record), made by
-``python -m redge_mini.book.experiments.train_image_models``; :func:`load_image_models` finds them
-from
-any working directory.
+The weights live in ``redge_mini/book/data/`` (:data:`MODELS_FILE`: codebook, decoder, reward and
+judge, with the training record; :data:`PRIOR_FILE`: the prior), made by
+``python -m redge_mini.book.experiments.train_image_models``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,551 +42,441 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from redge_mini.book.datasets import load_digits_8x8
-from redge_mini.book.guidance import guided_sample
+from redge_mini.book.guidance import kl_to_prior
 from redge_mini.book.masked_diffusion import (
     MaskedDenoiser,
     data_path,
     load_denoiser,
     save_denoiser,
-    train_masked_denoiser,
 )
-from redge_mini.validation import check_int, check_real
+from redge_mini.registry import make_estimator
+from redge_mini.validation import check_generator, check_int, check_real
 
 __all__ = [
+    "GRID",
     "IMAGE_SIDE",
+    "MODELS_FILE",
     "N_CLASSES",
-    "N_LEVELS",
+    "N_CODES",
+    "PATCH",
     "PRIOR_FILE",
     "SEQ_LEN",
-    "WEIGHTS_FILE",
     "DigitCNN",
     "DigitMLP",
     "GuidanceRun",
     "ImageModels",
+    "VQDecoder",
     "accuracy",
+    "cfg_log_probs",
     "class_log_prob",
-    "decode",
-    "grey_levels",
+    "code_usage",
+    "encode",
+    "fit_codebook",
     "guide_images",
+    "guided_remdm_sample",
     "image_grid",
-    "load_digit_tokens",
+    "linear_schedule",
     "load_image_models",
-    "quantise",
+    "patches",
+    "remdm_bridge",
     "save_image_models",
     "steering_targets",
-    "train_classifier",
-    "train_prior",
+    "unpatch",
 ]
 
-#: Side of a digit image in pixels.
-IMAGE_SIDE: int = 8
-#: Number of tokens per image (one per pixel).
-SEQ_LEN: int = IMAGE_SIDE * IMAGE_SIDE
-#: Number of grey levels, i.e. categories per token.
-N_LEVELS: int = 4
-#: Number of digit classes.
+#: Side of a digit in pixels.
+IMAGE_SIDE: int = 28
+#: Side of a patch (one token) in pixels.
+PATCH: int = 4
+#: Side of the token grid.
+GRID: int = IMAGE_SIDE // PATCH
+#: Tokens per image.
+SEQ_LEN: int = GRID * GRID
+#: Codebook size (the vocabulary of the prior and of the estimators).
+N_CODES: int = 256
+#: Digit classes.
 N_CLASSES: int = 10
-#: File name of the stored models in ``redge_mini/book/data``.
-WEIGHTS_FILE: str = "image_guidance_models.pt"
+#: File of the codebook, decoder, reward and judge in ``redge_mini/book/data``.
+MODELS_FILE: str = "image_models.pt"
+#: File of the prior in ``redge_mini/book/data``.
+PRIOR_FILE: str = "image_prior.pt"
 
-def _check_one_hot_shape(x: object, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating (one-hot or relaxed) tensor, got {x.dtype}")
-    if x.dim() < 2 or x.shape[-1] != N_LEVELS or x.shape[-2] != SEQ_LEN:
-        raise ValueError(
-            f"{name} must have shape (..., {SEQ_LEN}, {N_LEVELS}) (tokens x grey levels), "
-            f"got {tuple(x.shape)}"
-        )
+
+# ----------------------------------------------------------------------------------- VQ tokens
+def patches(images: torch.Tensor) -> torch.Tensor:
+    """Cut images ``(N, 784)`` or ``(N, 28, 28)`` into patches ``(N, 49, 16)`` (row-major grid)."""
+    if not isinstance(images, torch.Tensor) or images.dim() not in (2, 3) or (
+            images.shape[1:].numel() != IMAGE_SIDE * IMAGE_SIDE):
+        raise ValueError(f"images must be a tensor (N, 784) or (N, 28, 28), got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
+    x = images.reshape(-1, GRID, PATCH, GRID, PATCH)
+    return x.permute(0, 1, 3, 2, 4).reshape(-1, SEQ_LEN, PATCH * PATCH)
+
+
+def unpatch(tiles: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`patches`: ``(N, 49, 16) -> (N, 28, 28)``."""
+    if tiles.dim() != 3 or tiles.shape[1:] != (SEQ_LEN, PATCH * PATCH):
+        raise ValueError(f"tiles must have shape (N, {SEQ_LEN}, {PATCH * PATCH}), "
+                         f"got {tuple(tiles.shape)}")
+    x = tiles.reshape(-1, GRID, GRID, PATCH, PATCH).permute(0, 1, 3, 2, 4)
+    return x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+
+
+def fit_codebook(images: torch.Tensor, n_codes: int = N_CODES, *, seed: int = 0) -> torch.Tensor:
+    """Learn ``n_codes`` code vectors (4 x 4 patches) by k-means on the patches of ``images``.
+
+    scikit-learn's :class:`~sklearn.cluster.KMeans` (Lloyd's algorithm, k-means++ start); the
+    result is sorted by the patches' mean intensity so that code 0 is the blank patch.
+
+    Returns
+    -------
+    torch.Tensor
+        Float tensor ``(n_codes, 16)``.
+    """
+    from sklearn.cluster import KMeans
+
+    n_codes = check_int(n_codes, "n_codes", 2)
+    seed = check_int(seed, "seed", 0)
+    data = patches(images).reshape(-1, PATCH * PATCH).double().numpy()
+    km = KMeans(n_clusters=n_codes, n_init=1, max_iter=100, random_state=seed).fit(data)
+    centres = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
+    return centres[centres.mean(1).argsort()]
+
+
+def encode(images: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Nearest code of every patch: images ``(N, 784)`` -> tokens ``(N, 49)`` (long)."""
+    tiles = patches(images.float())
+    distances = torch.cdist(tiles, codebook.to(tiles.dtype)[None].expand(len(tiles), -1, -1))
+    return distances.argmin(-1)
+
+
+def code_usage(tokens: torch.Tensor, n_codes: int = N_CODES) -> int:
+    """Number of distinct codes that occur in ``tokens``."""
+    return int(torch.bincount(tokens.flatten(), minlength=n_codes).gt(0).sum())
+
+
+def _check_one_hot(x: object, name: str = "one_hot") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating torch.Tensor (one-hot or relaxed codes)")
+    if x.dim() != 3 or x.shape[1:] != (SEQ_LEN, N_CODES):
+        raise ValueError(f"{name} must have shape (B, {SEQ_LEN}, {N_CODES}), "
+                         f"got {tuple(x.shape)}")
     return x
 
 
-def grey_levels(n_levels: int = N_LEVELS) -> torch.Tensor:
-    """Return the grey value of each token: ``k / (n_levels - 1)`` for ``k = 0..n_levels-1``.
+class VQDecoder(nn.Module):
+    """Codes to pixels: ``one_hot @ E`` (a learned embedding, initialised at the code vectors),
+    then a non-linear convolutional network that upsamples the 7 x 7 grid to 28 x 28.
 
-    Parameters
-    ----------
-    n_levels : int
-        Number of grey levels (>= 2).
-
-    Returns
-    -------
-    torch.Tensor
-        Float tensor of shape ``(n_levels,)`` from 0 (background) to 1 (ink).
-    """
-    n_levels = check_int(n_levels, "n_levels", 2)
-    return torch.linspace(0.0, 1.0, n_levels)
-
-
-def quantise(images: np.ndarray | torch.Tensor, n_levels: int = N_LEVELS) -> torch.Tensor:
-    """Quantise intensities in ``[0, 1]`` to the nearest of ``n_levels`` evenly spaced levels.
-
-    Parameters
-    ----------
-    images : array or tensor
-        Intensities in ``[0, 1]``, any shape.
-    n_levels : int
-        Number of grey levels.
-
-    Returns
-    -------
-    torch.Tensor
-        Long tensor of tokens in ``{0, .., n_levels - 1}`` with the shape of ``images``: the index
-        of the level of :func:`grey_levels` nearest to each intensity.
-    """
-    n_levels = check_int(n_levels, "n_levels", 2)
-    x = torch.as_tensor(np.asarray(images, dtype=np.float64))
-    if x.numel() and not (bool(torch.isfinite(x).all()) and x.min() >= 0 and x.max() <= 1):
-        raise ValueError("images must hold finite intensities in [0, 1]")
-    return torch.round(x * (n_levels - 1)).long()
-
-
-def load_digit_tokens(split: str = "train", *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8 x 8 digits as token images, split as in :mod:`redge_mini.book.datasets`.
-
-    The split is the data module's default (shuffled with ``seed``; 200 validation and 200 test
-    images, 1,397 training images). The stored models were trained on ``split="train"`` with
-    ``seed=0``; their accuracies are measured on ``"test"``.
-
-    Parameters
-    ----------
-    split : {"train", "valid", "test"}
-        Which part to return.
-    seed : int
-        Seed of the shuffle (keep 0 to stay disjoint from the stored models' training images).
-
-    Returns
-    -------
-    tokens : torch.Tensor
-        Long tensor ``(N, 64)`` with values in ``{0, 1, 2, 3}``, pixels in row-major order.
-    labels : torch.Tensor
-        Long tensor ``(N,)`` of digit classes.
-    """
-    if split not in ("train", "valid", "test"):
-        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
-    seed = check_int(seed, "seed", 0)
-    parts = load_digits_8x8(seed=seed)
-    images = getattr(parts, f"x_{split}")
-    labels = torch.as_tensor(getattr(parts, f"y_{split}"), dtype=torch.long)
-    return quantise(images).reshape(len(labels), SEQ_LEN), labels
-
-
-def decode(one_hot: torch.Tensor) -> torch.Tensor:
-    """Map token one-hots (or relaxed samples) to pixel intensities: ``one_hot @ grey_levels()``.
-
-    Parameters
-    ----------
-    one_hot : torch.Tensor
-        Float tensor ``(..., 64, 4)``; rows are one-hot (hard samples) or points of the simplex.
-
-    Returns
-    -------
-    torch.Tensor
-        Pixel intensities ``(..., 8, 8)`` in ``[0, 1]``, differentiable in ``one_hot``.
-    """
-    one_hot = _check_one_hot_shape(one_hot, "one_hot")
-    pixels = one_hot @ _levels_on(one_hot.device, one_hot.dtype)
-    return pixels.reshape(*one_hot.shape[:-2], IMAGE_SIDE, IMAGE_SIDE)
-
-
-@functools.cache
-def _levels_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`grey_levels` on ``device`` in ``dtype``, made once (no copy in the guidance loop)."""
-    return grey_levels().to(device=device, dtype=dtype)
-
-
-class DigitCNN(nn.Module):
-    """The reward network: a two-layer CNN on decoded token images (about 10k parameters).
-
-    ``forward(one_hot)`` takes ``(B, 64, 4)`` one-hot tokens and returns ``(B, 10)`` class logits.
+    ``forward(one_hot)`` maps ``(B, 49, K)`` to intensities ``(B, 28, 28)`` in ``(0, 1)``.
     """
 
-    def __init__(self, channels: int = 16) -> None:
+    def __init__(self, codebook: torch.Tensor, hidden: int = 48) -> None:
         super().__init__()
-        channels = check_int(channels, "channels", 1)
+        hidden = check_int(hidden, "hidden", 1)
+        if codebook.shape != (N_CODES, PATCH * PATCH):
+            raise ValueError(f"codebook must have shape ({N_CODES}, {PATCH * PATCH})")
+        self.embedding = nn.Parameter(codebook.clone().float())
+        dim = PATCH * PATCH
         self.net = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1),
-            nn.GELU(),
-            nn.AvgPool2d(2),
-            nn.Flatten(),
-            nn.Linear(2 * channels * (IMAGE_SIDE // 2) ** 2, N_CLASSES),
+            nn.Conv2d(dim, hidden, 3, padding=1), nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
+            nn.ConvTranspose2d(hidden, 16, PATCH, stride=PATCH), nn.GELU(),
+            nn.Conv2d(16, 1, 3, padding=1),
         )
 
     def forward(self, one_hot: torch.Tensor) -> torch.Tensor:
-        """Class logits ``(B, 10)`` of one-hot tokens ``(B, 64, 4)``."""
-        return self.net(decode(one_hot).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE))
+        """Pixels ``(B, 28, 28)`` of one-hot (or relaxed) codes ``(B, 49, K)``."""
+        z = one_hot @ self.embedding                                  # (B, 49, 16) patches
+        lookup = unpatch(z)[:, None]                                  # (B, 1, 28, 28)
+        grid = z.transpose(1, 2).reshape(-1, PATCH * PATCH, GRID, GRID)
+        # the network corrects the look-up image (a residual in logit space)
+        logit = torch.logit(lookup.clamp(0.02, 0.98)) + self.net(grid)
+        return torch.sigmoid(logit)[:, 0]
+
+
+class DigitCNN(nn.Module):
+    """The reward network: a small CNN on 28 x 28 pixels, ``(B, 28, 28) -> (B, 10)`` logits."""
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        c = check_int(channels, "channels", 1)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(2 * c * GRID * GRID, N_CLASSES),
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Class logits of pixels ``(B, 28, 28)``."""
+        return self.net(pixels[:, None])
 
 
 class DigitMLP(nn.Module):
-    """The judge: a one-hidden-layer MLP on decoded token images, used only for evaluation.
-
-    ``forward(one_hot)`` takes ``(B, 64, 4)`` one-hot tokens and returns ``(B, 10)`` class logits.
-    """
+    """The judge: an MLP on 28 x 28 pixels, used only to evaluate guided samples."""
 
     def __init__(self, hidden: int = 128) -> None:
         super().__init__()
         hidden = check_int(hidden, "hidden", 1)
-        self.net = nn.Sequential(
-            nn.Linear(SEQ_LEN, hidden), nn.GELU(), nn.Linear(hidden, N_CLASSES)
-        )
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_SIDE ** 2, hidden), nn.GELU(),
+                                 nn.Linear(hidden, N_CLASSES))
 
-    def forward(self, one_hot: torch.Tensor) -> torch.Tensor:
-        """Class logits ``(B, 10)`` of one-hot tokens ``(B, 64, 4)``."""
-        return self.net(decode(one_hot).reshape(-1, SEQ_LEN))
-
-
-_CLASSIFIERS = {"cnn": DigitCNN, "mlp": DigitMLP}
-
-
-def train_classifier(
-    tokens: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    arch: str = "cnn",
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    token_noise: float = 0.05,
-    generator: torch.Generator,
-) -> nn.Module:
-    """Train a digit classifier on token images from scratch.
-
-    Each epoch visits the images in a random order; a fraction ``token_noise`` of each image's
-    tokens is replaced by random grey levels (a mild augmentation that makes the reward less
-    easy to fool with isolated pixels).
-
-    Parameters
-    ----------
-    tokens, labels : torch.Tensor
-        Long tensors ``(N, 64)`` and ``(N,)`` (see :func:`load_digit_tokens`).
-    arch : {"cnn", "mlp"}
-        :class:`DigitCNN` (the reward) or :class:`DigitMLP` (the judge).
-    epochs, batch_size : int
-        Passes over the data and images per Adam step.
-    lr : float
-        Adam learning rate.
-    token_noise : float
-        Probability in ``[0, 1)`` that a token is resampled uniformly during training.
-    generator : torch.Generator
-        CPU generator for the initialisation, the order and the augmentation.
-
-    Returns
-    -------
-    torch.nn.Module
-        The trained classifier in eval mode, on the CPU.
-    """
-    if arch not in _CLASSIFIERS:
-        raise ValueError(f"arch must be one of {sorted(_CLASSIFIERS)}, got {arch!r}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    tokens, labels = _check_tokens_labels(tokens, labels)
-    epochs = check_int(epochs, "epochs", 1)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    lr = check_real(lr, "lr", minimum=0.0, strict=True)
-    if not (isinstance(token_noise, numbers.Real) and 0.0 <= float(token_noise) < 1.0):
-        raise ValueError(f"token_noise must lie in [0, 1), got {token_noise!r}")
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _CLASSIFIERS[arch]()
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(labels), batch_size):
-            idx = order[start : start + batch_size]
-            batch = tokens[idx].clone()
-            noisy = torch.rand(batch.shape, generator=generator) < token_noise
-            batch[noisy] = torch.randint(
-                0, N_LEVELS, (int(noisy.sum()),), generator=generator
-            )
-            loss = F.cross_entropy(model(F.one_hot(batch, N_LEVELS).float()), labels[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return model.eval()
-
-
-def _check_tokens_labels(
-    tokens: object, labels: object
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long:
-        raise TypeError("tokens must be a torch.long tensor of shape (N, 64)")
-    if tokens.dim() != 2 or tokens.shape[1] != SEQ_LEN:
-        raise ValueError(f"tokens must have shape (N, {SEQ_LEN}), got {tuple(tokens.shape)}")
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= N_LEVELS):
-        raise ValueError(f"tokens must take values in 0..{N_LEVELS - 1}")
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long:
-        raise TypeError("labels must be a torch.long tensor of shape (N,)")
-    if labels.shape != tokens.shape[:1]:
-        raise ValueError(
-            f"labels must have shape ({tokens.shape[0]},), got {tuple(labels.shape)}"
-        )
-    if labels.numel() and (labels.min() < 0 or labels.max() >= N_CLASSES):
-        raise ValueError(f"labels must take values in 0..{N_CLASSES - 1}")
-    return tokens, labels
-
-
-@torch.no_grad()
-def accuracy(classifier: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of token images ``(N, 64)`` whose predicted class equals ``labels``."""
-    tokens, labels = _check_tokens_labels(tokens, labels)
-    param = next(classifier.parameters())
-    logits = classifier(F.one_hot(tokens.to(param.device), N_LEVELS).to(param.dtype))
-    return float((logits.argmax(-1).cpu() == labels).float().mean())
-
-
-def class_log_prob(
-    classifier: nn.Module, one_hot: torch.Tensor, target: torch.Tensor | int
-) -> torch.Tensor:
-    """The reward: ``log p(target | decode(one_hot))`` under ``classifier``, differentiable.
-
-    Parameters
-    ----------
-    classifier : torch.nn.Module
-        A :class:`DigitCNN` or :class:`DigitMLP`.
-    one_hot : torch.Tensor
-        Float tensor ``(B, 64, 4)`` of one-hot (or relaxed) tokens.
-    target : int or torch.Tensor
-        Target class, one for all images or a long tensor ``(B,)``.
-
-    Returns
-    -------
-    torch.Tensor
-        Log-probabilities ``(B,)`` (at most 0).
-    """
-    one_hot = _check_one_hot_shape(one_hot, "one_hot")
-    if one_hot.dim() != 3:
-        raise ValueError(f"one_hot must have shape (B, 64, 4), got {tuple(one_hot.shape)}")
-    batch = one_hot.shape[0]
-    if isinstance(target, torch.Tensor):
-        target = target.to(device=one_hot.device, dtype=torch.long)
-        if target.dim() == 0:
-            target = target.expand(batch)
-        if target.shape != (batch,):
-            raise ValueError(f"target must have shape ({batch},), got {tuple(target.shape)}")
-    else:
-        target = torch.full((batch,), check_int(target, "target", 0), device=one_hot.device)
-    if target.numel() and (target.min() < 0 or target.max() >= N_CLASSES):
-        raise ValueError(f"target must take values in 0..{N_CLASSES - 1}")
-    return _log_prob(classifier, one_hot, target)
-
-
-def _log_prob(classifier: nn.Module, one_hot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """:func:`class_log_prob` without the checks, for the guidance loop (``target`` is ``(B,)``)."""
-    log_probs = F.log_softmax(classifier(one_hot), dim=-1)
-    return log_probs.gather(-1, target[:, None]).squeeze(-1)
-
-
-def image_grid(tokens: torch.Tensor, n_cols: int, *, pad: int = 1) -> np.ndarray:
-    """Tile token images ``(N, 64)`` into one grey-level array for ``imshow``.
-
-    Parameters
-    ----------
-    tokens : torch.Tensor
-        Long tensor ``(N, 64)`` of grey-level tokens.
-    n_cols : int
-        Images per row.
-    pad : int
-        Pixels of padding between images (drawn at value ``nan``, i.e. blank with a colormap
-        that sets a ``bad`` colour).
-
-    Returns
-    -------
-    numpy.ndarray
-        Float array ``(rows * (8 + pad) - pad, n_cols * (8 + pad) - pad)``, intensities in
-        ``[0, 1]``.
-    """
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] != SEQ_LEN:
-        raise ValueError(f"tokens must be a tensor of shape (N, {SEQ_LEN})")
-    n_cols = check_int(n_cols, "n_cols", 1)
-    pad = check_int(pad, "pad", 0)
-    pixels = grey_levels()[tokens.detach().cpu().long()].reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
-    n_rows = max(1, math.ceil(len(pixels) / n_cols))
-    step = IMAGE_SIDE + pad
-    grid = np.full((n_rows * step - pad, n_cols * step - pad), np.nan)
-    for i, image in enumerate(pixels.numpy()):
-        r, c = divmod(i, n_cols)
-        grid[r * step : r * step + IMAGE_SIDE, c * step : c * step + IMAGE_SIDE] = image
-    return grid
-
-
-def train_prior(
-    tokens: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    width: int = 64,
-    depth: int = 2,
-    heads: int = 4,
-    steps: int = 600,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    label_dropout: float = 0.1,
-    generator: torch.Generator,
-    progress: bool = False,
-) -> tuple[MaskedDenoiser, dict[str, list[float]]]:
-    """Train the class-conditional masked token model (the prior) on token images.
-
-    A :class:`~redge_mini.book.masked_diffusion.MaskedDenoiser` over ``K = 4`` grey levels and
-    ``L = 64`` positions with 10 classes (plus the "no class" label used with probability
-    ``label_dropout``), trained by :func:`~redge_mini.book.masked_diffusion.train_masked_denoiser`.
-
-    Parameters
-    ----------
-    tokens, labels : torch.Tensor
-        Long tensors ``(N, 64)`` and ``(N,)``.
-    width, depth, heads : int
-        Transformer size.
-    steps, batch_size : int
-        Adam steps and images per step.
-    lr : float
-        Peak learning rate.
-    label_dropout : float
-        Probability of training a sequence without its class.
-    generator : torch.Generator
-        CPU generator for the initialisation and every training draw.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    (MaskedDenoiser, dict)
-        The model in eval mode and the loss history ``{"step", "loss"}``.
-    """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    tokens, labels = _check_tokens_labels(tokens, labels)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MaskedDenoiser(
-            N_LEVELS, SEQ_LEN, width=width, depth=depth, heads=heads, n_classes=N_CLASSES
-        )
-    history = train_masked_denoiser(
-        model, tokens, steps=steps, batch_size=batch_size, lr=lr, generator=generator,
-        labels=labels, label_dropout=label_dropout, progress=progress,
-    )
-    return model, history
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Class logits of pixels ``(B, 28, 28)``."""
+        return self.net(pixels)
 
 
 @dataclass
 class ImageModels:
-    """The three trained models of the image experiment and what is known about their training.
+    """The trained parts of the stand-in and their training record.
 
     Attributes
     ----------
+    codebook : torch.Tensor
+        ``(K, 16)`` k-means code vectors (the tokeniser).
+    decoder : VQDecoder
+        Codes to pixels.
     prior : MaskedDenoiser
-        Class-conditional masked token model (plays MaskGIT).
-    reward : DigitCNN
-        Classifier whose log-probability is the reward (plays CLIP).
-    judge : DigitMLP
-        Independent classifier used only to evaluate guided samples.
+        Class-conditional masked token model over the codes (plays MaskGIT).
+    reward, judge : nn.Module
+        :class:`DigitCNN` (plays CLIP) and :class:`DigitMLP` (evaluation only).
     meta : dict
-        Training configuration, losses and held-out accuracies recorded when the models were made.
+        Training configuration, losses, accuracies, code usage.
     """
 
+    codebook: torch.Tensor
+    decoder: VQDecoder
     prior: MaskedDenoiser
     reward: nn.Module
     judge: nn.Module
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> ImageModels:
-        """Move the three models to ``device`` (in place) and return ``self``."""
-        for model in (self.prior, self.reward, self.judge):
+        """Move every part to ``device`` (in place) and return ``self``."""
+        self.codebook = self.codebook.to(device)
+        for model in (self.decoder, self.prior, self.reward, self.judge):
             model.to(device)
         return self
 
-
-PRIOR_FILE: str = "image_prior.pt"
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(N, 28, 28)`` of code tokens ``(N, 49)``."""
+        param = self.codebook
+        with torch.no_grad():
+            return self.decoder(F.one_hot(tokens.to(param.device), N_CODES).float())
 
 
 def save_image_models(models: ImageModels, folder: str | Path | None = None) -> list[Path]:
-    """Store the models: the prior with :func:`~redge_mini.book.masked_diffusion.save_denoiser`
-    (float16) and both classifiers (float32 state dicts) in :data:`WEIGHTS_FILE`.
-
-    Parameters
-    ----------
-    models : ImageModels
-        The models to store.
-    folder : str, pathlib.Path or None
-        Destination folder; default the package's ``redge_mini/book/data``.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The two files written.
-    """
-    if not isinstance(models, ImageModels):
-        raise TypeError(f"models must be an ImageModels, got {type(models).__name__}")
-    folder = Path(folder) if folder is not None else data_path(WEIGHTS_FILE).parent
+    """Store the prior (float16, :func:`save_denoiser`) and the rest (float16 weights) in
+    :data:`PRIOR_FILE` and :data:`MODELS_FILE` under ``folder`` (default the package's data)."""
+    folder = Path(folder) if folder is not None else data_path(MODELS_FILE).parent
     folder.mkdir(parents=True, exist_ok=True)
-    prior_path = save_denoiser(
-        models.prior, folder / PRIOR_FILE, half=True, meta=models.meta.get("prior", {})
-    )
-    record = {
-        "reward": {k: v.detach().cpu() for k, v in models.reward.state_dict().items()},
-        "judge": {k: v.detach().cpu() for k, v in models.judge.state_dict().items()},
-        "meta": models.meta,
-    }
-    classifier_path = folder / WEIGHTS_FILE
-    torch.save(record, classifier_path)
-    return [prior_path, classifier_path]
+    prior_path = save_denoiser(models.prior, folder / PRIOR_FILE, half=True,
+                               meta=models.meta.get("prior", {}))
+
+    def half(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().half() for k, v in module.state_dict().items()}
+
+    record = {"codebook": models.codebook.detach().cpu().half(),
+              "decoder": half(models.decoder), "reward": half(models.reward),
+              "judge": half(models.judge), "meta": models.meta}
+    path = folder / MODELS_FILE
+    torch.save(record, path)
+    return [prior_path, path]
 
 
-def load_image_models(
-    folder: str | Path | None = None, *, device: torch.device | str | None = None
-) -> ImageModels:
-    """Load the stored prior, reward classifier and judge (from any working directory).
-
-    Parameters
-    ----------
-    folder : str, pathlib.Path or None
-        Folder holding :data:`PRIOR_FILE` and :data:`WEIGHTS_FILE`; default the package's
-        ``redge_mini/book/data`` (found through :mod:`importlib.resources`).
-    device : torch.device, str or None
-        Where to put the models (default CPU).
-
-    Returns
-    -------
-    ImageModels
-        The three models in eval mode, float32.
+def load_image_models(folder: str | Path | None = None, *,
+                      device: torch.device | str | None = None) -> ImageModels:
+    """Load the stored models (float32, eval mode, frozen) from ``folder`` or the package data.
 
     Raises
     ------
     FileNotFoundError
-        If the weights were never made (see ``redge_mini.book.experiments.train_image_models``).
+        If they were never made (``python -m redge_mini.book.experiments.train_image_models``).
     """
-    if folder is None:
-        classifier_path = data_path(WEIGHTS_FILE)
-        prior_path = data_path(PRIOR_FILE)
-    else:
-        classifier_path = Path(folder) / WEIGHTS_FILE
-        prior_path = Path(folder) / PRIOR_FILE
-    for path in (classifier_path, prior_path):
+    paths = [Path(folder) / name if folder is not None else data_path(name)
+             for name in (MODELS_FILE, PRIOR_FILE)]
+    for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(
-                f"no stored image model at {path}; make it with "
-                "`python -m redge_mini.book.experiments.train_image_models`"
-            )
-    prior, _ = load_denoiser(prior_path, device=device)
-    record = torch.load(classifier_path, map_location="cpu", weights_only=True)
-    reward, judge = DigitCNN(), DigitMLP()
-    reward.load_state_dict(record["reward"])
-    judge.load_state_dict(record["judge"])
-    models = ImageModels(prior, reward.eval(), judge.eval(), dict(record.get("meta", {})))
+            raise FileNotFoundError(f"no stored image model at {path}; make it with "
+                                    "`python -m redge_mini.book.experiments.train_image_models`")
+    record = torch.load(paths[0], map_location="cpu", weights_only=True)
+    codebook = record["codebook"].float()
+    decoder, reward, judge = VQDecoder(codebook), DigitCNN(), DigitMLP()
+    for module, key in ((decoder, "decoder"), (reward, "reward"), (judge, "judge")):
+        module.load_state_dict({k: v.float() for k, v in record[key].items()})
+    prior, _ = load_denoiser(paths[1])
+    models = ImageModels(codebook, decoder, prior, reward, judge, dict(record.get("meta", {})))
+    for module in (decoder, prior, reward, judge):
+        module.eval().requires_grad_(False)
     return models.to(device or "cpu")
 
 
-def steering_targets(source: torch.Tensor, shift: int = 1) -> torch.Tensor:
-    """The target class of each source class: ``(source + shift) mod 10``.
+@torch.no_grad()
+def accuracy(classifier: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images ``(N, 28, 28)`` whose predicted class equals ``labels``."""
+    dev = next(classifier.parameters()).device
+    predicted = classifier(pixels.to(dev).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)).argmax(-1)
+    return float((predicted.cpu() == labels.cpu()).float().mean())
 
-    A fixed rule rather than hand-picked pairs, so that easy and hard conversions (``1 -> 2``,
-    ``7 -> 8``, ...) are averaged alike.
+
+def class_log_prob(models: ImageModels, one_hot: torch.Tensor,
+                   target: torch.Tensor) -> torch.Tensor:
+    """The reward ``log p_reward(target | decode(one_hot))``, ``(B,)``, differentiable in
+    ``one_hot`` ``(B, 49, K)``; ``target`` is a long tensor ``(B,)`` of classes."""
+    one_hot = _check_one_hot(one_hot)
+    if not isinstance(target, torch.Tensor) or target.shape != one_hot.shape[:1]:
+        raise ValueError(f"target must be a tensor of shape ({one_hot.shape[0]},)")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= N_CLASSES):
+        raise ValueError(f"target must hold classes in 0..{N_CLASSES - 1}")
+    return _log_prob(models, one_hot, target.long())
+
+
+def _log_prob(models: ImageModels, one_hot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    log_probs = F.log_softmax(models.reward(models.decoder(one_hot)), dim=-1)
+    return log_probs.gather(-1, target[:, None]).squeeze(-1)
+
+
+def image_grid(pixels: torch.Tensor, n_cols: int, *, pad: int = 2) -> np.ndarray:
+    """Tile images ``(N, 28, 28)`` into one array for ``imshow`` (padding is NaN)."""
+    n_cols = check_int(n_cols, "n_cols", 1)
+    pad = check_int(pad, "pad", 0)
+    images = pixels.detach().cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE).numpy()
+    n_rows = max(1, math.ceil(len(images) / n_cols))
+    step = IMAGE_SIDE + pad
+    grid = np.full((n_rows * step - pad, n_cols * step - pad), np.nan)
+    for i, image in enumerate(images):
+        r, c = divmod(i, n_cols)
+        grid[r * step:r * step + IMAGE_SIDE, c * step:c * step + IMAGE_SIDE] = image
+    return grid
+
+
+# ------------------------------------------------------------------------------------ sampler
+def linear_schedule(n_steps: int) -> torch.Tensor:
+    """Fraction of revealed cells ``alpha`` on the authors' grid: ``n_steps`` points from 1e-4
+    (all masked) to 1 (all revealed), increasing; the sampler makes ``n_steps - 1`` moves."""
+    n_steps = check_int(n_steps, "n_steps", 2)
+    return torch.linspace(1e-4, 1.0, n_steps, dtype=torch.float64)
+
+
+def remdm_bridge(x: torch.Tensor, draw: torch.Tensor, alpha_t: float, alpha_s: float,
+                 sigma: float, mask_id: int, generator: torch.Generator | None) -> torch.Tensor:
+    """One ReMDM move from the revealed fraction ``alpha_t`` to ``alpha_s >= alpha_t``.
+
+    A revealed cell is remasked with probability ``sigma * (1 - alpha_s)``; a masked cell takes
+    its ``draw`` with probability ``1 - (1 - sigma) (1 - alpha_s) / (1 - alpha_t) - sigma (1 -
+    alpha_s)``. Either way a cell is revealed afterwards with probability ``alpha_s`` (the
+    marginal of the forward process). ``sigma = 0`` is the plain masked-diffusion step (revealed
+    cells stay); ``sigma = 1`` keeps a revealed cell only with probability ``alpha_s``, so early
+    choices are revisited (the authors' setting).
     """
+    masked = x == mask_id
+    stay_masked = (1 - sigma) * (1 - alpha_s) / max(1 - alpha_t, 1e-12) + sigma * (1 - alpha_s)
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    remask = ~masked & (u < sigma * (1 - alpha_s))
+    reveal = masked & (u >= stay_masked)
+    out = torch.where(reveal, draw, x)
+    return out.masked_fill(remask, mask_id)
+
+
+def cfg_log_probs(prior: MaskedDenoiser, x: torch.Tensor, cond: torch.Tensor,
+                  weight: float) -> torch.Tensor:
+    """Classifier-free guided log-probabilities ``log_softmax((1 + w) l_c - w l_u)`` (``(B, L,
+    K)``); revealed cells keep their one-hot distribution. ``weight = 0``: the conditional
+    model."""
+    conditional = prior(x, cond)
+    if weight == 0:
+        return conditional
+    unconditional = prior(x, torch.full_like(cond, prior.n_classes))
+    return torch.log_softmax((1 + weight) * conditional - weight * unconditional, dim=-1)
+
+
+def guided_remdm_sample(
+    models: ImageModels,
+    estimator: str,
+    *,
+    cond: torch.Tensor,
+    target: torch.Tensor,
+    n_steps: int = 20,
+    n_inner: int = 20,
+    lr: float = 0.5,
+    lam: float = 1.0,
+    reward_scale: float = 1.0,
+    sigma: float = 1.0,
+    cfg_weight: float = 3.0,
+    knobs: dict[str, Any] | None = None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The authors' guided sampler on the stand-in (``n_inner = 0``: unguided ReMDM sampling).
+
+    At each of the ``n_steps - 1`` moves of :func:`linear_schedule`: ``ell`` = the prior's
+    classifier-free guided log-probabilities (:func:`cfg_log_probs`, no gradient); ``phi <-
+    ell``; ``n_inner`` Adam steps (learning rate ``lr``) on ``sum_images [-reward_scale *
+    log p_reward(target | decode(X)) + lam * sum_masked KL(softmax phi || softmax ell)]``, where
+    ``X`` is the estimator's one-hot sample of ``phi`` (``hard=True``) with the revealed cells'
+    one-hots kept; then codes are drawn from ``Cat(softmax phi)`` and :func:`remdm_bridge` moves
+    the grid.
+
+    Returns
+    -------
+    (tokens, info)
+        ``tokens``: ``(B, 49)`` codes. ``info``: per image ``kl`` (the KL term of the inner
+        objective at the end of each inner loop, averaged over the moves: nats per move, the
+        price paid against one evaluation of the reward) and ``seconds`` (a 0-d tensor).
+    """
+    spec_estimator = make_estimator(estimator, **(knobs or {}))
+    n_steps = check_int(n_steps, "n_steps", 2)
+    n_inner = check_int(n_inner, "n_inner", 0)
+    lr = check_real(lr, "lr", minimum=0.0, strict=True)
+    lam = check_real(lam, "lam", minimum=0.0)
+    reward_scale = check_real(reward_scale, "reward_scale", minimum=0.0)
+    sigma = check_real(sigma, "sigma", minimum=0.0)
+    if sigma > 1:
+        raise ValueError(f"sigma must lie in [0, 1], got {sigma}")
+    cfg_weight = check_real(cfg_weight, "cfg_weight", minimum=0.0)
+    prior = models.prior
+    dev = next(prior.parameters()).device
+    check_generator(generator, dev)
+    if cond.shape != target.shape or cond.dim() != 1:
+        raise ValueError("cond and target must be long tensors of the same shape (B,)")
+    cond, target = cond.to(dev).long(), target.to(dev).long()
+    batch = len(cond)
+    alphas = linear_schedule(n_steps).tolist()
+    x = torch.full((batch, SEQ_LEN), prior.mask_id, dtype=torch.long, device=dev)
+    kl_total = torch.zeros(batch, device=dev)
+    start = time.perf_counter()
+    for j in range(n_steps - 1):
+        masked = x == prior.mask_id
+        with torch.no_grad():
+            ell = cfg_log_probs(prior, x, cond, cfg_weight).float()
+        phi = ell.clone()
+        if n_inner > 0:
+            revealed = F.one_hot(x.clamp(max=N_CODES - 1), N_CODES).float()
+            keep, weight = masked[..., None], masked.float()
+            phi.requires_grad_(True)
+            optimiser = torch.optim.Adam([phi], lr=lr)
+            for _ in range(n_inner):
+                sample = torch.where(keep, spec_estimator(phi, hard=True, generator=generator),
+                                     revealed)
+                reward = _log_prob(models, sample, target)
+                kl = (kl_to_prior(phi, ell) * weight).sum(-1)
+                loss = (lam * kl - reward_scale * reward).sum()
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+            phi = phi.detach()
+        with torch.no_grad():
+            kl_total += (kl_to_prior(phi, ell) * masked).sum(-1).clamp(min=0.0)
+            probs = torch.softmax(phi, -1).reshape(-1, N_CODES)
+            draw = torch.multinomial(probs, 1, generator=generator).reshape(batch, SEQ_LEN)
+            x = remdm_bridge(x, draw, alphas[j], alphas[j + 1], sigma, prior.mask_id, generator)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return x, {"kl": kl_total / (n_steps - 1),
+               "seconds": torch.tensor(time.perf_counter() - start)}
+
+
+def steering_targets(source: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """The class the reward asks for: ``(source + shift) mod 10`` (a rule, not chosen pairs)."""
     shift = check_int(shift, "shift", 1)
     if shift % N_CLASSES == 0:
         raise ValueError(f"shift must not be a multiple of {N_CLASSES}, got {shift}")
@@ -600,22 +485,11 @@ def steering_targets(source: torch.Tensor, shift: int = 1) -> torch.Tensor:
 
 @dataclass
 class GuidanceRun:
-    """One batch of guided (or unguided) samples and its per-image metrics.
+    """A batch of guided (or unguided) samples and its per-image metrics.
 
-    Attributes
-    ----------
-    tokens : torch.Tensor
-        ``(B, 64)`` generated token images (CPU).
-    source, target : torch.Tensor
-        ``(B,)`` class given to the prior and class the reward asks for.
-    per_image : dict of torch.Tensor
-        ``(B,)`` tensors: ``reward`` (``log p_reward(target | x)``), ``reward_hit`` (the reward
-        classifier's top class is the target), ``judge_hit`` (the judge's top class is the
-        target), ``judge_source`` (the judge still sees the source class), ``kl`` (KL of the
-        variational distributions to the prior, summed over each cell at its reveal step) and
-        ``nll_prior`` (minus the prior log-probability of the revealed tokens).
-    seconds : float
-        Wall time of the sampling.
+    ``per_image``: ``reward`` (``log p_reward(target | x)``), ``kl`` (see
+    :func:`guided_remdm_sample`), ``reward_hit`` / ``judge_hit`` (the reward network / the judge
+    reads the target class), ``judge_source`` (the judge still reads the source class).
     """
 
     tokens: torch.Tensor
@@ -625,100 +499,31 @@ class GuidanceRun:
     seconds: float
 
 
-def guide_images(
-    models: ImageModels,
-    estimator: str,
-    *,
-    n_per_class: int,
-    n_inner: int,
-    lr: float = 0.1,
-    knobs: dict[str, Any] | None = None,
-    lam: float = 1.0,
-    reward_scale: float = 10.0,
-    n_unmask_steps: int = 12,
-    shift: int = 1,
-    seed: int = 0,
-) -> GuidanceRun:
-    """Generate ``n_per_class`` images of every class and steer them towards another class.
+def guide_images(models: ImageModels, estimator: str, *, n_per_class: int, n_inner: int,
+                 seed: int, shift: int = 1, **kwargs: Any) -> GuidanceRun:
+    """``n_per_class`` images of every source class ``c``, steered towards ``c + shift``.
 
-    The prior is conditioned on the source class ``c``; the reward is
-    ``reward_scale * log p_reward(target | x)`` with ``target = (c + shift) mod 10``; guidance is
-    :func:`redge_mini.book.guidance.guided_sample` with ``maximize=True`` (so the inner loss is
-    ``-reward_scale * log p + lam * KL``). ``n_inner = 0`` gives the unguided baseline (greedy
-    decoding of the prior on the same unmasking schedule). Every image is independent of the others
-    (Adam acts elementwise and the loss is a sum over images), so standard errors over images are
-    valid. The three models are put in eval mode and their parameters frozen
-    (``requires_grad_(False)``): guidance differentiates with respect to the tokens only.
-
-    Parameters
-    ----------
-    models : ImageModels
-        Prior, reward and judge, all on the same device.
-    estimator : str
-        Name in :data:`redge_mini.registry.ESTIMATORS`.
-    n_per_class : int
-        Images per source class (batch size ``10 * n_per_class``).
-    n_inner : int
-        Adam steps per unmasking step (the budget ``N``).
-    lr : float
-        Adam learning rate on the variational logits.
-    knobs : dict or None
-        The estimator's knobs.
-    lam : float
-        Weight of the KL to the prior.
-    reward_scale : float
-        Multiplier of the log-probability reward (the authors use ``100 * CLIP``).
-    n_unmask_steps : int
-        Unmasking steps ``T``.
-    shift : int
-        Target class offset, see :func:`steering_targets`.
-    seed : int
-        Seed of the sampling generator.
-
-    Returns
-    -------
-    GuidanceRun
-        The samples and per-image metrics.
+    ``kwargs`` go to :func:`guided_remdm_sample` (``n_steps``, ``lr``, ``lam``,
+    ``reward_scale``, ``sigma``, ``cfg_weight``, ``knobs``). Images do not interact (Adam acts
+    elementwise and the loss is a sum over images), so blocks of images are independent
+    replicates.
     """
-    if not isinstance(models, ImageModels):
-        raise TypeError(f"models must be an ImageModels, got {type(models).__name__}")
     n_per_class = check_int(n_per_class, "n_per_class", 1)
-    reward_scale = check_real(reward_scale, "reward_scale", minimum=0.0, strict=True)
     seed = check_int(seed, "seed", 0)
     dev = next(models.prior.parameters()).device
-    source = torch.arange(N_CLASSES, device=dev).repeat_interleave(n_per_class)
+    source = torch.arange(N_CLASSES, device=dev).repeat(n_per_class)
     target = steering_targets(source, shift)
-    reward_model = models.reward
-
-    def objective(one_hot: torch.Tensor) -> torch.Tensor:
-        # class_log_prob without its checks: the loop calls this n_unmask_steps * n_inner times,
-        # and checking the targets' range would synchronise a GPU at every call
-        return reward_scale * _log_prob(reward_model, one_hot, target)
-
-    generator = torch.Generator(device=dev)
-    generator.manual_seed(seed)
-    for model in (models.prior, models.reward, models.judge):
-        model.eval().requires_grad_(False)
-    start = time.perf_counter()
-    tokens, info = guided_sample(
-        models.prior, objective, estimator, n_unmask_steps=n_unmask_steps, n_inner=n_inner,
-        lam=lam, lr=lr, knobs=knobs, generator=generator, n=len(source), cond=source,
-        maximize=True,
-    )
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - start
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    tokens, info = guided_remdm_sample(models, estimator, cond=source, target=target,
+                                       n_inner=n_inner, generator=generator, **kwargs)
     with torch.no_grad():
-        one_hot = F.one_hot(tokens, N_LEVELS).float()
-        reward = class_log_prob(models.reward, one_hot, target)
-        reward_top = models.reward(one_hot).argmax(-1)
-        judge_top = models.judge(one_hot).argmax(-1)
-    per_image = {
-        "reward": reward.cpu(),
-        "reward_hit": (reward_top == target).float().cpu(),
-        "judge_hit": (judge_top == target).float().cpu(),
-        "judge_source": (judge_top == source).float().cpu(),
-        "kl": info["kl_revealed"].float().clamp(min=0.0).cpu(),  # KL >= 0 up to rounding
-        "nll_prior": info["nll_prior"].float().cpu(),
-    }
-    return GuidanceRun(tokens.cpu(), source.cpu(), target.cpu(), per_image, seconds)
+        pixels = models.decoder(F.one_hot(tokens, N_CODES).float())
+        reward = F.log_softmax(models.reward(pixels), -1).gather(-1, target[:, None])[:, 0]
+        reward_top = models.reward(pixels).argmax(-1)
+        judge_top = models.judge(pixels).argmax(-1)
+    per_image = {"reward": reward.cpu(), "kl": info["kl"].cpu(),
+                 "reward_hit": (reward_top == target).float().cpu(),
+                 "judge_hit": (judge_top == target).float().cpu(),
+                 "judge_source": (judge_top == source).float().cpu()}
+    return GuidanceRun(tokens.cpu(), source.cpu(), target.cpu(), per_image,
+                       float(info["seconds"]))
