@@ -52,6 +52,7 @@ ASPECTS: tuple[Aspect, ...] = (
     Aspect("sudoku", ("final_solved",), True, "solved rate of the final sample"),
     Aspect("mdm_guidance", ("final_violations",), False, "violations of the final sample"),
     Aspect("mdm_guidance", ("final_solved",), True, "solved rate of the final sample"),
+    Aspect("image_guidance", ("objective",), True, "guidance objective (10·reward − KL)"),
     Aspect("image_guidance", ("reward", "final_reward", "mean_reward"), True, "reward"),
 )
 
