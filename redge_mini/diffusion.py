@@ -14,7 +14,6 @@ import functools
 from typing import Literal, NamedTuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .validation import check_n_steps, check_t_1
 
@@ -50,6 +49,14 @@ def time_grid(n_steps: int, t_1: float) -> tuple[tuple[float, ...], tuple[float,
     alphas = (1.0, *tail)
     sigmas = tuple(1.0 - a for a in alphas)
     return alphas, sigmas
+
+
+def _cached(function, *args):
+    """``function(*args)`` from its ``lru_cache``, or computed afresh while ``torch.compile``
+    traces (Dynamo warns about cached functions; the values are Python floats either way)."""
+    if torch.compiler.is_compiling():
+        return function.__wrapped__(*args)
+    return function(*args)
 
 
 def posterior_logits(
@@ -171,7 +178,7 @@ def ddim_sample(
         )
     if trajectory not in (False, True, "denoised"):
         raise ValueError(f"trajectory must be True, False or 'denoised', got {trajectory!r}")
-    alphas, sigmas = time_grid(n_steps, t_1)
+    alphas, sigmas = _cached(time_grid, n_steps, t_1)
     last = n_steps - 1
     # The state is carried as x_j = scale_j u_j with scale_j = sigma_j / sigma_last, so that the
     # DDIM move x_{j-1} = (sigma_{j-1} / sigma_j) x_j + b_j D_j (ddim_step, with
@@ -234,6 +241,22 @@ cost more than they save."""
 
 LARGE_NUMEL = 512
 
+STORE_LIMIT = 1 << 21
+"""The fused sampler keeps its ``n_steps - 2`` intermediate denoiser outputs for the backward pass
+when they hold at most this many elements (8 MiB in float32). Above, it keeps only the noise and the
+backward pass recomputes the trajectory, ``CHUNK_NUMEL`` elements (whole rows) at a time, so that
+the extra memory is one tensor of noise and every pass over a chunk stays in the cache."""
+
+CHUNK_NUMEL = 1 << 16
+"""Elements per chunk of the recomputing policy at one intra-op thread; with ``n`` threads the
+chunk is ``n**2`` times larger, so that each thread's share grows and the per-operation cost of
+waking the thread pool (thousands of operations per call) stays small (measured on 2 cores: 2^16
+best at 1 thread, 2^18 at 2)."""
+
+
+def _chunk_rows(k: int) -> int:
+    return max(1, CHUNK_NUMEL * torch.get_num_threads() ** 2 // k)
+
 
 def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """One-hot draw from ``Cat(probs)`` by inversion, one uniform number per variable.
@@ -251,7 +274,144 @@ def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, dim: int = -1
         index = torch.searchsorted(cdf, level)
     else:
         index = (cdf < level).sum(dim=dim, keepdim=True)
-    return torch.zeros_like(probs).scatter_(dim, index, 1.0)
+    hard = torch.zeros_like(probs)
+    # out of place under functorch transforms (vmap has no batching rule for scatter_)
+    return hard.scatter(dim, index, 1.0) if _transforms_active() else hard.scatter_(dim, index, 1.0)
+
+
+def _category_dim(numel: int, k: int) -> int:
+    """Where a ``(rows, K)`` block keeps its categories inside the fused sampler (0 or -1)."""
+    return 0 if k <= SMALL_K and numel >= LARGE_NUMEL else -1
+
+
+def _inside(rows: torch.Tensor, dim: int) -> torch.Tensor:
+    """A ``(rows, K)`` block in the sampler's layout: ``(K, rows)`` contiguous when ``dim == 0``."""
+    return rows.t().contiguous() if dim == 0 else rows
+
+
+def _stores_trajectory(numel: int, n_steps: int) -> bool:
+    return numel * (n_steps - 2) <= STORE_LIMIT
+
+
+def _adjoint(
+    denoised: list[torch.Tensor],
+    grad: torch.Tensor,
+    coefficients: tuple[tuple[tuple[float, float], ...], float],
+    dim: int,
+    want_noise: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of ``<grad, S>`` in the logits and the noise from the denoiser outputs.
+
+    ``denoised`` holds ``D_1 = S, D_2, ..., D_{n_steps - 1}`` in the sampler's layout; see
+    :class:`_FusedSampler` for the recursion.
+    """
+    soft, *rest = denoised
+    steps, k_last = coefficients
+    # J(D)^T g = D * g - D (D . g): torch's softmax backward kernel, one pass instead of three
+    # j = 1: v_1 = g_w_1 = J(S)^T g (k_1 = c_1), which is also g_logits so far
+    grad_logits = v = torch._softmax_backward_data(grad, soft, dim, soft.dtype)
+    for i, (d, (to_logits, to_v)) in enumerate(zip(rest, steps, strict=True)):
+        t = torch._softmax_backward_data(v, d, dim, d.dtype)  # J(D_j)^T v_{j-1}
+        if want_noise or i + 1 < len(steps):
+            # out of place at the first move: v is still grad_logits
+            v = torch.add(v, t, alpha=to_v) if i == 0 else v.add_(t, alpha=to_v)
+        grad_logits.add_(t, alpha=to_logits)
+    return grad_logits, (v * k_last if want_noise else None)
+
+
+def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    return t if t.dim() == 2 else t.reshape(-1, width)
+
+
+def _sample_forward(
+    logits: torch.Tensor, noise: torch.Tensor, uniform: torch.Tensor, n_steps: int, t_1: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``(hard, soft, kept)``: the samples, and the intermediate denoiser outputs
+    ``D_{n_steps - 1}, ..., D_2`` in the sampler's layout when the trajectory is stored (else
+    empty). The forward pass of :class:`_FusedSampler`."""
+    shape, k = logits.shape, logits.shape[-1]
+    if backend == "triton":
+        from . import _triton_sampler
+
+        hard, soft = _triton_sampler.sample(
+            _rows(logits, k), _rows(noise, k), uniform.reshape(-1), n_steps, t_1
+        )
+        return hard.view(shape), soft.view(shape), ()
+    if _stores_trajectory(logits.numel(), n_steps):
+        dim = _category_dim(logits.numel(), k)
+        if dim == 0:  # (movedim of the whole tensor copies several times faster than .t())
+            logits, noise = logits.movedim(-1, 0).contiguous(), noise.movedim(-1, 0).contiguous()
+            uniform = uniform.movedim(-1, 0)  # size 1 along the categories: already contiguous
+        result = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, trajectory="denoised",
+                             dim=dim)
+        hard = inverse_cdf_sample(result.soft, uniform, dim)
+        soft = result.soft
+        if dim == 0:
+            hard, soft = hard.movedim(0, -1), soft.movedim(0, -1)
+        return hard, soft, result.denoised[:-1]
+    rows, noise_rows, uniform_rows = _rows(logits, k), _rows(noise, k), _rows(uniform, 1)
+    hard, soft = torch.empty_like(rows), torch.empty_like(rows)
+    chunk = _chunk_rows(k)
+    dim = _category_dim(chunk * k, k)
+    for start in range(0, rows.shape[0], chunk):
+        part = slice(start, start + chunk)
+        result = ddim_sample(
+            _inside(rows[part], dim), _inside(noise_rows[part], dim), n_steps=n_steps, t_1=t_1,
+            trajectory="denoised", dim=dim,
+        )
+        drawn = inverse_cdf_sample(result.soft, _inside(uniform_rows[part], dim), dim)
+        soft[part] = result.soft.t() if dim == 0 else result.soft
+        hard[part] = drawn.t() if dim == 0 else drawn
+    return hard.view(shape), soft.view(shape), ()
+
+
+def _sample_backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tensor | None):
+    """The backward pass of :class:`_FusedSampler` (both forms)."""
+    if grad_hard is None or grad_soft is None:
+        grad = grad_soft if grad_hard is None else grad_hard
+        if grad is None:
+            return None, None, None, None, None, None
+    else:
+        grad = grad_hard + grad_soft
+    logits, noise, soft, *kept = ctx.saved_tensors
+    want_noise = ctx.needs_input_grad[1]
+    n_steps, t_1 = ctx.n_steps, ctx.t_1
+    if torch.is_grad_enabled():
+        # create_graph=True: a differentiable backward, through the autograd reference
+        needs = ctx.needs_input_grad[:2]
+        want = [t for t, need in zip((logits, noise), needs, strict=True) if need]
+        with torch.enable_grad():
+            reference = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1).soft
+            grads = list(torch.autograd.grad(reference, want, grad, create_graph=True))
+        grad_logits = grads.pop(0) if ctx.needs_input_grad[0] else None
+        return grad_logits, (grads.pop(0) if want_noise else None), None, None, None, None
+    shape, k = logits.shape, logits.shape[-1]
+    if _stores_trajectory(logits.numel(), n_steps) and ctx.backend != "triton":
+        dim = _category_dim(logits.numel(), k)
+        if dim == 0:  # views: the first product in _adjoint takes the (contiguous) layout of soft
+            soft, grad = soft.movedim(-1, 0), grad.movedim(-1, 0)
+        grad_logits, grad_noise = _adjoint(
+            [soft, *reversed(kept)], grad, _cached(_adjoint_coefficients, n_steps, t_1), dim,
+            want_noise,
+        )
+        if dim == 0:
+            grad_logits = grad_logits.movedim(0, -1)
+            grad_noise = None if grad_noise is None else grad_noise.movedim(0, -1)
+        return grad_logits, grad_noise, None, None, None, None
+    grad_rows = _rows(grad, k)
+    if ctx.backend == "triton":
+        from . import _triton_sampler
+
+        grad_logits, grad_noise = _triton_sampler.adjoint(
+            _rows(logits, k), _rows(noise, k), grad_rows, n_steps, t_1, want_noise
+        )
+    else:
+        grad_logits, grad_noise = _chunked_adjoint(
+            _rows(logits, k), _rows(noise, k), grad_rows, n_steps, t_1, want_noise
+        )
+    grad_noise = None if grad_noise is None else grad_noise.reshape(shape)
+    return grad_logits.reshape(shape), grad_noise, None, None, None, None
 
 
 class _FusedSampler(torch.autograd.Function):
@@ -265,62 +425,87 @@ class _FusedSampler(torch.autograd.Function):
     ``b_j = alpha_{j-1} - r_j alpha_j``), the vector-Jacobian products are ``g_w = J(D_j)^T g_D``,
     ``g_logits += g_w`` and ``g_{x_j} = r_j g_{x_{j-1}} + c_j g_w``, ``g_{D_j} = b_j g_{x_{j-1}}``.
     The loop carries ``v_j = g_{x_j} / k_j`` with ``k_j = c_1 sigma_1 / sigma_j``, so that each
-    step is one in-place update ``v += (c_j b_j / r_j) J(D_j)^T v``. Only the denoiser outputs are
-    stored. First-order only: for second derivatives use :func:`ddim_sample`.
+    step is one in-place update ``v += (c_j b_j / r_j) J(D_j)^T v``.
+
+    Memory: small problems keep the denoiser outputs; above :data:`STORE_LIMIT` only the noise
+    is kept and the backward pass recomputes the trajectory chunk by chunk.
+    ``backend="triton"`` runs both passes as Triton kernels (CUDA float32;
+    :mod:`redge_mini._triton_sampler`), which always recompute. A ``create_graph=True`` backward
+    differentiates :func:`ddim_sample` with autograd instead, so higher derivatives are those of
+    the reference sampler. Under functorch transforms (``torch.vmap``, ``torch.func``)
+    :class:`_FusedSamplerTransformable` runs the same passes.
     """
 
     @staticmethod
-    def forward(ctx, logits, noise, uniform, n_steps: int, t_1: float):
-        dim = 0 if logits.shape[-1] <= SMALL_K and logits.numel() >= LARGE_NUMEL else -1
-        if dim == 0:
-            logits = logits.movedim(-1, 0).contiguous()
-            noise = noise.movedim(-1, 0).contiguous()
-            uniform = uniform.movedim(-1, 0)  # size 1 along the categories: already contiguous
-        result = ddim_sample(
-            logits, noise, n_steps=n_steps, t_1=t_1, trajectory="denoised", dim=dim
-        )
-        hard = inverse_cdf_sample(result.soft, uniform, dim)
-        ctx.save_for_backward(*reversed(result.denoised))
+    def forward(ctx, logits, noise, uniform, n_steps: int, t_1: float, backend: str):
+        hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend)
+        ctx.save_for_backward(logits, noise, soft, *kept)
         ctx.set_materialize_grads(False)
-        ctx.coefficients, ctx.dim = _adjoint_coefficients(n_steps, t_1), dim
-        if dim == 0:
-            return hard.movedim(0, -1), result.soft.movedim(0, -1)
-        return hard, result.soft
+        ctx.n_steps, ctx.t_1, ctx.backend = n_steps, t_1, backend
+        return hard, soft
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tensor | None):
-        dim = ctx.dim
-        if grad_hard is None or grad_soft is None:
-            grad_d = grad_soft if grad_hard is None else grad_hard
-            if grad_d is None:
-                return None, None, None, None, None
-        else:
-            grad_d = grad_hard + grad_soft
-        if dim == 0:  # a view: the first product below takes the (contiguous) layout of soft
-            grad_d = grad_d.movedim(-1, 0)
-        soft, *denoised = ctx.saved_tensors  # indices 1 (the soft sample), 2, ..., n_steps - 1
-        steps, k_last = ctx.coefficients
-        want_noise = ctx.needs_input_grad[1]
-        # j = 1: v_1 = g_w_1 = J(S)^T g (k_1 = c_1), which is also g_logits so far
-        t = soft * grad_d
-        t.addcmul_(soft, t.sum(dim=dim, keepdim=True), value=-1.0)
-        grad_logits = v = t
-        for i, (d, (to_logits, to_v)) in enumerate(zip(denoised, steps, strict=True)):
-            t = d * v  # J(D_j)^T v_{j-1}
-            t.addcmul_(d, t.sum(dim=dim, keepdim=True), value=-1.0)
-            if want_noise or i + 1 < len(steps):
-                # out of place at the first move: v is still grad_logits
-                v = torch.add(v, t, alpha=to_v) if i == 0 else v.add_(t, alpha=to_v)
-            grad_logits.add_(t, alpha=to_logits)
-        grad_noise = None
-        if want_noise:
-            grad_noise = v * k_last
-            if dim == 0:
-                grad_noise = grad_noise.movedim(0, -1)
-        if dim == 0:
-            grad_logits = grad_logits.movedim(0, -1)
-        return grad_logits, grad_noise, None, None, None
+        return _sample_backward(ctx, grad_hard, grad_soft)
+
+
+class _FusedSamplerTransformable(torch.autograd.Function):
+    """:class:`_FusedSampler` in the ``setup_context`` form that functorch transforms need
+    (``generate_vmap_rule``): the kept denoiser outputs travel as extra, non-differentiable
+    outputs. Slower per call than the plain form (extra outputs, argument binding), so it is used
+    only under a transform."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, noise, uniform, n_steps: int, t_1: float, backend: str):
+        hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend)
+        return hard, soft, *kept
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, noise, _, n_steps, t_1, backend = inputs
+        _, soft, *kept = output
+        ctx.mark_non_differentiable(*kept)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits, noise, soft, *kept)
+        ctx.n_steps, ctx.t_1, ctx.backend = n_steps, t_1, backend
+
+    @staticmethod
+    def backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tensor | None, *_):
+        # (the kept denoiser outputs are non-differentiable: their gradients are None)
+        return _sample_backward(ctx, grad_hard, grad_soft)
+
+
+def _chunked_adjoint(
+    rows: torch.Tensor,
+    noise_rows: torch.Tensor,
+    grad_rows: torch.Tensor,
+    n_steps: int,
+    t_1: float,
+    want_noise: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The adjoint with the trajectory recomputed from the noise, a chunk of rows at a time."""
+    k = rows.shape[-1]
+    coefficients = _cached(_adjoint_coefficients, n_steps, t_1)
+    grad_logits = torch.empty_like(rows)
+    grad_noise = torch.empty_like(rows) if want_noise else None
+    chunk = _chunk_rows(k)
+    dim = _category_dim(chunk * k, k)
+    for start in range(0, rows.shape[0], chunk):
+        part = slice(start, start + chunk)
+        denoised = ddim_sample(
+            _inside(rows[part], dim), _inside(noise_rows[part], dim), n_steps=n_steps, t_1=t_1,
+            trajectory="denoised", dim=dim,
+        ).denoised
+        g_logits, g_noise = _adjoint(
+            [denoised[-1], *reversed(denoised[:-1])], _inside(grad_rows[part], dim),
+            coefficients, dim, want_noise,
+        )
+        grad_logits[part] = g_logits.t() if dim == 0 else g_logits
+        if grad_noise is not None:
+            grad_noise[part] = g_noise.t() if dim == 0 else g_noise
+    return grad_logits, grad_noise
 
 
 @functools.lru_cache(maxsize=256)
@@ -333,7 +518,7 @@ def _adjoint_coefficients(
     ``k_j = c_1 sigma_1 / sigma_j``: the weight of ``J(D_j)^T v_{j-1}`` in the logits' gradient and
     in ``v_j``, and the factor that turns ``v`` back into the noise's gradient.
     """
-    alphas, sigmas = time_grid(n_steps, t_1)
+    alphas, sigmas = _cached(time_grid, n_steps, t_1)
 
     def k(j: int) -> float:
         return alphas[1] / (sigmas[1] * sigmas[j])
@@ -344,6 +529,18 @@ def _adjoint_coefficients(
         b_j = alphas[j - 1] - ratio * alphas[j]
         steps.append((b_j * k(j - 1), alphas[j] / sigmas[j] ** 2 * b_j / ratio))
     return tuple(steps), k(n_steps - 1)
+
+
+def _backend(logits: torch.Tensor) -> str:
+    """``"triton"`` for float32 CUDA tensors with ``K <= 16384`` when Triton imports, else
+    ``"torch"`` (also under ``torch.vmap``, whose batched tensors a kernel cannot read)."""
+    if not (logits.is_cuda and logits.dtype == torch.float32 and logits.shape[-1] <= 16384):
+        return "torch"
+    if torch._C._functorch.is_functorch_wrapped_tensor(logits):
+        return "torch"
+    from . import _triton_sampler
+
+    return "triton" if _triton_sampler.AVAILABLE else "torch"
 
 
 def fused_sample(
@@ -358,8 +555,8 @@ def fused_sample(
 
     ``hard`` has the value of a one-hot draw ``H ~ Cat(S)`` (by inversion with ``uniform``, shape
     ``(..., 1)``) and the gradient of ``S``; ``soft`` is ``S = ddim_sample(logits, noise).soft``.
-    Same values and gradients as the autograd version, several times faster on small ``K``.
-    First-order only (``create_graph`` double backward is refused).
+    Same values and gradients as the autograd version, several times faster on small ``K``; a
+    Triton kernel on CUDA. A ``create_graph=True`` backward goes through :func:`ddim_sample`.
     """
     if noise.shape != logits.shape:
         raise ValueError(
@@ -369,4 +566,22 @@ def fused_sample(
         raise ValueError(
             f"uniform must have shape {tuple(logits.shape[:-1]) + (1,)}, got {tuple(uniform.shape)}"
         )
-    return _FusedSampler.apply(logits, noise, uniform, n_steps, t_1)
+    # n_steps and t_1 are checked by time_grid (cached per valid pair)
+    args = (logits, noise, uniform, n_steps, t_1, _backend(logits))
+    if _transforms_active():
+        hard, soft, *_ = _FusedSamplerTransformable.apply(*args)
+        return hard, soft
+    if torch.compiler.is_compiling():
+        return _FusedSampler.apply(*args)
+    # outside transforms and compilation, Function.apply only forwards to this (after ~5 us of
+    # checks for functorch wrappers, which cannot be present here)
+    return _BASE_APPLY(*args)
+
+
+_BASE_APPLY = super(torch.autograd.Function, _FusedSampler).apply
+
+
+def _transforms_active() -> bool:
+    """Whether a functorch transform (vmap, grad, ...) is tracing this call."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if active is None else active()

@@ -50,7 +50,7 @@ def main(output: Path) -> tuple[np.ndarray, np.ndarray]:
     paths = torch.stack(result.denoised, dim=1)  # (paths, steps, 3)
     corner_colors = [PALETTE[5], PALETTE[6], PALETTE[3]]
 
-    draws = redge(logits.expand(N_DRAWS, 3), n_steps=N_STEPS_LAW, t_1=T_1_LAW, generator=generator)
+    draws = redge(logits.expand(N_DRAWS, 3), N_STEPS_LAW, T_1_LAW, hard=True, generator=generator)
     freq = draws.mean(0).numpy()
     stderr = np.sqrt(freq * (1 - freq) / N_DRAWS)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +155,17 @@ def test_chapter_labels_unique() -> None:
     assert not duplicates, f"labels defined twice: {duplicates}"
 
 
-@pytest.mark.parametrize("path", chapter_files(), ids=lambda p: p.stem)
-def test_chapter_code_fits_80_columns(path: Path) -> None:
+BOOK_PAGES = [
+    path for path in sorted((REPO_ROOT / "book").rglob("*.md"))
+    if not {"assets", "results"} & set(path.relative_to(REPO_ROOT).parts)
+]
+
+
+@pytest.mark.parametrize(
+    "path", chapter_files() + BOOK_PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT))
+)
+def test_code_fits_80_columns(path: Path) -> None:
+    """Every code cell of every page (chapters and book/) fits the column at 1280 px."""
     long_lines = [
         line
         for cell in code_cells(path.read_text(encoding="utf-8"))
@@ -235,9 +245,14 @@ def test_repository_url_is_github() -> None:
     assert url.startswith("https://github.com/")
 
 
-def test_requirements_pin_torch() -> None:
-    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
-    assert "torch==2.13.0" in [line.strip() for line in lines]
+def test_requirements_pin_every_package_and_the_installed_torch() -> None:
+    # an unpinned torch pulls a CUDA build; the pin must be the torch this environment runs
+    lines = [line.split("#")[0].strip()
+             for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^=\s]+", r) for r in requirements), requirements
+    pins = dict(r.split("==") for r in requirements)
+    assert pins["torch"] == metadata.version("torch").split("+")[0]
 
 
 # --- the offline check of built HTML ------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 One *call* is what a training step pays for a sample: fresh leaf logits -> estimator (hard
 sample) -> ``(sample * weights).sum()`` -> ``backward()``. All contenders of one shape, and the
-reference ``torch.nn.functional.gumbel_softmax(logits, tau=1, hard=True)``, are timed in
-interleaved blocks in one process, so that a change of machine load hits them alike; the result is
-the median (or, on a busy machine, the minimum) over blocks of the mean time per call. Ratios to
-the reference are the portable result: absolute times depend on the machine.
+reference ``torch.nn.functional.gumbel_softmax(logits, tau=1, hard=True)``, are timed in one
+process with :mod:`torch.utils.benchmark` (``Timer.blocked_autorange``: blocks of calls, the
+accelerator synchronised at the block edges), one block-set per contender in turn for several
+rounds, so that a change of machine load hits them alike; the result is the median (or, on a busy
+machine, the minimum) over rounds. Ratios to the reference are the portable result: absolute
+times depend on the machine.
 
 Example:
     >>> rows = time_estimators([(64, 10)], ["st", "redge"], rounds=3, block_s=0.002)
@@ -15,18 +17,22 @@ Example:
 
 from __future__ import annotations
 
+import re
 import statistics
-import time
+import timeit
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch.utils import benchmark
 
 from ..registry import ESTIMATORS, make_estimator
 from ..validation import check_int, check_real
 
 __all__ = [
-    "REFERENCE", "TimingRow", "make_call", "time_block", "time_estimators", "time_interleaved",
+    "REFERENCE", "BenchmarkTable", "TimingRow", "make_call", "read_benchmark", "stored_benchmarks",
+    "time_estimators", "time_interleaved",
 ]
 
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -42,8 +48,8 @@ class TimingRow(NamedTuple):
         shape: the logits' shape.
         name: the estimator's registry name.
         knobs: its knob values.
-        seconds: seconds per forward + backward call (median or minimum over blocks).
-        reference_seconds: the same for ``torch.nn.functional.gumbel_softmax`` (same blocks).
+        seconds: seconds per forward + backward call (median or minimum over rounds).
+        reference_seconds: the same for ``torch.nn.functional.gumbel_softmax`` (same rounds).
         ratio: ``seconds / reference_seconds``.
     """
 
@@ -67,49 +73,37 @@ def make_call(
     return call
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_block(
-    call: Callable[[], None],
-    calls: int,
-    device: torch.device,
-    clock: Callable[[], float] = time.perf_counter,
-) -> float:
-    """Mean seconds per call over ``calls`` consecutive calls of ``call``, read on ``clock``."""
-    _sync(device)
-    start = clock()
-    for _ in range(calls):
-        call()
-    _sync(device)
-    return (clock() - start) / calls
-
-
 def time_interleaved(
     calls: Mapping[str, Callable[[], None]],
-    device: torch.device,
+    device: torch.device | str | None = None,
     *,
     rounds: int,
     block_s: float,
-    clock: Callable[[], float] = time.perf_counter,
+    timer: Callable[[], float] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each contender in ``rounds`` interleaved blocks of about ``block_s``.
+    """Seconds per call of each contender in ``rounds`` interleaved rounds.
 
-    Each contender is warmed up and sized (calls per block) first; then every round times one
-    block of each contender in turn, so that a change of machine load hits them alike.
+    Each round runs :meth:`torch.utils.benchmark.Timer.blocked_autorange` (``min_run_time =
+    block_s``) of every contender in turn and records its median time per call. The timer is
+    torch.utils.benchmark's own (it synchronises the accelerator) for a CUDA ``device`` and
+    ``timeit.default_timer`` otherwise, unless ``timer`` is given. Torch's current number of
+    threads is kept.
     """
-    sizes = {}
-    for key, call in calls.items():
-        for _ in range(3):
-            call()
-        single = time_block(call, 5, device, clock)
-        sizes[key] = max(1, int(block_s / max(single, 1e-7)))
+    rounds = check_int(rounds, "rounds", 1)
+    block_s = check_real(block_s, "block_s", minimum=0.0, strict=True)
+    on_accelerator = device is not None and torch.device(device).type != "cpu"
+    if timer is None and not on_accelerator:
+        timer = timeit.default_timer
+    clock = {} if timer is None else {"timer": timer}
+    timers = {
+        key: benchmark.Timer("call()", globals={"call": call}, description=key,
+                             num_threads=torch.get_num_threads(), **clock)
+        for key, call in calls.items()
+    }
     times: dict[str, list[float]] = {key: [] for key in calls}
     for _ in range(rounds):
-        for key, call in calls.items():
-            times[key].append(time_block(call, sizes[key], device, clock))
+        for key, measurer in timers.items():
+            times[key].append(measurer.blocked_autorange(min_run_time=block_s).median)
     return times
 
 
@@ -145,12 +139,11 @@ def time_estimators(
             :data:`redge_mini.registry.ESTIMATORS`).
         knobs: optional knob values per name, e.g. ``{"redge": {"n_steps": 9}}``; missing knobs
             take the registry defaults.
-        rounds: interleaved timing blocks per contender (the median is over these).
-        block_s: target length of one block in seconds (sets the calls per block after a
-            warm-up).
+        rounds: interleaved timing rounds per contender (the median is over these).
+        block_s: minimum run time of one ``blocked_autorange`` per contender and round.
         device: where to time (default CPU).
         seed: seeds the logits and the weights of the linear loss.
-        statistic: ``"median"`` (default) or ``"min"`` over the blocks. On a machine shared with
+        statistic: ``"median"`` (default) or ``"min"`` over the rounds. On a machine shared with
             other jobs the minimum estimates the uncontended cost and is far less noisy; the
             median describes typical conditions on a quiet machine.
         num_threads: CPU threads of torch while timing (restored afterwards); ``None`` keeps the
@@ -212,3 +205,65 @@ def _time_shapes(
             seconds = summary(times[name])
             rows.append(TimingRow(shape, name, used[name], seconds, reference, seconds / reference))
     return rows
+
+
+class BenchmarkTable(NamedTuple):
+    """A table written by ``benchmarks/bench_estimators.py --save``.
+
+    Attributes:
+        path: the file.
+        device: the device line (GPU model, or CPU model and core count).
+        notes: the other ``#`` lines (versions, threads, load, method, verdicts).
+        rows: one dict per measured row: ``shape`` (tuple), ``estimator`` and the numeric
+            columns ``ours_us, authors_us, gs_us, ours_authors, ours_gs, fastest, ops_gs`` and
+            ``mem_gs`` (``ops_gs`` and ``mem_gs`` are None where they were not measured).
+    """
+
+    path: Path
+    device: str
+    notes: list[str]
+    rows: list[dict]
+
+
+_NUMBER = r"\s+([-+0-9.eE]+)"
+_ROW = re.compile(r"^\s*(\([0-9, ]+\))\s+(\w+)" + _NUMBER * 6 + r"\s+(\S+)\s+(\S+)\s*$")
+_COLUMNS = ("ours_us", "authors_us", "gs_us", "ours_authors", "ours_gs", "fastest", "ops_gs")
+
+
+def read_benchmark(path: str | Path) -> BenchmarkTable:
+    """Parse one stored benchmark table; a ValueError names a file of another format."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    if not lines or not lines[0].startswith("# device: "):
+        raise ValueError(f"{path} is not a table of benchmarks/bench_estimators.py")
+    rows = []
+    for line in lines:
+        found = _ROW.match(line)
+        if found is None:
+            continue
+        shape = tuple(int(v) for v in found.group(1).strip("()").split(",") if v.strip())
+        values = [None if v == "-" else float(v) for v in found.groups()[2:9]]
+        memory = found.group(10)
+        rows.append({"shape": shape, "estimator": found.group(2),
+                     **dict(zip(_COLUMNS, values, strict=True)),
+                     "mem_gs": None if memory == "-" else float(memory.rsplit("=", 1)[1])})
+    notes = [line[2:] for line in lines[1:] if line.startswith("# ")]
+    return BenchmarkTable(path, lines[0][len("# device: "):], notes, rows)
+
+
+def stored_benchmarks(directory: str | Path | None = None) -> list[BenchmarkTable]:
+    """Every table in ``directory`` (default: the first ``benchmarks/results`` found upward from
+    the working directory), sorted by file name; files of older formats are skipped."""
+    if directory is None:
+        here = Path.cwd().resolve()
+        found = [p / "benchmarks" / "results" for p in (here, *here.parents)]
+        directory = next((p for p in found if p.is_dir()), None)
+        if directory is None:
+            raise FileNotFoundError(f"no benchmarks/results above {here}")
+    tables = []
+    for path in sorted(Path(directory).glob("*.txt")):
+        try:
+            tables.append(read_benchmark(path))
+        except ValueError:
+            continue
+    return tables

@@ -1,0 +1,186 @@
+"""ReDGE's fused sampler as two Triton kernels: one program per row of ``K <= 16384`` categories.
+
+:func:`sample` runs the DDIM trajectory of :func:`redge_mini.diffusion.ddim_sample` from the given
+noise to ``t_1`` and draws the hard sample by inversion with the given uniform numbers, in one
+kernel that reads the logits, the noise and one uniform per row and writes ``(hard, soft)``.
+:func:`adjoint` is the backward pass: it recomputes the trajectory in registers (no stored
+states: the only memory beyond the inputs is the gradients it writes) and walks it back,
+
+    g_{D_j} = b_j g_{x_{j-1}},  g_w = J(D_j)^T g_{D_j},  g_logits += g_w,
+    g_{x_j} = r_j g_{x_{j-1}} + c_j g_w,
+
+with ``w_j = logits + c_j x_j``, ``D_j = softmax(w_j)``, ``x_{j-1} = r_j x_j + b_j D_j`` (the
+derivation is in :class:`redge_mini.diffusion._FusedSampler`). State ``x_j`` is recomputed from the
+noise for each ``j``, ``(n_steps - 1) n_steps / 2`` softmaxes per row in all, which stays on chip.
+
+Used by :func:`redge_mini.diffusion.fused_sample` for float32 CUDA tensors; the PyTorch path is the
+reference and the fallback. With ``TRITON_INTERPRET=1`` set before Triton is imported the kernels
+run on CPU tensors through Triton's interpreter (how the tests check them without a GPU).
+Needs ``triton`` (``pip install triton``); :data:`AVAILABLE` says whether it imported.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = tl = None
+
+AVAILABLE = triton is not None
+"""Whether Triton imported (the kernels exist)."""
+
+MAX_K = 16384
+"""Largest number of categories per row: a row lives in one program's registers."""
+
+
+@functools.lru_cache(maxsize=64)
+def _coefficients(n_steps: int, t_1: float, device: torch.device) -> torch.Tensor:
+    """``(3, n_steps)`` float32 table of ``c_j = alpha_j / sigma_j^2``,
+    ``r_j = sigma_{j-1} / sigma_j`` and ``b_j = alpha_{j-1} - r_j alpha_j`` (``r_1 = b_1 = 0``),
+    cached per device: no host-to-device copy per call."""
+    from .diffusion import time_grid
+
+    alphas, sigmas = time_grid(n_steps, t_1)
+    c = [0.0] + [alphas[j] / sigmas[j] ** 2 for j in range(1, n_steps)]
+    r = [0.0, 0.0] + [sigmas[j - 1] / sigmas[j] for j in range(2, n_steps)]
+    b = [0.0, 0.0] + [alphas[j - 1] - r[j] * alphas[j] for j in range(2, n_steps)]
+    return torch.tensor([c, r, b], dtype=torch.float32, device=device)
+
+
+if AVAILABLE:
+
+    @triton.jit
+    def _softmax(w):
+        top = tl.max(w, 0)
+        e = tl.exp(w - top)
+        return e / tl.sum(e, 0)
+
+    @triton.jit
+    def _state(logits, noise, coef_ptr, n_steps, j):
+        """``x_j``: the DDIM trajectory from ``x_{n_steps - 1} = noise`` down to index ``j``."""
+        x = noise
+        last = n_steps - 1
+        for i in range(0, last - j):
+            m = last - i
+            c = tl.load(coef_ptr + m)
+            r = tl.load(coef_ptr + n_steps + m)
+            b = tl.load(coef_ptr + 2 * n_steps + m)
+            x = r * x + b * _softmax(logits + c * x)
+        return x
+
+    @triton.jit
+    def _sample_kernel(
+        logits_ptr, noise_ptr, uniform_ptr, coef_ptr, hard_ptr, soft_ptr, K, n_steps,
+        BLOCK_K: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        offsets = tl.arange(0, BLOCK_K)
+        inside = offsets < K
+        base = row * K
+        logits = tl.load(logits_ptr + base + offsets, mask=inside, other=float("-inf"))
+        noise = tl.load(noise_ptr + base + offsets, mask=inside, other=0.0)
+        x = _state(logits, noise, coef_ptr, n_steps, 1)
+        soft = _softmax(logits + tl.load(coef_ptr + 1) * x)
+        tl.store(soft_ptr + base + offsets, soft, mask=inside)
+        # inversion: the first k whose cumulative sum reaches (1 - u) times the total
+        cdf = tl.cumsum(soft, 0)
+        level = (1.0 - tl.load(uniform_ptr + row)) * tl.max(tl.where(inside, cdf, 0.0), 0)
+        index = tl.sum(tl.where(inside & (cdf < level), 1, 0), 0)
+        tl.store(hard_ptr + base + offsets, tl.where(offsets == index, 1.0, 0.0), mask=inside)
+
+    @triton.jit
+    def _adjoint_kernel(
+        logits_ptr, noise_ptr, grad_ptr, coef_ptr, grad_logits_ptr, grad_noise_ptr, K, n_steps,
+        WANT_NOISE: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        offsets = tl.arange(0, BLOCK_K)
+        inside = offsets < K
+        base = row * K
+        logits = tl.load(logits_ptr + base + offsets, mask=inside, other=float("-inf"))
+        noise = tl.load(noise_ptr + base + offsets, mask=inside, other=0.0)
+        grad = tl.load(grad_ptr + base + offsets, mask=inside, other=0.0)
+        # j = 1: g_w = J(S)^T g, g_x1 = c_1 g_w
+        c = tl.load(coef_ptr + 1)
+        d = _softmax(logits + c * _state(logits, noise, coef_ptr, n_steps, 1))
+        g_w = d * grad
+        g_w = g_w - d * tl.sum(g_w, 0)
+        g_logits = g_w
+        g_x = c * g_w
+        for j in range(2, n_steps):
+            c = tl.load(coef_ptr + j)
+            r = tl.load(coef_ptr + n_steps + j)
+            b = tl.load(coef_ptr + 2 * n_steps + j)
+            d = _softmax(logits + c * _state(logits, noise, coef_ptr, n_steps, j))
+            g_w = d * (b * g_x)
+            g_w = g_w - d * tl.sum(g_w, 0)
+            g_logits += g_w
+            g_x = r * g_x + c * g_w
+        tl.store(grad_logits_ptr + base + offsets, g_logits, mask=inside)
+        if WANT_NOISE:
+            tl.store(grad_noise_ptr + base + offsets, g_x, mask=inside)
+
+
+def _launch_shape(k: int) -> tuple[int, int]:
+    if not 2 <= k <= MAX_K:
+        raise ValueError(f"the Triton sampler takes 2 <= K <= {MAX_K} categories, got K = {k}")
+    block = triton.next_power_of_2(k)
+    return block, min(16, max(1, block // 256))
+
+
+def _check(*tensors: torch.Tensor) -> None:
+    if not AVAILABLE:
+        raise RuntimeError("the Triton sampler needs triton (pip install triton)")
+    for t in tensors:
+        if t.dtype != torch.float32:
+            raise TypeError(f"the Triton sampler computes in float32, got {t.dtype}")
+
+
+def sample(
+    logits: torch.Tensor, noise: torch.Tensor, uniform: torch.Tensor, n_steps: int, t_1: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hard, soft)`` of ReDGE for ``(rows, K)`` float32 logits and noise, ``(rows,)`` uniforms.
+
+    Same values as :func:`redge_mini.diffusion.fused_sample` (to float32 rounding; a hard sample
+    can differ only where a uniform falls within rounding of a cumulative sum).
+    """
+    _check(logits, noise, uniform)
+    logits, noise, uniform = logits.contiguous(), noise.contiguous(), uniform.contiguous()
+    rows, k = logits.shape
+    block, warps = _launch_shape(k)
+    hard, soft = torch.empty_like(logits), torch.empty_like(logits)
+    if rows:
+        _sample_kernel[(rows,)](
+            logits, noise, uniform, _coefficients(n_steps, t_1, logits.device), hard, soft, k,
+            n_steps, BLOCK_K=block, num_warps=warps,
+        )
+    return hard, soft
+
+
+def adjoint(
+    logits: torch.Tensor,
+    noise: torch.Tensor,
+    grad: torch.Tensor,
+    n_steps: int,
+    t_1: float,
+    want_noise: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of ``<grad, S(logits, noise)>`` in the logits and (if asked) the noise."""
+    _check(logits, noise, grad)
+    logits, noise, grad = logits.contiguous(), noise.contiguous(), grad.contiguous()
+    rows, k = logits.shape
+    block, warps = _launch_shape(k)
+    grad_logits = torch.empty_like(logits)
+    grad_noise = torch.empty_like(logits) if want_noise else None
+    if rows:
+        _adjoint_kernel[(rows,)](
+            logits, noise, grad, _coefficients(n_steps, t_1, logits.device), grad_logits,
+            grad_logits if grad_noise is None else grad_noise, k, n_steps,
+            WANT_NOISE=want_noise, BLOCK_K=block, num_warps=warps,
+        )
+    return grad_logits, grad_noise
