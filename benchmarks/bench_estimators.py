@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import redge_mini
 from redge_mini import estimators
+from redge_mini.book.runtime import device_name
 from redge_mini.book.timing import make_call, time_interleaved
 
 SMALL = ((64, 100), (200, 48, 2), (256, 128, 2), (1, 81, 9))
@@ -129,18 +129,6 @@ def _measure_memory(who: str, name: str, shape: tuple[int, ...], device: str, th
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def device_name(device: torch.device) -> str:
-    """A readable name of the device (GPU model, or CPU model and core count)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        model = found.group(1).strip() if found else model
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def default_tag(device: torch.device) -> str:

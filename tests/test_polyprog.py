@@ -16,7 +16,6 @@ from redge_mini.book.experiments import (
     existing_result,
     mean_se,
     parse_estimators,
-    verdict,
 )
 from redge_mini.book.experiments import polyprog as experiment
 from redge_mini.book.tasks.polyprog import (
@@ -287,16 +286,6 @@ def test_mean_se_matches_the_textbook_formula() -> None:
     assert math.isnan(mean_se([2.0])[1])
     with pytest.raises(ValueError, match="empty"):
         mean_se([])
-
-
-def test_verdict_needs_two_standard_errors_and_the_tolerance() -> None:
-    assert verdict(1.0, 0.1, 2.0, 0.1) == "wins"          # 1.0 apart, 2 SE = 0.28
-    assert verdict(2.0, 0.1, 1.0, 0.1) == "loses"
-    assert verdict(1.0, 0.4, 1.5, 0.4) == "ties"          # 0.5 < 2 * 0.57
-    assert verdict(2.0, 0.1, 1.0, 0.1, lower_is_better=False) == "wins"
-    assert verdict(1e-9, 0.0, 2e-9, 0.0, tolerance=1e-6) == "ties"
-    with pytest.raises(ValueError, match="mean"):
-        verdict(math.nan, 0.1, 1.0, 0.1)
 
 
 def test_compact_rounds_nested_floats_and_keeps_non_finite() -> None:

@@ -143,6 +143,19 @@ def test_run_metadata_fields() -> None:
     json.dumps(meta)  # plain JSON, no custom objects
 
 
+def test_run_metadata_names_the_device_the_run_used(tmp_path: Path) -> None:
+    """A CPU run is recorded as one even where a GPU is the default, and the stored file keeps
+    the metadata of the run rather than re-describing the machine at save time."""
+    meta = runtime.run_metadata("cpu")
+    assert meta["device"] == "cpu"
+    assert meta["device_name"] == runtime.device_name("cpu")
+    assert meta["device_name"].endswith(f", {os.cpu_count()} cores")
+    marked = {**meta, "device_name": "the run's device"}
+    path = runtime.save_results("demo", "run", {"x": 1}, config={}, root=tmp_path,
+                                metadata=marked)
+    assert json.loads(path.read_text())["metadata"] == marked
+
+
 def test_save_load_round_trip(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clean_env.setenv("REDGE_RESULTS_DIR", str(tmp_path))
     data = {

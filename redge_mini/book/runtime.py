@@ -38,6 +38,7 @@ import torch
 __all__ = [
     "SCALES",
     "device",
+    "device_name",
     "load_results",
     "results_dir",
     "run_metadata",
@@ -163,14 +164,34 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.cuda.current_device())
-    return platform.processor() or platform.machine() or "cpu"
+def device_name(where: torch.device | str | None = None) -> str:
+    """A readable name of a device: the GPU model, or the CPU model and its core count.
+
+    ``None`` means :func:`device`. The CPU model comes from ``/proc/cpuinfo`` where there is
+    one, else from :mod:`platform`.
+    """
+    where = device() if where is None else torch.device(where)
+    if where.type == "cuda":
+        return torch.cuda.get_device_name(where)
+    model = platform.processor() or platform.machine() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
 
-def run_metadata() -> dict[str, Any]:
+def run_metadata(where: torch.device | str | None = None) -> dict[str, Any]:
     """Describe the software and hardware a result was computed with.
+
+    Parameters
+    ----------
+    where : torch.device, str or None
+        The device the computation ran on; ``None`` means :func:`device` (the default device).
+        A CPU run on a machine with a GPU is thus recorded as a CPU run.
 
     Returns
     -------
@@ -180,13 +201,14 @@ def run_metadata() -> dict[str, Any]:
         ``scale``, ``platform`` (OS and architecture, no hostname) and ``timestamp_utc``
         (ISO 8601).
     """
+    where = device() if where is None else torch.device(where)
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "redge_mini": _package_version("redge_mini"),
-        "device": device().type,
-        "device_name": _device_name(),
+        "device": where.type,
+        "device_name": device_name(where),
         "num_threads": torch.get_num_threads(),
         "scale": scale(),
         "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}",
@@ -215,11 +237,13 @@ def save_results(
     config: dict[str, Any],
     seed: int | None = None,
     root: Path | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Store one run's results as JSON, atomically.
 
     Writes ``<root or results_dir(experiment)>/<name>.json`` holding
-    ``{"experiment", "name", "config", "seed", "metadata": run_metadata(), "data": data}``.
+    ``{"experiment", "name", "config", "seed", "metadata", "data": data}``, where ``metadata``
+    is the one given or else :func:`run_metadata`.
     Tensors, numpy arrays and numpy scalars are converted to lists and numbers. The file is
     written to a temporary file in the same folder and then renamed, so a reader never sees a
     half-written file.
@@ -238,6 +262,8 @@ def save_results(
         The seed of the run, if any.
     root : pathlib.Path or None
         Folder to write into instead of ``results_dir(experiment)``.
+    metadata : dict or None
+        What :func:`run_metadata` said when the run was made (default: call it now).
 
     Returns
     -------
@@ -258,7 +284,7 @@ def save_results(
         "name": name,
         "config": config,
         "seed": seed,
-        "metadata": run_metadata(),
+        "metadata": run_metadata() if metadata is None else metadata,
         "data": data,
     }
     text = json.dumps(record, indent=1, default=_to_jsonable, allow_nan=True)

@@ -7,11 +7,12 @@ the matching :mod:`redge_mini.book.tasks` module and writes small JSON result fi
 
 Shared here: the command line (:func:`parse_cli`), the run loop of resumable, deadline-bound
 stages (:class:`Stages`, built on :func:`load_or_run`), the one record type every stage stores
-(:func:`make_record`), reading stored records back (:func:`load_records`) and the verdicts
-(:func:`welch_verdict` for independent runs; :func:`.summary.paired_verdict` for runs that share
-seeds). By convention a script also offers ``write_summary_csv(folder, scale)`` (regenerate
-``summary.csv`` from the stored files) and ``measure_throughput(proto, device=...)`` (projected
-seconds, key ``"total"``), which :mod:`.run_all` calls when present.
+(:func:`make_record`) and reading stored records back (:func:`load_records`). Intervals and
+verdicts live in :mod:`.summary` (``welch_verdict`` for independent runs, ``paired_verdict`` for
+runs that share seeds; ``welch_verdict`` is re-exported here). By convention a script also
+offers ``write_summary_csv(folder, scale)`` (regenerate ``summary.csv`` from the stored files)
+and ``measure_throughput(proto, device=...)`` (projected seconds, key ``"total"``), which
+:mod:`.run_all` calls when present.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from .. import runtime
+from .summary import welch_verdict
 
 __all__ = [
     "REDGE_FAMILY",
@@ -46,7 +48,6 @@ __all__ = [
     "parse_cli",
     "parse_estimators",
     "resolve_device",
-    "verdict",
     "welch_verdict",
 ]
 
@@ -78,66 +79,6 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
         return mean, math.nan
     var = math.fsum((v - mean) ** 2 for v in data) / (n - 1)
     return mean, math.sqrt(var / n)
-
-
-def verdict(
-    mean: float,
-    se: float,
-    other_mean: float,
-    other_se: float,
-    *,
-    lower_is_better: bool = True,
-    n_se: float = 2.0,
-    tolerance: float = 0.0,
-) -> str:
-    """``"wins"``, ``"ties"`` or ``"loses"``: the first estimate against the second.
-
-    The difference counts only if it exceeds ``n_se`` standard errors of the difference
-    (``sqrt(se^2 + other_se^2)``) *and* ``tolerance`` (an absolute difference too small to
-    matter, e.g. two optimality gaps both at numerical zero). Otherwise it is a tie.
-    """
-    for name, value in (("mean", mean), ("other_mean", other_mean)):
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
-    spread = math.sqrt((se if math.isfinite(se) else 0.0) ** 2
-                       + (other_se if math.isfinite(other_se) else 0.0) ** 2)
-    diff = mean - other_mean
-    if abs(diff) <= max(n_se * spread, tolerance):
-        return "ties"
-    better = diff < 0 if lower_is_better else diff > 0
-    return "wins" if better else "loses"
-
-
-def welch_verdict(
-    values: Sequence[float],
-    other: Sequence[float],
-    *,
-    lower_is_better: bool = True,
-    alpha: float = 0.05,
-    tolerance: float = 0.0,
-) -> str:
-    """``"wins"``, ``"ties"`` or ``"loses"`` for two *independent* samples (no shared seeds).
-
-    Welch's two-sided t-test (:func:`scipy.stats.ttest_ind` with ``equal_var=False``) at level
-    ``alpha``; a difference of means within ``tolerance`` (e.g. two gaps at numerical zero) is a
-    tie. For seeds that share data use :func:`.summary.paired_verdict` instead.
-    """
-    from scipy import stats
-
-    a, b = [float(v) for v in values], [float(v) for v in other]
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("values and other need at least two seeds each")
-    diff = math.fsum(a) / len(a) - math.fsum(b) / len(b)
-    if abs(diff) <= tolerance:
-        return "ties"
-    if len(set(a)) == 1 and len(set(b)) == 1:
-        significant = diff != 0.0
-    else:
-        significant = bool(stats.ttest_ind(a, b, equal_var=False).pvalue < alpha)
-    if not significant:
-        return "ties"
-    better = diff < 0 if lower_is_better else diff > 0
-    return "wins" if better else "loses"
 
 
 def compact(value: Any, digits: int = 5) -> Any:
@@ -308,16 +249,8 @@ def make_record(experiment: str, name: str, config: dict[str, Any], seed: int,
     of the device the computation actually ran on when ``device`` is given) and ``data``
     (rounded by :func:`compact`).
     """
-    metadata = runtime.run_metadata()
-    if device is not None:
-        device = torch.device(device)
-        metadata["device"] = device.type
-        if device.type == "cuda":
-            metadata["device_name"] = torch.cuda.get_device_name(device)
-        elif metadata.get("device_name", "").startswith("NVIDIA"):
-            metadata["device_name"] = "cpu"
     return {"experiment": experiment, "name": name, "config": config, "seed": seed,
-            "metadata": metadata, "data": compact(data)}
+            "metadata": runtime.run_metadata(device), "data": compact(data)}
 
 
 def load_records(folder: str | Path, scale: str) -> list[dict[str, Any]]:
@@ -403,5 +336,5 @@ def load_or_run(
     record = compute()
     if save:
         runtime.save_results(experiment, name, record["data"], config=record["config"],
-                             seed=seed, root=folder)
+                             seed=seed, root=folder, metadata=record.get("metadata"))
     return record

@@ -42,7 +42,7 @@ import torch
 from ...registry import ESTIMATORS, check_knobs
 from .. import runtime
 from ..tasks.image_guidance import ImageModels, guide_images, load_image_models
-from . import REDGE_FAMILY, Deadline, compact, load_or_run, parse_cli
+from . import REDGE_FAMILY, Stages, parse_cli
 from .summary import Row, knob_string, paired_verdict, summary_row, t_interval, write_summary
 
 EXPERIMENT = "image_guidance"
@@ -220,15 +220,9 @@ def run(proto: Protocol, estimators: list[str] | None = None, *,
     estimators.sort(key=lambda name: rank.get(name, len(rank)))
     folder = Path(out) if out is not None else runtime.results_dir(EXPERIMENT)
     models = load_image_models(device=device) if models is None else models
-    deadline = Deadline(max_minutes)
-
-    def piece(name: str, config: dict[str, Any], compute: Any) -> dict[str, Any] | None:
-        def record() -> dict[str, Any]:
-            return {"experiment": EXPERIMENT, "name": name, "config": config, "seed": seed,
-                    "metadata": runtime.run_metadata(), "data": compact(compute())}
-
-        return load_or_run(EXPERIMENT, folder, name, config, record, seed=seed, save=save,
-                           deadline=deadline)
+    stages = Stages(EXPERIMENT, folder, seed=seed, save=save, max_minutes=max_minutes,
+                    device=device)
+    piece = stages.run
 
     records = []
     unguided = piece(f"{proto.scale}_unguided", proto.as_config("unguided"),

@@ -49,15 +49,7 @@ from ..masked_diffusion import MaskedDenoiser, load_denoiser, sample_unmasking
 from ..tasks.sudoku import grid_to_tokens, is_solved, make_puzzles, penalty, tokens_to_grid
 from ..tasks.sudoku import violations as count_violations
 from ..timing import time_interleaved
-from . import (
-    REDGE_FAMILY,
-    Deadline,
-    compact,
-    knob_text,
-    load_or_run,
-    load_records,
-    parse_cli,
-)
+from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli
 from .sudoku import GRIDS, GROW_ROUNDS, choose, extend_grid, on_edge
 from .summary import Row, paired_verdict, summary_row, write_summary
 
@@ -356,20 +348,12 @@ def run(
     estimators = list(ESTIMATOR_NAMES) if estimators is None else estimators
     dev = torch.device(device) if device is not None else runtime.device()
     folder = Path(out) if out is not None else runtime.results_dir(EXPERIMENT)
-    deadline = Deadline(max_minutes)
-    records: list[dict[str, Any]] = []
+    stages = Stages(EXPERIMENT, folder, seed=seed, save=save, max_minutes=max_minutes,
+                    device=dev)
+    records = stages.records
 
     def stage(name: str, config: dict[str, Any], compute: Any) -> dict[str, Any] | None:
-        def make() -> dict[str, Any]:
-            return {"experiment": EXPERIMENT, "name": f"{proto.scale}_{name}",
-                    "config": config, "seed": seed, "metadata": runtime.run_metadata(),
-                    "data": compact(compute())}
-
-        record = load_or_run(EXPERIMENT, folder, f"{proto.scale}_{name}", config, make,
-                             seed=seed, save=save, deadline=deadline, what=name)
-        if record is not None:
-            records.append(record)
-        return record
+        return stages.run(f"{proto.scale}_{name}", config, compute)
 
     stage("unguided", proto.as_config("unguided", "unguided"),
           lambda: run_unguided(proto, seed=seed, device=dev))

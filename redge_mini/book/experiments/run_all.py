@@ -28,7 +28,6 @@ import datetime as _dt
 import importlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -50,23 +49,12 @@ MANIFEST = "run_all.json"
 
 
 def device_description(device: torch.device) -> dict[str, Any]:
-    """Device, CPU model, core count and software versions, for the manifest."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {"device": device.type, "cpu": cpu, "cpu_count": os.cpu_count(),
-           "torch": torch.__version__, "python": platform.python_version(),
-           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    if device.type == "cuda":
-        out["device_name"] = torch.cuda.get_device_name(device)
-    else:
-        out["device_name"] = cpu
-    return out
+    """Device, its name (GPU model, or CPU model and core count), software versions."""
+    meta = runtime.run_metadata(device)
+    return {"device": meta["device"], "device_name": meta["device_name"],
+            "cpu": runtime.device_name("cpu"), "cpu_count": os.cpu_count(),
+            "torch": meta["torch"], "python": meta["python"],
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def _now() -> str:

@@ -46,15 +46,7 @@ from ...registry import ESTIMATORS, get_spec, label
 from .. import runtime
 from ..tasks.sudoku import make_puzzles, penalty, solve_mean_field
 from ..timing import time_interleaved
-from . import (
-    REDGE_FAMILY,
-    Deadline,
-    compact,
-    knob_text,
-    load_or_run,
-    load_records,
-    parse_cli,
-)
+from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli
 from .summary import Row, paired_verdict, summary_row, write_summary
 
 EXPERIMENT = "sudoku"
@@ -391,12 +383,6 @@ def time_steps(proto: Protocol, knobs: dict[str, dict[str, Any]], device: torch.
     return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def _record(name: str, proto: Protocol, config: dict[str, Any], data: dict[str, Any],
-            seed: int) -> dict[str, Any]:
-    return {"experiment": EXPERIMENT, "name": f"{proto.scale}_{name}", "config": config,
-            "seed": seed, "metadata": runtime.run_metadata(), "data": compact(data)}
-
-
 def run(
     proto: Protocol,
     estimators: list[str] | None = None,
@@ -414,16 +400,12 @@ def run(
     estimators = list(ESTIMATOR_NAMES) if estimators is None else estimators
     dev = torch.device(device) if device is not None else runtime.device()
     folder = Path(out) if out is not None else runtime.results_dir(EXPERIMENT)
-    deadline = Deadline(max_minutes)
-    records: list[dict[str, Any]] = []
+    stages = Stages(EXPERIMENT, folder, seed=seed, save=save, max_minutes=max_minutes,
+                    device=dev)
+    records = stages.records
 
     def stage(name: str, config: dict[str, Any], compute: Any) -> dict[str, Any] | None:
-        record = load_or_run(EXPERIMENT, folder, f"{proto.scale}_{name}", config,
-                             lambda: _record(name, proto, config, compute(), seed),
-                             seed=seed, save=save, deadline=deadline, what=name)
-        if record is not None:
-            records.append(record)
-        return record
+        return stages.run(f"{proto.scale}_{name}", config, compute)
 
     rounds = GROW_ROUNDS if proto.scale == "full" else 0
     for estimator in estimators:

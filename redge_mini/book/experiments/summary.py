@@ -28,6 +28,7 @@ __all__ = [
     "read_summary",
     "summary_row",
     "t_interval",
+    "welch_verdict",
     "write_summary",
 ]
 
@@ -210,4 +211,36 @@ def paired_verdict(
         return "ties"
     mean_diff = math.fsum(diffs) / len(diffs)
     better = mean_diff < 0 if lower_is_better else mean_diff > 0
+    return "wins" if better else "loses"
+
+
+def welch_verdict(
+    values: Sequence[float],
+    other: Sequence[float],
+    *,
+    lower_is_better: bool = True,
+    alpha: float = 0.05,
+    tolerance: float = 0.0,
+) -> str:
+    """``"wins"``, ``"ties"`` or ``"loses"`` for two *independent* samples (no shared seeds).
+
+    Welch's two-sided t-test (:func:`scipy.stats.ttest_ind` with ``equal_var=False``) at level
+    ``alpha``; a difference of means within ``tolerance`` (e.g. two gaps at numerical zero) is a
+    tie. For seeds that share data use :func:`paired_verdict` instead.
+    """
+    from scipy import stats
+
+    a, b = [float(v) for v in values], [float(v) for v in other]
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("values and other need at least two seeds each")
+    diff = math.fsum(a) / len(a) - math.fsum(b) / len(b)
+    if abs(diff) <= tolerance:
+        return "ties"
+    if len(set(a)) == 1 and len(set(b)) == 1:
+        significant = diff != 0.0
+    else:
+        significant = bool(stats.ttest_ind(a, b, equal_var=False).pvalue < alpha)
+    if not significant:
+        return "ties"
+    better = diff < 0 if lower_is_better else diff > 0
     return "wins" if better else "loses"
