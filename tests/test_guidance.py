@@ -202,10 +202,14 @@ def test_experiment_script_runs_resumes_and_writes_a_summary(tmp_path) -> None:
     assert summary["chosen"]["redge"]["knobs"] in proto.grids["redge"]
     assert {v["rival"] for v in summary["verdicts"].values()} == {"st"}
     rows = read_summary("mdm_guidance", tmp_path)
-    assert {r.setting for r in rows} == {"weak", "strong", "tune_weak"}
+    assert {r.setting for r in rows} == {"weak", "strong", "tune_weak", "timing"}
+    timing = [r for r in rows if r.setting == "timing"]
+    assert {r.estimator for r in timing} == {"st", "redge"}
+    assert all(r.metric == "ms_per_step" and r.n_seeds == 1 and r.mean > 0 for r in timing)
     assert {r.budget for r in rows if r.estimator == "redge" and r.setting == "weak"} == set(
         proto.n_inner)
-    assert all(r.n_seeds == proto.n_seeds for r in rows if not r.setting.startswith("tune"))
+    assert all(r.n_seeds == proto.n_seeds for r in rows
+               if not r.setting.startswith("tune") and r.setting != "timing")
     assert all(r.ci_low <= r.mean <= r.ci_high for r in rows)
     projected = e4.measure_throughput(proto, device="cpu")
     assert projected["total"] >= projected["main"] > 0

@@ -245,7 +245,7 @@ def test_experiment_smoke_run_resumes_and_writes_the_summary(models, tmp_path):
     proto = experiment.protocol("full", smoke=True)
     records = experiment.run(proto, ["st", "redge"], models=models, out=tmp_path)
     names = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert names == ["full-smoke_redge.json", "full-smoke_st.json",
+    assert names == ["full-smoke_redge.json", "full-smoke_st.json", "full-smoke_timing.json",
                      "full-smoke_tune_redge.json", "full-smoke_unguided.json"]
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
     again = experiment.run(proto, ["st", "redge"], models=models, out=tmp_path)
@@ -254,6 +254,8 @@ def test_experiment_smoke_run_resumes_and_writes_the_summary(models, tmp_path):
     tune = next(r for r in records if r["config"]["kind"] == "tune")["data"]
     means = [sum(r["objective"]) / len(r["objective"]) for r in tune["results"]]
     assert tune["chosen"] == tune["results"][means.index(max(means))]["knobs"]
+    # the grid grew by the points listed, each run once
+    assert [r["knobs"] for r in tune["results"]] == proto.grids["redge"] + tune["extended"]
     rows = summary_module.read_summary("image_guidance", root=tmp_path)
     assert {r.estimator for r in rows} == {"unguided", "st", "redge"}
     assert all(r.n_seeds == proto.n_seeds for r in rows if r.setting == proto.scale)
@@ -266,6 +268,12 @@ def test_experiment_smoke_run_resumes_and_writes_the_summary(models, tmp_path):
     assert row["objective"] == pytest.approx(
         proto.reward_scale * row["reward"] - row["kl"], rel=1e-3, abs=1e-3)
     assert set(summary["verdicts"][(1, "redge")]) == {"rival", "objective", "reward", "kl"}
+    # ms per step comes from the interleaved timing stage, one value per estimator
+    timing = next(r for r in records if r["config"]["kind"] == "timing")["data"]["timing_ms"]
+    assert set(timing) == {"st", "redge"} and all(v > 0 for v in timing.values())
+    assert {r["estimator"]: r["ms_per_inner_step"] for r in summary["table"]
+            if r["estimator"] != "unguided"} == timing
+    assert {r["ms_source"] for r in summary["table"]} == {"interleaved"}
 
 
 def test_experiment_refuses_bad_input(tmp_path):

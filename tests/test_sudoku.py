@@ -239,27 +239,28 @@ def test_experiment_script_runs_resumes_and_refuses_bad_input(tmp_path, capsys) 
 
 def test_edge_detection_and_choice_rule() -> None:
     from redge_mini.book.experiments import sudoku as e3
+    from redge_mini.book.experiments import tuning
 
     grid = e3.REDGE_GRID
-    assert e3.on_edge(grid, grid.index({"n_steps": 5, "t_1": 0.9}))  # t_1 at its top
-    assert e3.on_edge(grid, grid.index({"n_steps": 3, "t_1": 0.5}))  # n_steps at its bottom
-    assert not e3.on_edge(grid, grid.index({"n_steps": 5, "t_1": 0.5}))
-    assert e3.on_edge([0.01, 0.05, 0.1], 0) and not e3.on_edge([0.01, 0.05, 0.1], 1)
-    assert not e3.on_edge([0.05, 0.01, 0.1], 0)  # unsorted grids (grown ones) work too
+    assert tuning.on_edge(grid, grid.index({"n_steps": 5, "t_1": 0.9}))  # t_1 at its top
+    assert tuning.on_edge(grid, grid.index({"n_steps": 3, "t_1": 0.5}))  # n_steps at its bottom
+    assert not tuning.on_edge(grid, grid.index({"n_steps": 5, "t_1": 0.5}))
+    assert tuning.on_edge([0.01, 0.05, 0.1], 0) and not tuning.on_edge([0.01, 0.05, 0.1], 1)
+    assert not tuning.on_edge([0.05, 0.01, 0.1], 0)  # unsorted grids (grown ones) work too
     # a grid grows past the edge the choice sits on, one knob at a time, inside the knob's range
-    assert e3.extend_grid("redge", grid, grid.index({"n_steps": 9, "t_1": 0.9})) == [
+    assert tuning.extend_grid("redge", grid, grid.index({"n_steps": 9, "t_1": 0.9})) == [
         {"n_steps": 17, "t_1": 0.9}, {"n_steps": 9, "t_1": 0.9667}]
-    assert e3.extend_grid("redge", grid, grid.index({"n_steps": 5, "t_1": 0.5})) == []
-    assert e3.extend_grid("reinmax", [{"tau": 1.0}, {"tau": 2.0}], 0) == []  # tau >= 1
-    assert e3.extend_grid("gumbel", [{"tau": 0.1}, {"tau": 2.0}], 0) == [{"tau": 0.0333}]
-    assert e3.extend_grid("st", [{"lr": 0.1}, {"lr": 0.3}], 1) == [{"lr": 0.9}]
+    assert tuning.extend_grid("redge", grid, grid.index({"n_steps": 5, "t_1": 0.5})) == []
+    assert tuning.extend_grid("reinmax", [{"tau": 1.0}, {"tau": 2.0}], 0) == []  # tau >= 1
+    assert tuning.extend_grid("gumbel", [{"tau": 0.1}, {"tau": 2.0}], 0) == [{"tau": 0.0333}]
+    assert tuning.extend_grid("st", [{"lr": 0.1}, {"lr": 0.3}], 1) == [{"lr": 0.9}]
     # in a tuning stage, a choice on the edge makes the grid grow (one round here)
     proto = e3.protocol("small", smoke=True)
     data = e3.run_tuning("tune_knob", "gumbel", proto, [{"tau": 0.5}, {"tau": 1.0}], [0.05],
                          seed=0, device=torch.device("cpu"), max_rounds=1)
     assert len(data["configs"]) == 3 and len(data["extended"]) == 1
     assert data["extended"][0]["tau"] in (0.1667, 2.5)
-    assert not e3.on_edge([{}], 0)
+    assert not tuning.on_edge([{}], 0)
     configs = [{"final_solved": [0, 1], "final_violations": [2, 0], "best_violations": [0, 0]},
                {"final_solved": [1, 1], "final_violations": [0, 0], "best_violations": [0, 0]},
                {"final_solved": [1, 1], "final_violations": [0, 0], "best_violations": [1, 0]}]

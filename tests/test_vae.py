@@ -329,3 +329,30 @@ def test_training_stops_when_asked() -> None:
     model = vae.EnsembleVAE(1, TINY)
     with pytest.raises(TrainingInterrupted):
         vae.train(model, [vae.Member("st")], torch.zeros(8, 6), stop=lambda: True)
+
+
+def test_tuning_grows_past_an_edge_choice_and_the_summary_merges_the_rounds() -> None:
+    members = [{"estimator": "gumbel", "knobs": {"tau": 0.5}},
+               {"estimator": "gumbel", "knobs": {"tau": 1.0}},
+               {"estimator": "redge", "knobs": {"n_steps": 3, "t_1": 0.5}},
+               {"estimator": "redge", "knobs": {"n_steps": 5, "t_1": 0.5}}]
+    tune = {"members": members, "valid_neg_elbo": [100.0, 101.0, 99.0, 98.0]}
+    chosen, points = experiment.choose_grown([tune], ["gumbel", "redge"])
+    assert chosen == {"gumbel": {"tau": 0.5}, "redge": {"n_steps": 5, "t_1": 0.5}}
+    assert points == {"gumbel": [{"tau": 0.1667}], "redge": [{"n_steps": 9, "t_1": 0.5}]}
+    grow = {"members": [{"estimator": "gumbel", "knobs": {"tau": 0.1667}},
+                        {"estimator": "redge", "knobs": {"n_steps": 9, "t_1": 0.5}}],
+            "valid_neg_elbo": [102.0, 97.0]}
+    chosen, points = experiment.choose_grown([tune, grow], ["gumbel", "redge"])
+    assert chosen == {"gumbel": {"tau": 0.5}, "redge": {"n_steps": 9, "t_1": 0.5}}
+    assert points == {"redge": [{"n_steps": 17, "t_1": 0.5}]}  # still on the top edge
+    # summarise joins the growth rounds to the tuning stage
+    config = {"scale": "x", "latents": "binary12"}
+    records = [{"name": "x_binary12_tune", "config": {**config, "stage": "tune"},
+                "data": {**tune, "chosen": {"gumbel": {"tau": 0.5},
+                                            "redge": {"n_steps": 5, "t_1": 0.5}}}},
+               {"name": "x_binary12_grow1", "config": {**config, "stage": "grow"},
+                "data": grow}]
+    merged = experiment.summarise(records)["tune"]["binary12"]
+    assert merged["valid_neg_elbo"] == [100.0, 101.0, 99.0, 98.0, 102.0, 97.0]
+    assert merged["extended"] == grow["members"] and merged["chosen"] == chosen

@@ -33,17 +33,37 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...registry import ESTIMATORS, check_knobs
+from ...registry import ESTIMATORS, check_knobs, make_estimator
 from .. import runtime
-from ..tasks.image_guidance import ImageModels, guide_images, load_image_models
+from ..tasks.image_guidance import (
+    N_CODES,
+    SEQ_LEN,
+    ImageModels,
+    cfg_log_probs,
+    guide_images,
+    inner_step,
+    load_image_models,
+    steering_targets,
+)
+from ..timing import time_interleaved
 from . import REDGE_FAMILY, Stages, parse_cli
-from .summary import Row, knob_string, paired_verdict, summary_row, t_interval, write_summary
+from .summary import (
+    Row,
+    knob_string,
+    paired_verdict,
+    summary_row,
+    t_interval,
+    timing_rows,
+    write_summary,
+)
+from .tuning import GROW_ROUNDS, extend_grid, grow_search
 
 EXPERIMENT = "image_guidance"
 ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
@@ -95,8 +115,12 @@ class Protocol:
     cfg_weight: float = 3.0
     shift: int = 1
     grids: dict[str, list[dict[str, float | int]]] = field(default_factory=lambda: FULL_GRIDS)
+    grow_rounds: int = GROW_ROUNDS
 
     def __post_init__(self) -> None:
+        if isinstance(self.grow_rounds, bool) or not isinstance(self.grow_rounds, int) \
+                or self.grow_rounds < 0:
+            raise ValueError(f"grow_rounds must be an int >= 0, got {self.grow_rounds!r}")
         if not self.budgets or any(int(b) < 1 for b in self.budgets):
             raise ValueError(f"budgets must be positive integers, got {self.budgets}")
         if self.n_seeds < 2 or self.tune_seeds < 1:
@@ -119,7 +143,7 @@ class Protocol:
         if kind == "tune":
             config.update(estimator=estimator, budget=self.tune_budget,
                           n_seeds=self.tune_seeds, n_per_class=self.tune_n_per_class,
-                          grid=self.grids[estimator])
+                          grid=self.grids[estimator], grow_rounds=self.grow_rounds)
         else:
             config.update(n_seeds=self.n_seeds, n_per_class=self.n_per_class)
             if kind == "eval":
@@ -146,11 +170,11 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
     if scale == "full":
         proto = Protocol(scale="full")
     else:
-        proto = Protocol(scale="small", budgets=(5, 20),
+        proto = Protocol(scale="small", budgets=(5, 20), grow_rounds=0,
                          grids={name: [{}] for name in ESTIMATOR_NAMES})
     if smoke:
         proto = replace(proto, scale=scale + "-smoke", n_seeds=2, budgets=(1,), tune_budget=1,
-                        tune_seeds=1, n_steps=3,
+                        tune_seeds=1, n_steps=3, grow_rounds=min(proto.grow_rounds, 1),
                         grids={k: v[:2] for k, v in proto.grids.items()})
     return proto
 
@@ -183,18 +207,68 @@ def run_unguided(models: ImageModels, proto: Protocol, *, seed: int) -> dict[str
 
 def run_tuning(models: ImageModels, proto: Protocol, estimator: str, *,
                seed: int) -> dict[str, Any]:
-    """Every knob setting of ``estimator`` at the tuning budget; the best mean objective wins."""
-    results = []
-    for knobs in proto.grids[estimator]:
-        summary = _guide(models, proto, estimator, n_inner=proto.tune_budget,
-                         knobs=check_knobs(estimator, **knobs), n_seeds=proto.tune_seeds,
-                         n_per_class=proto.tune_n_per_class, seed=seed + 1000)
-        summary.pop("tokens"), summary.pop("source")
-        results.append({"knobs": check_knobs(estimator, **knobs), **summary})
-    best = max(range(len(results)),
-               key=lambda i: sum(results[i]["objective"]) / len(results[i]["objective"]))
-    return {"estimator": estimator, "results": results, "best": best,
-            "chosen": results[best]["knobs"]}
+    """Every knob setting of ``estimator`` at the tuning budget; the best mean objective wins.
+
+    A choice on an edge of the grid makes it grow past that edge (:func:`.tuning.grow_search`,
+    ``proto.grow_rounds`` times at most); ``extended`` lists the settings added.
+    """
+    def evaluate(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = []
+        for knobs in points:
+            knobs = check_knobs(estimator, **knobs)
+            summary = _guide(models, proto, estimator, n_inner=proto.tune_budget, knobs=knobs,
+                             n_seeds=proto.tune_seeds, n_per_class=proto.tune_n_per_class,
+                             seed=seed + 1000)
+            summary.pop("tokens"), summary.pop("source")
+            results.append({"knobs": knobs, **summary})
+        return results
+
+    def best(results: list[dict[str, Any]]) -> int:
+        return max(range(len(results)),
+                   key=lambda i: sum(results[i]["objective"]) / len(results[i]["objective"]))
+
+    results, chosen, added = grow_search(estimator, proto.grids[estimator], evaluate, best,
+                                         max_rounds=proto.grow_rounds,
+                                         axis=lambda r: r["knobs"])
+    return {"estimator": estimator, "results": results, "best": chosen,
+            "chosen": results[chosen]["knobs"], "extended": added}
+
+
+def time_inner_steps(models: ImageModels, proto: Protocol, knobs: dict[str, dict[str, Any]], *,
+                     rounds: int = 5, block_s: float = 0.2,
+                     timer: Callable[[], float] | None = None) -> dict[str, float]:
+    """Milliseconds per inner Adam step (:func:`~redge_mini.book.tasks.image_guidance.inner_step`:
+    sample, decode, reward, KL, backward, Adam) of each estimator at its ``knobs``, on the
+    evaluation batch at the first move of the sampler (every cell masked), timed interleaved
+    in one process after warm-up (:func:`~redge_mini.book.timing.time_interleaved`; median of
+    ``rounds`` blocks; ``timer`` as there, e.g. ``time.process_time`` on a shared CPU)."""
+    prior = models.prior
+    dev = next(prior.parameters()).device
+    batch = 10 * proto.n_seeds * proto.n_per_class
+    generator = torch.Generator(device=dev).manual_seed(0)
+    cond = torch.arange(batch, device=dev) % 10
+    target = steering_targets(cond, proto.shift)
+    x = torch.full((batch, SEQ_LEN), prior.mask_id, dtype=torch.long, device=dev)
+    with torch.no_grad():
+        ell = cfg_log_probs(prior, x, cond, proto.cfg_weight).float()
+    keep = (x == prior.mask_id)[..., None]
+    revealed = torch.nn.functional.one_hot(x.clamp(max=N_CODES - 1), N_CODES).float()
+    calls = {}
+    for name, k in knobs.items():
+        estimator = make_estimator(name, **k)
+        phi = ell.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([phi], lr=proto.lr)
+
+        def call(estimator: Any = estimator, phi: torch.Tensor = phi,
+                 optimiser: torch.optim.Optimizer = optimiser) -> None:
+            inner_step(models, estimator, phi, ell, optimiser, keep=keep, revealed=revealed,
+                       target=target, lam=proto.lam, reward_scale=proto.reward_scale,
+                       generator=generator)
+
+        call()  # warm-up (Adam's state, allocator)
+        calls[name] = call
+    times = time_interleaved(calls, dev, rounds=rounds, block_s=block_s, timer=timer)
+    return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def run_evaluation(models: ImageModels, proto: Protocol, estimator: str,
@@ -243,6 +317,17 @@ def run(proto: Protocol, estimators: list[str] | None = None, *,
                                                                        seed=seed))
         if evaluated is not None:
             records.append(evaluated)
+    evals = {r["data"]["estimator"]: r["data"]["chosen"] for r in records
+             if r["config"]["kind"] == "eval"}
+    if len(evals) == len(estimators):
+        chosen = {name: evals[name] for name in estimators}
+        block = 0.2 if proto.scale == "full" else 0.01
+        timing = piece(f"{proto.scale}_timing", {**proto.as_config("timing"), "knobs": chosen},
+                       lambda: {"timing_ms": time_inner_steps(models, proto, chosen,
+                                                              block_s=block),
+                                "batch": 10 * proto.n_seeds * proto.n_per_class})
+        if timing is not None:
+            records.append(timing)
     if save and records:
         write_summary(EXPERIMENT, summary_rows(stored_records(folder)), root=folder)
     return records
@@ -272,6 +357,8 @@ def summary_rows(records: list[dict[str, Any]]) -> list[Row]:
         if config["kind"] == "unguided":
             rows += [summary_row(EXPERIMENT, scale, "unguided", {}, m, 0, data[m])
                      for m in METRICS]
+        elif config["kind"] == "timing":
+            rows += timing_rows(EXPERIMENT, scale, data["timing_ms"], config["knobs"])
         elif config["kind"] == "tune":
             for result in data["results"]:
                 rows += [summary_row(EXPERIMENT, f"tuning_{scale}", data["estimator"],
@@ -301,18 +388,24 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     if len(scales) != 1:
         raise ValueError(f"records mix scales {sorted(scales)}; summarise one scale at a time")
     order = {name: i for i, name in enumerate(ESTIMATOR_NAMES)}
-    table, raw, tuning = [], {}, {}
+    table, raw, tuning, timing = [], {}, {}, {}
     for record in records:
         config, data = record["config"], record["data"]
-        if config["kind"] == "unguided":
+        if config["kind"] == "timing":
+            timing = data["timing_ms"]
+        elif config["kind"] == "unguided":
             raw[("unguided", 0)] = data
             table.append(_table_row("unguided", 0, {}, data))
         elif config["kind"] == "tune":
-            tuning[data["estimator"]] = _tuning_summary(data, config["grid"])
+            tuning[data["estimator"]] = _tuning_summary(data)
         else:
             for budget, values in data["budgets"].items():
                 raw[(data["estimator"], int(budget))] = values
                 table.append(_table_row(data["estimator"], int(budget), data["chosen"], values))
+    for row in table:  # the interleaved timing with warm-up, when stored, replaces wall time
+        if row["estimator"] in timing:
+            row["ms_per_inner_step"] = timing[row["estimator"]]
+        row["ms_source"] = "interleaved" if timing else "wall"
     table.sort(key=lambda r: (r["budget"], order.get(r["estimator"], -1)))
     budgets = sorted({r["budget"] for r in table if r["budget"] > 0})
     estimators = sorted({r["estimator"] for r in table if r["estimator"] != "unguided"},
@@ -333,10 +426,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                     **{m: paired_verdict(mine[m], theirs[m], lower_is_better=(m == "kl"))
                        for m in ("objective", "reward", "kl")}}
     config = {k: v for k, v in records[0]["config"].items()
-              if k not in ("kind", "estimator", "grid", "budget", "budgets")}
+              if k not in ("kind", "estimator", "grid", "budget", "budgets", "knobs")}
     return {"scale": scales.pop(), "budgets": budgets, "estimators": estimators,
             "table": table, "verdicts": verdicts, "best": best, "tuning": tuning,
-            "config": config}
+            "timing_ms": timing, "config": config}
 
 
 def _table_row(estimator: str, budget: int, knobs: dict[str, Any],
@@ -350,17 +443,17 @@ def _table_row(estimator: str, budget: int, knobs: dict[str, Any],
     return row
 
 
-def _tuning_summary(data: dict[str, Any], grid: list[dict[str, Any]]) -> dict[str, Any]:
+def _tuning_summary(data: dict[str, Any]) -> dict[str, Any]:
     tried = [{"knobs": r["knobs"], "objective": sum(r["objective"]) / len(r["objective"]),
               "reward": sum(r["reward"]) / len(r["reward"]),
               "kl": sum(r["kl"]) / len(r["kl"])} for r in data["results"]]
+    points = [r["knobs"] for r in data["results"]]
     chosen = data["chosen"]
-    at_edge = []
-    for knob in chosen:
-        values = sorted({g[knob] for g in grid if knob in g})
-        if len(values) > 2 and chosen[knob] in (values[0], values[-1]):
-            at_edge.append(knob)
-    return {"tried": tried, "chosen": chosen, "at_edge": at_edge}
+    # knobs whose chosen value lies on an edge that the grid could still grow past
+    grow = extend_grid(data["estimator"], points, points.index(chosen))
+    at_edge = sorted({k for point in grow for k in point if point[k] != chosen[k]})
+    return {"tried": tried, "chosen": chosen, "at_edge": at_edge,
+            "extended": data.get("extended", [])}
 
 
 def write_summary_csv(folder: str | Path | None = None, scale: str = "full") -> Path | None:

@@ -50,8 +50,9 @@ from ..tasks.sudoku import grid_to_tokens, is_solved, make_puzzles, penalty, tok
 from ..tasks.sudoku import violations as count_violations
 from ..timing import time_interleaved
 from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli
-from .sudoku import GRIDS, GROW_ROUNDS, choose, extend_grid, on_edge
-from .summary import Row, paired_verdict, summary_row, write_summary
+from .sudoku import GRIDS, choose
+from .summary import Row, paired_verdict, summary_row, timing_rows, write_summary
+from .tuning import GROW_ROUNDS, grow_search, on_edge
 
 EXPERIMENT = "mdm_guidance"
 ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
@@ -217,19 +218,18 @@ def _generator(seed: int, stage: str, method: str, device: torch.device) -> torc
 def run_tuning(estimator: str, proto: Protocol, *, seed: int, device: torch.device,
                max_rounds: int | None = None) -> dict[str, Any]:
     """Every grid point of ``estimator`` at ``N = tune_n_inner`` on the tuning puzzles; a
-    choice on an edge of the grid makes it grow (:func:`.sudoku.extend_grid`), up to
-    ``max_rounds`` times (default: :data:`.sudoku.GROW_ROUNDS` at full scale, else 0)."""
+    choice on an edge of the grid makes it grow (:func:`.tuning.grow_search`), up to
+    ``max_rounds`` times (default: :data:`.tuning.GROW_ROUNDS` at full scale, else 0)."""
     if max_rounds is None:
         max_rounds = GROW_ROUNDS if proto.scale == "full" else 0
     models = load_models(proto, device)
     model = models[proto.tune_checkpoint][0]
     puzzles, solutions = tuning_puzzles(proto)
     generator = _generator(seed, "tune", estimator, device)
-    todo = [dict(k) for k in proto.grids[estimator]]
-    entries: list[dict[str, Any]] = []
-    added: list[dict[str, Any]] = []
     wall = 0.0
-    for _round in range(max_rounds + 1):
+
+    def evaluate(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        nonlocal wall
         configs = [GuidanceConfig(estimator, proto.tune_n_inner, k) for k in todo]
         start = time.perf_counter()
         tokens, _ = guide_batched(model, penalty, configs, n_unmask_steps=proto.n_unmask_steps,
@@ -238,15 +238,13 @@ def run_tuning(estimator: str, proto: Protocol, *, seed: int, device: torch.devi
         wall += time.perf_counter() - start
         metrics = grid_metrics(tokens, puzzles.repeat(len(todo), 1),
                                solutions.repeat(len(todo), 1))
-        for c, knobs in enumerate(todo):
-            rows = slice(c * proto.n_tune, (c + 1) * proto.n_tune)
-            entries.append({"knobs": knobs, **{k: v[rows].tolist() for k, v in metrics.items()},
-                            "best_violations": metrics["final_violations"][rows].tolist()})
-        chosen = choose(entries)
-        todo = extend_grid(estimator, [e["knobs"] for e in entries], chosen)
-        if not todo or _round == max_rounds:
-            break
-        added += todo
+        rows = [slice(c * proto.n_tune, (c + 1) * proto.n_tune) for c in range(len(todo))]
+        return [{"knobs": knobs, **{k: v[r].tolist() for k, v in metrics.items()},
+                 "best_violations": metrics["final_violations"][r].tolist()}
+                for knobs, r in zip(todo, rows, strict=True)]
+
+    entries, chosen, added = grow_search(estimator, proto.grids[estimator], evaluate, choose,
+                                         max_rounds=max_rounds, axis=lambda e: e["knobs"])
     return {"stage": "tune", "method": estimator, "configs": entries, "chosen": chosen,
             "extended": added, "wall_seconds": wall, "device": str(device)}
 
@@ -404,6 +402,8 @@ def summary_rows(records: list[dict[str, Any]]) -> list[Row]:
                     rows.append(summary_row(EXPERIMENT, f"tune_{config['tune_checkpoint']}",
                                             data["method"], entry["knobs"], metric,
                                             config["tune_n_inner"], entry[metric]))
+        elif data["stage"] == "timing":
+            rows += timing_rows(EXPERIMENT, "timing", data["timing_ms"], config["knobs"])
     return rows
 
 

@@ -45,6 +45,7 @@ from ..tasks import StopCallback
 from ..tasks.polyprog import ESTIMATOR_NAMES, PolyProgConfig, optimise
 from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli, welch_verdict
 from .summary import Row, summary_row, t_interval, write_summary
+from .tuning import GROW_ROUNDS, extend_grid, grow_search
 
 __all__ = ["AUTHOR_KNOBS", "GRIDS", "Protocol", "main", "measure_throughput", "protocol",
            "protocol_table", "run", "summarise", "summary_rows", "write_summary_csv"]
@@ -107,8 +108,12 @@ class Protocol:
     tune_iters: int
     tune_runs: int
     grids: dict[str, list[dict[str, float | int]]]
+    grow_rounds: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.grow_rounds, bool) or not isinstance(self.grow_rounds, int) \
+                or self.grow_rounds < 0:
+            raise ValueError(f"grow_rounds must be an int >= 0, got {self.grow_rounds!r}")
         for name in ("tune_iters", "tune_runs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -129,7 +134,7 @@ class Protocol:
                 **asdict(self.config)}
         if stage == "tune":
             base.update(tune_iters=self.tune_iters, tune_runs=self.tune_runs,
-                        knob_values=self.grids[estimator])
+                        knob_values=self.grids[estimator], grow_rounds=self.grow_rounds)
         else:
             base["chosen"] = chosen
         return base
@@ -151,7 +156,8 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
         tune_iters, tune_runs = 4, 1
         grids = {e: g[:2] for e, g in grids.items()}
     return Protocol(scale=scale + ("-smoke" if smoke else ""), config=config,
-                    tune_iters=tune_iters, tune_runs=tune_runs, grids=grids)
+                    tune_iters=tune_iters, tune_runs=tune_runs, grids=grids,
+                    grow_rounds=GROW_ROUNDS if scale == "full" else 0)
 
 
 def protocol_table(proto: Protocol) -> str:
@@ -203,16 +209,35 @@ def choose(final_gap: list, n_powers: int) -> list[int]:
 def run_tune(estimator: str, proto: Protocol, *, seed: int,
              device: torch.device | str | None = None, progress: bool = False,
              stop: StopCallback | None = None) -> dict[str, Any]:
-    """Stage 1: every grid value, ``tune_runs`` runs of ``tune_iters`` steps; the choice."""
+    """Stage 1: every grid value, ``tune_runs`` runs of ``tune_iters`` steps; the choice.
+
+    For every exponent whose choice lies on an edge of the grid, the grid grows past it
+    (:func:`.tuning.grow_search`, ``proto.grow_rounds`` times at most); the new points run with
+    their own random streams, all exponents at once. ``extended`` lists the points added.
+    """
     tic = time.perf_counter()
-    result = optimise(estimator, proto.grids[estimator], proto.tune_config,
-                      seed=_seed(seed, estimator, 500), device=device, progress=progress,
-                      stop=stop)
-    final = result.gaps[..., -1]
-    chosen = choose(final.tolist(), len(result.powers))
-    return {"estimator": estimator, "knob_values": list(result.knob_values),
-            "powers": list(result.powers), "final_gap": final, "chosen_index": chosen,
-            "chosen": [result.knob_values[g] for g in chosen],
+    powers: list[float] = []
+    rounds: list[list[dict[str, Any]]] = []
+
+    def evaluate(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        round_ = len(rounds)
+        rounds.append(points)
+        result = optimise(estimator, points, proto.tune_config,
+                          seed=_seed(seed, estimator, 500 + round_), device=device,
+                          progress=progress, stop=stop)
+        powers[:] = list(result.powers)
+        final = result.gaps[..., -1]                                     # (G, P, R)
+        return [{"knobs": knobs, "final_gap": final[g].tolist()}
+                for g, knobs in enumerate(result.knob_values)]
+
+    entries, chosen, added = grow_search(
+        estimator, proto.grids[estimator], evaluate,
+        lambda e: choose([x["final_gap"] for x in e], len(proto.config.powers)),
+        max_rounds=proto.grow_rounds, axis=lambda e: e["knobs"])
+    knob_values = [e["knobs"] for e in entries]
+    return {"estimator": estimator, "knob_values": knob_values, "powers": powers,
+            "final_gap": [e["final_gap"] for e in entries], "chosen_index": chosen,
+            "chosen": [knob_values[g] for g in chosen], "extended": added,
             "wall_seconds": time.perf_counter() - tic}
 
 
@@ -313,6 +338,7 @@ def _normalise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             entry["tune"] = {"knob_values": data["knob_values"], "powers": data["powers"],
                              "final_gap": data["final_gap"],
                              "chosen_index": data["chosen_index"],
+                             "extended": data.get("extended", []),
                              "budget": config["tune_iters"]}
         elif config.get("stage") == "main":
             entry["main"] = {"powers": data["powers"], "steps": data["steps"],
@@ -344,11 +370,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Tables, curves and verdicts from result records (stored or freshly computed) of one scale.
 
     Returns a dict with ``rows`` (one per ``(p, estimator)``: chosen knobs, mean final gap and
-    its 95 % t-interval, ``gap_se``, mean probability ``prob_mean``, ``n_eval`` runs, ``budget``,
-    ``at_edge``: whether the choice lies at an end of a tuned grid axis), ``curves`` (``(p,
-    estimator) -> (steps, mean, se)``), ``verdicts`` (``(p, ReDGE-family member) -> dict``,
-    Welch's test against the best other estimator), ``tuning`` (estimator -> tune data),
-    ``powers``, ``estimators``, ``scale`` and ``device``.
+    its 95 % t-interval, ``gap_se``, mean probability ``prob_mean``, ``n_eval`` runs,
+    ``budget``, ``at_edge``: whether the choice lies on an edge the grid could still grow
+    past), ``curves`` (``(p, estimator) -> (steps, mean, se)``), ``verdicts`` (``(p,
+    ReDGE-family member) -> dict``, Welch's test against the best other estimator), ``tuning``
+    (estimator -> tune data), ``powers``, ``estimators``, ``scale`` and ``device``.
     """
     if not records:
         raise ValueError("records is empty: nothing to summarise")
@@ -377,7 +403,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "gap_mean": mean, "gap_low": low, "gap_high": high, "gap_se": se,
                 "prob_mean": float(np.mean(entry["final_prob"])),
                 "initial_gap": float(entry["initial_gap"]), "n_eval": len(values),
-                "budget": main["budget"], "at_edge": _at_edge(entry["knobs"], tune),
+                "budget": main["budget"], "at_edge": _at_edge(estimator, entry["knobs"], tune),
             })
             curves[(p, estimator)] = (main["steps"], entry["curve_mean"], entry["curve_se"])
             gaps[(p, estimator)] = values
@@ -403,15 +429,13 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             "scale": next(iter(scales)), "device": device}
 
 
-def _at_edge(knobs: dict[str, Any], tune: dict[str, Any] | None) -> bool:
-    """Whether some tuned knob of ``knobs`` sits at the smallest or largest grid value."""
-    if tune is None:
+def _at_edge(estimator: str, knobs: dict[str, Any], tune: dict[str, Any] | None) -> bool:
+    """Whether ``knobs`` lie on an edge of the tuned grid that the grid could still grow past
+    (an edge that is the boundary of the knob's range, e.g. ReinMax's ``tau = 1``, is not one)."""
+    if tune is None or knobs not in tune["knob_values"]:
         return False
-    for key, value in knobs.items():
-        values = sorted({k[key] for k in tune["knob_values"] if key in k})
-        if len(values) > 1 and value in (values[0], values[-1]):
-            return True
-    return False
+    points = tune["knob_values"]
+    return bool(extend_grid(estimator, points, points.index(knobs)))
 
 
 def summary_rows(records: list[dict[str, Any]]) -> list[Row]:

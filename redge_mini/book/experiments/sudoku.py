@@ -47,7 +47,8 @@ from .. import runtime
 from ..tasks.sudoku import make_puzzles, penalty, solve_mean_field
 from ..timing import time_interleaved
 from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli
-from .summary import Row, paired_verdict, summary_row, write_summary
+from .summary import Row, paired_verdict, summary_row, timing_rows, write_summary
+from .tuning import GROW_ROUNDS, grow_search, on_edge
 
 EXPERIMENT = "sudoku"
 ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
@@ -79,10 +80,6 @@ GRIDS: dict[str, dict[str, list[dict[str, float | int]]]] = {
         "reindge": [{"n_steps": 3, "t_1": t} for t in (0.5, 0.9)],
     },
 }
-
-#: At full scale, how many times a tuning grid grows when its choice lies on an edge (the small
-#: scale, two points per knob, does not grow: it only illustrates the procedure).
-GROW_ROUNDS = 2
 
 #: The authors' Sudoku demo (arXiv 2601.00781 and its code), as far as it is stated.
 AUTHORS: dict[str, Any] = {
@@ -221,84 +218,36 @@ def _generator(seed: int, stage: str, estimator: str, device: torch.device) -> t
     return torch.Generator(device=device).manual_seed(value)
 
 
-#: How a grid grows past an edge: the next value above / below, per knob.
-_GROW: dict[str, tuple[Any, Any]] = {
-    "t_1": (lambda v: round(1.0 - (1.0 - v) / 3.0, 4), lambda v: round(v / 3.0, 4)),
-    "n_steps": (lambda v: 2 * v - 1, lambda v: v - 1),
-    "tau": (lambda v: round(v * 2.5, 4), lambda v: round(v / 3.0, 4)),
-    "lr": (lambda v: round(v * 3.0, 6), lambda v: round(v / 3.0, 6)),
-}
-
-
-def extend_grid(estimator: str, points: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
-    """New grid points past the edge(s) on which ``points[index]`` lies (empty if interior).
-
-    ``points`` are dicts of knob values (and/or ``lr``). For every knob whose chosen value is the
-    largest (smallest) of the grid, one point with the next value above (below) is proposed, the
-    other knobs kept at the chosen values; values outside the knob's valid range (e.g. ReinMax's
-    ``tau < 1``) are dropped, so a choice on the boundary of the domain stays where it is.
-    """
-    spec = get_spec(estimator)
-    chosen = points[index]
-    new = []
-    for key, value in chosen.items():
-        values = sorted({p[key] for p in points})
-        if len(values) < 2:
-            continue
-        up, down = _GROW[key]
-        for edge, step in ((values[-1], up), (values[0], down)):
-            if value != edge:
-                continue
-            candidate = step(value)
-            if key in spec.knobs:
-                try:
-                    candidate = spec.knobs[key].check(key, candidate)
-                except (TypeError, ValueError):
-                    continue
-            elif not candidate > 0:
-                continue
-            point = {**chosen, key: candidate}
-            if candidate not in values and point not in new:
-                new.append(point)
-    return new
-
-
 def run_tuning(stage: str, estimator: str, proto: Protocol, knobs: list[dict[str, Any]],
                lrs: list[float], *, seed: int, device: torch.device,
                max_rounds: int = 2) -> dict[str, Any]:
     """A tuning stage for one estimator: per grid point, per-puzzle metrics at ``steps``.
 
     When the chosen point lies on an edge of the grid, the grid grows past it
-    (:func:`extend_grid`) and the new points run on the same puzzles, up to ``max_rounds``
+    (:func:`.tuning.grow_search`) and the new points run on the same puzzles, up to ``max_rounds``
     times; ``data["extended"]`` lists the points added.
     """
     puzzles = tuning_puzzles(proto).to(device)
     generator = _generator(seed, stage, estimator, device)
-    configs: list[dict[str, Any]] = []
-    added: list[dict[str, Any]] = []
     wall, mismatches = 0.0, 0
-    todo_knobs, todo_lrs = knobs, lrs
-    for _round in range(max_rounds + 1):
+
+    def evaluate(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        nonlocal wall, mismatches
+        todo_knobs, todo_lrs = ((knobs, [p["lr"] for p in points]) if stage == "tune_lr"
+                                else (points, lrs))
         start = time.perf_counter()
         result = solve_mean_field(puzzles, estimator, steps=proto.steps, lr=todo_lrs,
                                   knobs=todo_knobs, generator=generator)
         wall += time.perf_counter() - start
         mismatches += result.extra["clue_mismatches"]
-        for c, config in enumerate(result.configs):
-            values = _metrics(result, c, 0, proto.steps)
-            configs.append({"knobs": config["knobs"], "lr": config["lr"],
-                            **{k: v.tolist() for k, v in values.items()}})
-        chosen = choose(configs)
-        axis = ([{"lr": c["lr"]} for c in configs] if stage == "tune_lr"
-                else [c["knobs"] for c in configs])
-        grow = extend_grid(estimator, axis, chosen)
-        if not grow or _round == max_rounds:
-            break
-        added += grow
-        if stage == "tune_lr":
-            todo_knobs, todo_lrs = knobs, [g["lr"] for g in grow]
-        else:
-            todo_knobs, todo_lrs = grow, lrs
+        return [{"knobs": config["knobs"], "lr": config["lr"],
+                 **{k: v.tolist() for k, v in _metrics(result, c, 0, proto.steps).items()}}
+                for c, config in enumerate(result.configs)]
+
+    grid = [{"lr": lr} for lr in lrs] if stage == "tune_lr" else knobs
+    configs, chosen, added = grow_search(
+        estimator, grid, evaluate, choose, max_rounds=max_rounds,
+        axis=(lambda c: {"lr": c["lr"]}) if stage == "tune_lr" else (lambda c: c["knobs"]))
     return {"estimator": estimator, "stage": stage, "configs": configs, "chosen": chosen,
             "extended": added, "wall_seconds": wall, "device": str(device),
             "clue_mismatches": mismatches}
@@ -313,21 +262,6 @@ def choose(configs: list[dict[str, Any]]) -> int:
     return min(range(len(configs)), key=lambda c: (
         -mean(configs[c]["final_solved"]), mean(configs[c]["final_violations"]),
         mean(configs[c]["best_violations"])))
-
-
-def on_edge(grid: list[Any], index: int) -> bool:
-    """Whether grid point ``index`` lies on an edge of the grid: its value of some knob is the
-    smallest or the largest of the grid (points are dicts of knobs, or plain numbers such as
-    learning rates); a knob with a single value has no edge."""
-    point = grid[index]
-    if not isinstance(point, dict):
-        values = sorted(set(grid))
-        return len(values) > 1 and point in (values[0], values[-1])
-    for key, value in point.items():
-        values = sorted({g[key] for g in grid})
-        if len(values) > 1 and value in (values[0], values[-1]):
-            return True
-    return False
 
 
 def run_main(estimator: str, proto: Protocol, knobs: dict[str, Any], lrs: list[float], *,
@@ -407,6 +341,7 @@ def run(
     def stage(name: str, config: dict[str, Any], compute: Any) -> dict[str, Any] | None:
         return stages.run(f"{proto.scale}_{name}", config, compute)
 
+    # the small scale (two points per knob) does not grow: it only illustrates the procedure
     rounds = GROW_ROUNDS if proto.scale == "full" else 0
     for estimator in estimators:
         grid = proto.grids[estimator]
@@ -477,6 +412,8 @@ def summary_rows(records: list[dict[str, Any]]) -> list[Row]:
                 for metric in ("final_solved", "final_violations"):
                     rows.append(summary_row(EXPERIMENT, stage, data["estimator"], knobs, metric,
                                             config["steps"], entry[metric]))
+        elif stage == "timing":
+            rows += timing_rows(EXPERIMENT, config["scale"], data["timing_ms"], config["knobs"])
     return rows
 
 

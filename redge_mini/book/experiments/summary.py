@@ -28,6 +28,7 @@ __all__ = [
     "read_summary",
     "summary_row",
     "t_interval",
+    "timing_rows",
     "welch_verdict",
     "write_summary",
 ]
@@ -140,6 +141,14 @@ def summary_row(
         ci_high=high,
     )
 
+
+def timing_rows(experiment: str, setting: str, timing_ms: Mapping[str, float],
+                knobs: Mapping[str, Mapping[str, Any]]) -> list[Row]:
+    """``ms_per_step`` rows (budget 1: one step) of an interleaved timing stage: estimator ->
+    median milliseconds per step, at that estimator's ``knobs``. One value per row, so the
+    interval is undefined (the timing's own spread is in the result file)."""
+    return [summary_row(experiment, setting, name, knobs.get(name, {}), "ms_per_step", 1, [ms])
+            for name, ms in timing_ms.items()]
 
 def write_summary(experiment: str, rows: Iterable[Row], root: str | Path | None = None) -> Path:
     """Write ``rows`` to ``<root or results_dir(experiment)>/summary.csv``; return its path."""

@@ -61,6 +61,7 @@ from ..datasets import load_mnist_5k
 from ..tasks import StopCallback, vae
 from . import REDGE_FAMILY, Stages, load_records, mean_se, parse_cli, welch_verdict
 from .summary import Row, paired_verdict, summary_row, t_interval, write_summary
+from .tuning import GROW_ROUNDS, extend_grid
 
 __all__ = ["LATENTS", "METRICS", "Protocol", "decode_images", "encode_images", "main",
            "measure_throughput", "protocol", "protocol_table", "run", "summarise", "summary_rows",
@@ -131,6 +132,7 @@ class Protocol:
     n_images: int
     batch_size: int = 200
     data_seed: int = 0
+    grow_rounds: int = 0
 
     @property
     def steps_per_epoch(self) -> int:
@@ -168,6 +170,9 @@ class Protocol:
                 raise ValueError(f"grid of {estimator!r} is empty")
             for knobs in grid:
                 check_knobs(estimator, **knobs)
+        if isinstance(self.grow_rounds, bool) or not isinstance(self.grow_rounds, int) or \
+                self.grow_rounds < 0:
+            raise ValueError(f"grow_rounds must be an int >= 0, got {self.grow_rounds!r}")
         needs_tuning = any(len(g) > 1 for g in self.grids.values())
         if needs_tuning and self.tune_epochs < 1:
             raise ValueError("a grid has several values but tune_epochs < 1: nothing to tune with")
@@ -180,18 +185,21 @@ class Protocol:
                              batch_size=self.batch_size)
 
     def stage_config(self, stage: str, latents: str, estimators: list[str],
-                     chosen: dict[str, dict] | None = None) -> dict[str, Any]:
+                     chosen: dict[str, dict] | None = None,
+                     points: dict[str, list[dict]] | None = None) -> dict[str, Any]:
         """The JSON-able configuration written into (and checked against) a result file."""
         base = {"scale": self.scale, "stage": stage, "latents": latents,
                 "n_latent": LATENTS[latents][0], "n_classes": LATENTS[latents][1],
                 "n_train": self.n_train, "n_valid": self.n_valid, "n_test": self.n_test,
                 "data_seed": self.data_seed, "estimators": estimators}
-        epochs = self.tune_epochs if stage == "tune" else self.n_epochs
+        epochs = self.tune_epochs if stage in ("tune", "grow") else self.n_epochs
         if stage == "cost":
             epochs = 1
         base["vae"] = asdict(self.vae_config(latents, epochs))
         if stage == "tune":
             base["grids"] = {e: self.grids[e] for e in estimators}
+        elif stage == "grow":
+            base["grids"] = points
         elif stage == "main":
             base.update(n_seeds=self.n_seeds, knobs=chosen, iw_samples=self.iw_samples,
                         n_elbo_samples=self.n_elbo_samples, monitor=self.monitor,
@@ -207,7 +215,8 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
         proto = Protocol(scale="full", latents=("binary48",), n_train=4000, n_valid=500,
                          n_test=500, n_epochs=200, tune_epochs=50, n_seeds=5, grids=FULL_GRIDS,
                          iw_samples=200, n_elbo_samples=5, eval_every=10, monitor=1000,
-                         cost_latents="binary48", cost_steps=50, n_images=6)
+                         cost_latents="binary48", cost_steps=50, n_images=6,
+                         grow_rounds=GROW_ROUNDS)
     elif scale == "small":
         defaults = {name: [spec.defaults()] for name, spec in ESTIMATORS.items()}
         proto = Protocol(scale="small", latents=("binary12",), n_train=500, n_valid=100,
@@ -221,7 +230,7 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
                         n_epochs=2, tune_epochs=min(proto.tune_epochs, 1), n_seeds=2,
                         batch_size=min(proto.batch_size, 100),
                         iw_samples=4, n_elbo_samples=1, eval_every=1, monitor=100,
-                        cost_steps=2, n_images=3)
+                        cost_steps=2, n_images=3, grow_rounds=min(proto.grow_rounds, 1))
     return proto
 
 
@@ -252,11 +261,13 @@ def _train_ensemble(proto: Protocol, latents: str, members: list[vae.Member], ep
     return model, history, generator
 
 
-def run_tune(proto: Protocol, latents: str, estimators: list[str], tensors: dict, *,
+def run_tune(proto: Protocol, latents: str, grids: dict[str, list[dict]], tensors: dict, *,
              seed: int, device: torch.device, progress: bool,
              stop: StopCallback | None = None) -> dict[str, Any]:
-    """Stage 1: every knob value of every estimator, one run each; choose on validation data."""
-    members = [vae.Member(e, knobs, 0) for e in estimators for knobs in proto.grids[e]]
+    """Stage 1 (and its growth rounds): every knob value of ``grids`` (estimator -> values), one
+    run each, side by side; choose on validation data."""
+    estimators = list(grids)
+    members = [vae.Member(e, knobs, 0) for e in estimators for knobs in grids[e]]
     model, history, generator = _train_ensemble(proto, latents, members, proto.tune_epochs,
                                                 tensors, seed=seed, device=device,
                                                 progress=progress, stop=stop)
@@ -275,6 +286,27 @@ def run_tune(proto: Protocol, latents: str, estimators: list[str], tensors: dict
         "chosen": chosen,
         "wall_seconds": history.seconds,
     }
+
+
+def choose_grown(tuning: list[dict[str, Any]], estimators: list[str],
+                 ) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """The choice over the tuning stage and its growth rounds (``tuning``: their data), and the
+    points past the grid's edges where a choice lies on one (:func:`.tuning.extend_grid`).
+
+    Returns ``(chosen, points)``: estimator -> knobs with the lowest validation -ELBO, and
+    estimator -> new knob values to tune (only for estimators whose choice is on an edge).
+    """
+    members = [m for data in tuning for m in data["members"]]
+    valid = [float(v) for data in tuning for v in data["valid_neg_elbo"]]
+    chosen, points = {}, {}
+    for estimator in estimators:
+        rows = [i for i, m in enumerate(members) if m["estimator"] == estimator]
+        best = min(rows, key=lambda i: valid[i])
+        chosen[estimator] = members[best]["knobs"]
+        new = extend_grid(estimator, [members[i]["knobs"] for i in rows], rows.index(best))
+        if new:
+            points[estimator] = new
+    return chosen, points
 
 
 def run_main(proto: Protocol, latents: str, chosen: dict[str, dict], tensors: dict, *,
@@ -375,12 +407,27 @@ def run(
         if tuned:
             tune = stage(f"{proto.scale}_{latents}_tune",
                          proto.stage_config("tune", latents, tuned),
-                         lambda: run_tune(proto, latents, tuned, tensors, seed=seed + 100 + index,
-                                          device=device, progress=progress,
-                                          stop=stages.deadline.expired))
+                         lambda: run_tune(proto, latents, {e: proto.grids[e] for e in tuned},
+                                          tensors, seed=seed + 100 + index, device=device,
+                                          progress=progress, stop=stages.deadline.expired))
             if tune is None:
                 return None
-            chosen.update(tune["data"]["chosen"])
+            tuning = [tune["data"]]
+            # a choice on an edge of its grid: tune one value past that edge, as a new stage
+            for round_ in range(1, proto.grow_rounds + 1):
+                best, points = choose_grown(tuning, tuned)
+                if not points:
+                    break
+                grown = stage(f"{proto.scale}_{latents}_grow{round_}",
+                              proto.stage_config("grow", latents, list(points), points=points),
+                              lambda p=points, r=round_: run_tune(
+                                  proto, latents, p, tensors, seed=seed + 100 + index + 10 * r,
+                                  device=device, progress=progress,
+                                  stop=stages.deadline.expired))
+                if grown is None:
+                    return None
+                tuning.append(grown["data"])
+            chosen.update(choose_grown(tuning, tuned)[0])
         stage(f"{proto.scale}_{latents}_main",
               proto.stage_config("main", latents, estimators, chosen),
               lambda: run_main(proto, latents, chosen, tensors, seed=seed + index, device=device,
@@ -416,15 +463,26 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     if len(scales) != 1:
         raise ValueError(f"records mix scales {sorted(scales)}; summarise one scale at a time")
     out: dict[str, Any] = {"scale": scales.pop(), "main": {}, "tune": {}, "cost": None}
+    grown: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         stage, latents = record["config"]["stage"], record["config"]["latents"]
         if stage == "tune":
-            out["tune"][latents] = {**record["data"], "config": record["config"]}
+            out["tune"][latents] = {**record["data"], "config": record["config"],
+                                    "extended": []}
+        elif stage == "grow":
+            grown.setdefault(latents, []).append(record)
         elif stage == "cost":
             out["cost"] = {**record["data"], "latents": latents,
                            "steps": record["config"]["cost_steps"]}
         else:
             out["main"][latents] = _summarise_main(record)
+    for latents, records_grown in grown.items():  # growth rounds join their tuning stage
+        tune = out["tune"][latents]
+        tuning = [tune] + [r["data"] for r in sorted(records_grown, key=lambda r: r["name"])]
+        tune["members"] = [m for data in tuning for m in data["members"]]
+        tune["valid_neg_elbo"] = [float(v) for data in tuning for v in data["valid_neg_elbo"]]
+        tune["extended"] = [m for data in tuning[1:] for m in data["members"]]
+        tune["chosen"] = choose_grown(tuning, list(tune["chosen"]))[0]
     order = list(LATENTS)   # the protocol's order (the authors' configuration first)
     out["main"] = dict(sorted(out["main"].items(), key=lambda item: order.index(item[0])))
     out["tune"] = dict(sorted(out["tune"].items(), key=lambda item: order.index(item[0])))
@@ -562,7 +620,9 @@ def protocol_table(proto: Protocol) -> str:
          "a stated proxy of the main budget" if proto.tune_epochs else "small scale"),
         ("ReDGE-family grid", "t_1 x n_steps sweeps",
          f"t_1 in {{{', '.join(f'{t:g}' for t in family)}}} x n_steps in "
-         f"{{{', '.join(str(n) for n in steps)}}}", ""),
+         f"{{{', '.join(str(n) for n in steps)}}}"
+         + (f", grown past an edge choice (up to {proto.grow_rounds} rounds)"
+            if proto.grow_rounds else ""), ""),
         ("headline metric", "training loss and 'true loss' (exact sample)",
          "training -ELBO with exact samples, after the last step", "the authors' true loss"),
         ("held-out metric", "none", "test -ELBO at the best-validation epoch; IW bound",
@@ -651,7 +711,9 @@ def main(argv: list[str] | None = None) -> int:
             ratios = summary["cost"]["ratio_to_st"]
             print("cost / ST: " + ", ".join(f"{e} {r:.2f}" for e, r in ratios.items()))
         write_summary_csv(cli.folder, proto.scale)
-    return cli.finish(len(records), expected, "stages")
+    # growth rounds are extra stages of tuning, as many as the choices need
+    done = sum(r["config"]["stage"] != "grow" for r in records)
+    return cli.finish(done, expected, "stages")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,6 +391,26 @@ def cfg_log_probs(prior: MaskedDenoiser, x: torch.Tensor, cond: torch.Tensor,
     return torch.log_softmax((1 + weight) * conditional - weight * unconditional, dim=-1)
 
 
+def inner_step(models: ImageModels, estimator: Callable[..., torch.Tensor], phi: torch.Tensor,
+               ell: torch.Tensor, optimiser: torch.optim.Optimizer, *, keep: torch.Tensor,
+               revealed: torch.Tensor, target: torch.Tensor, lam: float, reward_scale: float,
+               generator: torch.Generator | None) -> None:
+    """One Adam step of the guided sampler's inner loop on the variational logits ``phi``.
+
+    ``X`` = the estimator's hard sample of ``phi`` where ``keep`` (the masked cells), the
+    revealed one-hots elsewhere; the loss is ``sum_images [lam * sum_masked KL(softmax phi ||
+    softmax ell) - reward_scale * log p_reward(target | decode(X))]``. Shared by
+    :func:`guided_remdm_sample` and the experiment's timing of one inner step.
+    """
+    sample = torch.where(keep, estimator(phi, hard=True, generator=generator), revealed)
+    reward = _log_prob(models, sample, target)
+    kl = (kl_to_prior(phi, ell) * keep[..., 0].float()).sum(-1)
+    loss = (lam * kl - reward_scale * reward).sum()
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+
+
 def guided_remdm_sample(
     models: ImageModels,
     estimator: str,
@@ -451,18 +472,13 @@ def guided_remdm_sample(
         phi = ell.clone()
         if n_inner > 0:
             revealed = F.one_hot(x.clamp(max=N_CODES - 1), N_CODES).float()
-            keep, weight = masked[..., None], masked.float()
+            keep = masked[..., None]
             phi.requires_grad_(True)
             optimiser = torch.optim.Adam([phi], lr=lr)
             for _ in range(n_inner):
-                sample = torch.where(keep, spec_estimator(phi, hard=True, generator=generator),
-                                     revealed)
-                reward = _log_prob(models, sample, target)
-                kl = (kl_to_prior(phi, ell) * weight).sum(-1)
-                loss = (lam * kl - reward_scale * reward).sum()
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+                inner_step(models, spec_estimator, phi, ell, optimiser, keep=keep,
+                           revealed=revealed, target=target, lam=lam,
+                           reward_scale=reward_scale, generator=generator)
             phi = phi.detach()
         with torch.no_grad():
             kl_total += (kl_to_prior(phi, ell) * masked).sum(-1).clamp(min=0.0)
