@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -245,7 +246,7 @@ def test_experiment_smoke_run_resumes_and_writes_the_summary(models, tmp_path):
     proto = experiment.protocol("full", smoke=True)
     records = experiment.run(proto, ["st", "redge"], models=models, out=tmp_path)
     names = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert names == ["full-smoke_redge.json", "full-smoke_st.json", "full-smoke_timing.json",
+    assert names == ["full-smoke_redge.json", "full-smoke_st.json",
                      "full-smoke_tune_redge.json", "full-smoke_unguided.json"]
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
     again = experiment.run(proto, ["st", "redge"], models=models, out=tmp_path)
@@ -268,12 +269,24 @@ def test_experiment_smoke_run_resumes_and_writes_the_summary(models, tmp_path):
     assert row["objective"] == pytest.approx(
         proto.reward_scale * row["reward"] - row["kl"], rel=1e-3, abs=1e-3)
     assert set(summary["verdicts"][(1, "redge")]) == {"rival", "objective", "reward", "kl"}
+    assert {r["ms_source"] for r in summary["table"]} == {"wall"}  # a run of some estimators
+
+
+def test_a_run_of_every_estimator_times_them_interleaved(models, tmp_path):
+    proto = experiment.protocol("full", smoke=True)
+    proto = replace(proto, grids={"st": [{}], "redge": proto.grids["redge"]})
+    records = experiment.run(proto, models=models, out=tmp_path)
+    assert (tmp_path / "full-smoke_timing.json").is_file()
     # ms per step comes from the interleaved timing stage, one value per estimator
     timing = next(r for r in records if r["config"]["kind"] == "timing")["data"]["timing_ms"]
     assert set(timing) == {"st", "redge"} and all(v > 0 for v in timing.values())
+    summary = experiment.summarise(records)
     assert {r["estimator"]: r["ms_per_inner_step"] for r in summary["table"]
             if r["estimator"] != "unguided"} == timing
     assert {r["ms_source"] for r in summary["table"]} == {"interleaved"}
+    rows = summary_module.read_summary("image_guidance", root=tmp_path)
+    assert {r.estimator: r.mean for r in rows if r.metric == "ms_per_step"} == pytest.approx(
+        timing, rel=1e-4)
 
 
 def test_experiment_refuses_bad_input(tmp_path):

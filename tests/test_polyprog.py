@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -183,6 +184,23 @@ def test_experiment_writes_resumes_and_summarises(tmp_path) -> None:
     assert {v["verdict"] for v in summary["verdicts"].values()} <= {"wins", "ties", "loses"}
     with pytest.raises(ValueError, match="different configuration"):
         experiment.run(proto, ["st"], out=tmp_path, seed=5)
+
+
+def test_a_run_of_every_estimator_times_one_step_of_each(tmp_path) -> None:
+    from redge_mini.book.experiments.summary import read_summary
+
+    proto = experiment.protocol("small", smoke=True)
+    proto = replace(proto, grids={"st": [{}], "reinforce": [{}]})
+    records = experiment.run(proto, out=tmp_path)
+    timing = next(r for r in records if r["config"]["stage"] == "timing")
+    assert set(timing["data"]["timing_ms"]) == {"st", "reinforce"}
+    assert timing["data"]["p"] == proto.config.powers[len(proto.config.powers) // 2]
+    experiment.write_summary_csv(tmp_path, proto.scale)
+    rows = [r for r in read_summary("polyprog", root=tmp_path) if r.metric == "ms_per_step"]
+    assert {r.estimator: r.mean for r in rows} == pytest.approx(timing["data"]["timing_ms"],
+                                                              rel=1e-4)
+    assert {row["estimator"] for row in experiment.summarise(records)["rows"]} == {
+        "st", "reinforce"}
 
 
 def test_summary_csv_from_stored_files_matches_the_records(tmp_path) -> None:

@@ -39,12 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...registry import label
+from ...registry import label, make_loss
 from .. import runtime
 from ..tasks import StopCallback
-from ..tasks.polyprog import ESTIMATOR_NAMES, PolyProgConfig, optimise
+from ..tasks.polyprog import ESTIMATOR_NAMES, PolyProgConfig, objective, optimise
+from ..timing import time_interleaved
 from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli, welch_verdict
-from .summary import Row, summary_row, t_interval, write_summary
+from .summary import Row, summary_row, t_interval, timing_rows, write_summary
 from .tuning import GROW_ROUNDS, extend_grid, grow_search
 
 __all__ = ["AUTHOR_KNOBS", "GRIDS", "Protocol", "main", "measure_throughput", "protocol",
@@ -275,6 +276,37 @@ def run_main(estimator: str, proto: Protocol, chosen: list[dict[str, Any]], *, s
             "per_p": per_p, "wall_seconds": wall, "ms_per_step": 1000.0 * wall / total_steps}
 
 
+def time_steps(proto: Protocol, knobs: dict[str, dict[str, Any]],
+               device: torch.device | str | None = None, *, rounds: int = 5,
+               block_s: float = 0.2) -> dict[str, float]:
+    """Milliseconds per Adam step (``n_samples`` draws of every problem, the objective, backward,
+    Adam) of each estimator at its ``knobs``, on the main runs' logits of all exponents
+    ``(P, runs, L, 2)``, timed interleaved in one process after warm-up (median of ``rounds``
+    blocks of :func:`~redge_mini.book.timing.time_interleaved`)."""
+    config = proto.config
+    device = torch.device("cpu") if device is None else torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    powers = torch.tensor(config.powers, dtype=torch.float32, device=device).view(1, -1, 1)
+    calls = {}
+    for name, k in knobs.items():
+        logits = torch.zeros(len(config.powers), config.n_runs, config.n_vars, 2, device=device,
+                             requires_grad=True)
+        loss = make_loss(name, **k)
+        optimiser = torch.optim.Adam([logits], lr=config.lr)
+
+        def call(loss: Any = loss, logits: torch.Tensor = logits,
+                 optimiser: torch.optim.Optimizer = optimiser) -> None:
+            optimiser.zero_grad(set_to_none=True)
+            loss(lambda x: objective(x, config.c, powers), logits, config.n_samples,
+                 generator=generator).sum().backward()
+            optimiser.step()
+
+        call()  # warm-up (Adam's state, allocator)
+        calls[name] = call
+    times = time_interleaved(calls, device, rounds=rounds, block_s=block_s)
+    return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def run(
     proto: Protocol,
     estimators: list[str] | None = None,
@@ -316,6 +348,20 @@ def run(
                                                    stop=stages.deadline.expired))
         if main_record is None:
             break
+    mains = {r["data"]["estimator"]: r["data"] for r in stages.records
+             if r["config"].get("stage") == "main"}
+    if set(estimators) == set(proto.grids) and set(mains) == set(estimators):
+        # only a run of every estimator of the protocol times them (a run of some estimators
+        # later must not meet a timing file made with other knobs); the knobs are those of the
+        # middle exponent (p = 2 at full scale)
+        middle = len(proto.config.powers) // 2
+        chosen = {e: mains[e]["per_p"][middle]["knobs"] for e in estimators}
+        block = 0.2 if proto.scale == "full" else 0.01
+        stages.run(f"{proto.scale}_timing",
+                   {"scale": proto.scale, "stage": "timing", "seed": seed,
+                    **asdict(proto.config), "knobs": chosen},
+                   lambda: {"timing_ms": time_steps(proto, chosen, device, block_s=block),
+                            "p": proto.config.powers[middle]})
     return stages.records
 
 
@@ -331,6 +377,8 @@ def _normalise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for record in records:
         config, data = record["config"], record["data"]
+        if config.get("stage") == "timing":
+            continue
         estimator = data["estimator"]
         entry = out.setdefault(estimator, {"tune": None, "main": None, "device": None})
         entry["device"] = record.get("metadata", {}).get("device_name")
@@ -457,6 +505,11 @@ def summary_rows(records: list[dict[str, Any]]) -> list[Row]:
                     rows.append(summary_row(EXPERIMENT, f"p={p:g}", estimator, knobs,
                                             "tune_final_gap", tune["budget"],
                                             [float(v) for v in tune["final_gap"][g][i]]))
+    for record in records:
+        if record["config"].get("stage") == "timing":
+            p = record["data"]["p"]
+            rows += timing_rows(EXPERIMENT, f"p={p:g}", record["data"]["timing_ms"],
+                                record["config"]["knobs"])
     return rows
 
 
