@@ -331,7 +331,7 @@ def run(proto: Protocol, estimators: list[str] | None = None, *,
         if timing is not None:
             records.append(timing)
     if save and records:
-        write_summary(EXPERIMENT, summary_rows(stored_records(folder)), root=folder)
+        write_summary_csv(folder, proto.scale)
     return records
 
 
@@ -459,11 +459,13 @@ def _tuning_summary(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_summary_csv(folder: str | Path | None = None, scale: str = "full") -> Path | None:
-    """Regenerate ``<folder>/summary.csv`` from every stored record (all scales; ``scale`` is
-    accepted for the runner's interface); None when nothing is stored."""
+    """Regenerate ``<folder>/summary.csv`` from the stored records of ``scale`` (as the other
+    experiments: one scale per summary, so that the synthesis never mixes the small scale's
+    default knobs with the tuned full scale); None when nothing of that scale is stored."""
     folder = Path(folder) if folder is not None else runtime.results_dir(EXPERIMENT)
     records = stored_records(folder) if folder.is_dir() else []
-    if not any(r["config"].get("scale") == scale for r in records):
+    records = [r for r in records if r["config"].get("scale") == scale]
+    if not records:
         return None
     return write_summary(EXPERIMENT, summary_rows(records), root=folder)
 
