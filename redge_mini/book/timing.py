@@ -32,7 +32,7 @@ from ..validation import check_int, check_real
 
 __all__ = [
     "REFERENCE", "BenchmarkTable", "TimingRow", "make_call", "read_benchmark", "stored_benchmarks",
-    "time_estimators", "time_interleaved",
+    "median_ms", "time_estimators", "time_interleaved",
 ]
 
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -106,6 +106,11 @@ def time_interleaved(
             times[key].append(measurer.blocked_autorange(min_run_time=block_s).median)
     return times
 
+
+def median_ms(times: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Contender -> median of its rounds in milliseconds (``times`` as from
+    :func:`time_interleaved`: seconds per call, one value per round)."""
+    return {key: 1e3 * sorted(t)[len(t) // 2] for key, t in times.items()}
 
 def _check_shape(shape: object) -> tuple[int, ...]:
     if not isinstance(shape, Sequence) or not all(

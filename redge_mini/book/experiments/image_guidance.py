@@ -52,7 +52,7 @@ from ..tasks.image_guidance import (
     load_image_models,
     steering_targets,
 )
-from ..timing import time_interleaved
+from ..timing import median_ms, time_interleaved
 from . import REDGE_FAMILY, Stages, parse_cli
 from .summary import (
     Row,
@@ -267,8 +267,7 @@ def time_inner_steps(models: ImageModels, proto: Protocol, knobs: dict[str, dict
 
         call()  # warm-up (Adam's state, allocator)
         calls[name] = call
-    times = time_interleaved(calls, dev, rounds=rounds, block_s=block_s, timer=timer)
-    return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median_ms(time_interleaved(calls, dev, rounds=rounds, block_s=block_s, timer=timer))
 
 
 def run_evaluation(models: ImageModels, proto: Protocol, estimator: str,

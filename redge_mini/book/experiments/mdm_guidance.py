@@ -48,7 +48,7 @@ from ..guidance import GuidanceConfig, guide_batched, kl_to_prior
 from ..masked_diffusion import MaskedDenoiser, load_denoiser, sample_unmasking
 from ..tasks.sudoku import grid_to_tokens, is_solved, make_puzzles, penalty, tokens_to_grid
 from ..tasks.sudoku import violations as count_violations
-from ..timing import time_interleaved
+from ..timing import median_ms, time_interleaved
 from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli
 from .sudoku import GRIDS, choose
 from .summary import Row, paired_verdict, summary_row, timing_rows, write_summary
@@ -327,8 +327,7 @@ def time_inner_steps(proto: Protocol, knobs: dict[str, dict[str, Any]], device: 
             (penalty(hard) + kl_to_prior(phi, prior).sum(-1)).sum().backward()
 
         calls[name] = call
-    times = time_interleaved(calls, device, rounds=rounds, block_s=block_s)
-    return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median_ms(time_interleaved(calls, device, rounds=rounds, block_s=block_s))
 
 
 def run(

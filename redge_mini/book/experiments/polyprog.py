@@ -43,7 +43,7 @@ from ...registry import label, make_loss
 from .. import runtime
 from ..tasks import StopCallback
 from ..tasks.polyprog import ESTIMATOR_NAMES, PolyProgConfig, objective, optimise
-from ..timing import time_interleaved
+from ..timing import median_ms, time_interleaved
 from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli, welch_verdict
 from .summary import Row, summary_row, t_interval, timing_rows, write_summary
 from .tuning import GROW_ROUNDS, extend_grid, grow_search
@@ -303,8 +303,7 @@ def time_steps(proto: Protocol, knobs: dict[str, dict[str, Any]],
 
         call()  # warm-up (Adam's state, allocator)
         calls[name] = call
-    times = time_interleaved(calls, device, rounds=rounds, block_s=block_s)
-    return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median_ms(time_interleaved(calls, device, rounds=rounds, block_s=block_s))
 
 
 def run(

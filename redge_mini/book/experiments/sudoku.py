@@ -45,7 +45,7 @@ import torch
 from ...registry import ESTIMATORS, get_spec, label
 from .. import runtime
 from ..tasks.sudoku import make_puzzles, penalty, solve_mean_field
-from ..timing import time_interleaved
+from ..timing import median_ms, time_interleaved
 from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli
 from .summary import Row, paired_verdict, summary_row, timing_rows, write_summary
 from .tuning import GROW_ROUNDS, grow_search, on_edge
@@ -313,8 +313,7 @@ def time_steps(proto: Protocol, knobs: dict[str, dict[str, Any]], device: torch.
             penalty(spec.fn(leaf, generator=generator, hard=True, **k)).sum().backward()
 
         calls[name] = call
-    times = time_interleaved(calls, device, rounds=rounds, block_s=block_s)
-    return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+    return median_ms(time_interleaved(calls, device, rounds=rounds, block_s=block_s))
 
 
 def run(
