@@ -40,6 +40,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q -e .
+	$(PY) scripts/build_cpp_sampler.py
 	touch $(STAMP)
 
 lint:

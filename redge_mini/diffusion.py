@@ -331,10 +331,8 @@ def _sample_forward(
     ``D_{n_steps - 1}, ..., D_2`` in the sampler's layout when the trajectory is stored (else
     empty). The forward pass of :class:`_FusedSampler`."""
     shape, k = logits.shape, logits.shape[-1]
-    if backend == "triton":
-        from . import _triton_sampler
-
-        hard, soft = _triton_sampler.sample(
+    if backend != "torch":
+        hard, soft = _kernels(backend).sample(
             _rows(logits, k), _rows(noise, k), uniform.reshape(-1), n_steps, t_1
         )
         return hard.view(shape), soft.view(shape), ()
@@ -387,7 +385,7 @@ def _sample_backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tenso
         grad_logits = grads.pop(0) if ctx.needs_input_grad[0] else None
         return grad_logits, (grads.pop(0) if want_noise else None), None, None, None, None
     shape, k = logits.shape, logits.shape[-1]
-    if _stores_trajectory(logits.numel(), n_steps) and ctx.backend != "triton":
+    if ctx.backend == "torch" and _stores_trajectory(logits.numel(), n_steps):
         dim = _category_dim(logits.numel(), k)
         if dim == 0:  # views: the first product in _adjoint takes the (contiguous) layout of soft
             soft, grad = soft.movedim(-1, 0), grad.movedim(-1, 0)
@@ -400,10 +398,8 @@ def _sample_backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tenso
             grad_noise = None if grad_noise is None else grad_noise.movedim(0, -1)
         return grad_logits, grad_noise, None, None, None, None
     grad_rows = _rows(grad, k)
-    if ctx.backend == "triton":
-        from . import _triton_sampler
-
-        grad_logits, grad_noise = _triton_sampler.adjoint(
+    if ctx.backend != "torch":
+        grad_logits, grad_noise = _kernels(ctx.backend).adjoint(
             _rows(logits, k), _rows(noise, k), grad_rows, n_steps, t_1, want_noise
         )
     else:
@@ -427,13 +423,15 @@ class _FusedSampler(torch.autograd.Function):
     The loop carries ``v_j = g_{x_j} / k_j`` with ``k_j = c_1 sigma_1 / sigma_j``, so that each
     step is one in-place update ``v += (c_j b_j / r_j) J(D_j)^T v``.
 
-    Memory: small problems keep the denoiser outputs; above :data:`STORE_LIMIT` only the noise
-    is kept and the backward pass recomputes the trajectory chunk by chunk.
-    ``backend="triton"`` runs both passes as Triton kernels (CUDA float32;
-    :mod:`redge_mini._triton_sampler`), which always recompute. A ``create_graph=True`` backward
-    differentiates :func:`ddim_sample` with autograd instead, so higher derivatives are those of
-    the reference sampler. Under functorch transforms (``torch.vmap``, ``torch.func``)
-    :class:`_FusedSamplerTransformable` runs the same passes.
+    Backends (:func:`_backend` picks one per call): ``"torch"`` is this recursion in PyTorch
+    operations, the reference. Memory: small problems keep the denoiser outputs; above
+    :data:`STORE_LIMIT` only the noise is kept and the backward pass recomputes the trajectory
+    chunk by chunk. ``"cpp"`` (CPU float32/float64; :mod:`redge_mini._cpp_sampler`) and
+    ``"triton"`` (CUDA float32; :mod:`redge_mini._triton_sampler`) run each pass as one
+    compiled kernel, which always recomputes: they keep only the noise. A
+    ``create_graph=True`` backward differentiates :func:`ddim_sample` with autograd instead, so
+    higher derivatives are those of the reference sampler. Under functorch transforms
+    (``torch.vmap``, ``torch.func``) :class:`_FusedSamplerTransformable` runs the same passes.
     """
 
     @staticmethod
@@ -532,15 +530,39 @@ def _adjoint_coefficients(
 
 
 def _backend(logits: torch.Tensor) -> str:
-    """``"triton"`` for float32 CUDA tensors with ``K <= 16384`` when Triton imports, else
-    ``"torch"`` (also under ``torch.vmap``, whose batched tensors a kernel cannot read)."""
-    if not (logits.is_cuda and logits.dtype == torch.float32 and logits.shape[-1] <= 16384):
+    """Which implementation runs both passes of :class:`_FusedSampler`:
+
+    * ``"triton"``: float32 CUDA tensors with ``K <= 16384`` when Triton imports;
+    * ``"cpp"``: float32 and float64 CPU tensors when the C++ extension is built
+      (:mod:`redge_mini._cpp_sampler`, compiled on the first call);
+    * ``"torch"`` otherwise, and always under ``torch.vmap`` (batched tensors have no data
+      pointer a kernel could read) and while ``torch.compile`` traces (it sees torch operations).
+    """
+    # (compiling first: Dynamo cannot trace the functorch check)
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(logits):
         return "torch"
-    if torch._C._functorch.is_functorch_wrapped_tensor(logits):
+    if logits.device.type == "cpu":
+        if logits.dtype not in (torch.float32, torch.float64):
+            return "torch"
+        from . import _cpp_sampler
+
+        return "cpp" if _cpp_sampler.available() else "torch"
+    if not (logits.is_cuda and logits.dtype == torch.float32 and logits.shape[-1] <= 16384):
         return "torch"
     from . import _triton_sampler
 
     return "triton" if _triton_sampler.AVAILABLE else "torch"
+
+
+def _kernels(backend: str):
+    """The module with ``sample`` and ``adjoint`` of a kernel backend (``"triton"``, ``"cpp"``)."""
+    if backend == "triton":
+        from . import _triton_sampler
+
+        return _triton_sampler
+    from . import _cpp_sampler
+
+    return _cpp_sampler
 
 
 def fused_sample(
@@ -555,8 +577,9 @@ def fused_sample(
 
     ``hard`` has the value of a one-hot draw ``H ~ Cat(S)`` (by inversion with ``uniform``, shape
     ``(..., 1)``) and the gradient of ``S``; ``soft`` is ``S = ddim_sample(logits, noise).soft``.
-    Same values and gradients as the autograd version, several times faster on small ``K``; a
-    Triton kernel on CUDA. A ``create_graph=True`` backward goes through :func:`ddim_sample`.
+    Same values and gradients as the autograd version, several times faster on small ``K``;
+    a C++ kernel on CPU (compiled on first use; ``REDGE_MINI_CPP=0`` turns it off), a Triton
+    kernel on CUDA. A ``create_graph=True`` backward goes through :func:`ddim_sample`.
     """
     if noise.shape != logits.shape:
         raise ValueError(

@@ -1,10 +1,13 @@
 """The fused ReDGE sampler (diffusion._FusedSampler) against autograd and finite differences.
 
-Every memory policy and layout of the fused sampler is checked with ``torch.autograd.gradcheck``
-in float64 (finite differences, independent of the hand-derived adjoint): the trajectory stored
-(categories last, and categories first for K <= 16 from 512 elements), the trajectory recomputed
-chunk by chunk (both layouts), and a ``create_graph`` (second-order) backward. Also: torch.vmap
-with different randomness per sample, torch.compile(fullgraph=True), and -inf (masked) logits.
+This file checks the PyTorch path (the reference, and the fallback where the C++ extension is
+not built): every test runs with ``REDGE_MINI_CPP=0``. The C++ path is checked against it in
+``test_cpp_sampler.py``. Every memory policy and layout of the fused sampler is checked with
+``torch.autograd.gradcheck`` in float64 (finite differences, independent of the hand-derived
+adjoint): the trajectory stored (categories last, and categories first for K <= 16 from 512
+elements), the trajectory recomputed chunk by chunk (both layouts), and a ``create_graph``
+(second-order) backward. Also: torch.vmap with different randomness per sample,
+torch.compile(fullgraph=True), and -inf (masked) logits.
 """
 
 import pytest
@@ -23,6 +26,12 @@ def _inputs(shape, seed, dtype=F64):
     uniform = torch.rand(shape[:-1] + (1,), generator=gen, dtype=dtype)
     weights = torch.randn(shape, generator=gen, dtype=dtype)
     return logits, noise, uniform, weights
+
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch):
+    """The PyTorch path of the fused sampler for every test here."""
+    monkeypatch.setenv("REDGE_MINI_CPP", "0")
 
 
 @pytest.fixture

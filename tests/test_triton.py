@@ -78,7 +78,8 @@ def _check(rows: list[dict]) -> None:
 def test_kernels_equal_the_pytorch_path_under_the_interpreter():
     rows = _run("cpu")
     _check(rows)
-    assert {row["auto"] for row in rows} == {"torch"}  # CPU tensors never pick the kernel
+    # CPU tensors never pick the Triton kernels (the C++ sampler where it is built)
+    assert {row["auto"] for row in rows} <= {"torch", "cpp"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -49,6 +49,9 @@ for name, spec in ALL_ESTIMATORS.items():
 dist = ReDGECategorical(logits=torch.zeros(2, 3))
 ok["distribution"] = dist.rsample((5,)).shape == (5, 2, 3)
 ok["exact"] = exact_gradient(lambda x: x[..., 0].sum(-1), torch.zeros(2, 3)).shape == (2, 3)
+from redge_mini import _cpp_sampler, diffusion
+out["cpp_source"] = _cpp_sampler.SOURCE.is_file()  # shipped in the wheel
+out["cpp_backend"] = diffusion._backend(torch.zeros(2, 3))
 out["ok"] = ok
 out["modules"] = sorted({m.split(".")[0] for m in sys.modules})
 print(json.dumps(out))
@@ -116,13 +119,22 @@ def test_wheel_installs_without_extras_next_to_torch_only_and_runs(tmp_path):
          "--no-index", "-q", "--disable-pip-version-check", str(wheel)],
         check=True, capture_output=True, text=True,
     )
+    # the C++ sampler built here (or cached) is what the installed copy imports: same torch,
+    # same source, same cache folder
+    from redge_mini import _cpp_sampler
+
+    built = _cpp_sampler.available()
+    cache = _cpp_sampler.build_directory().parent.parent
     result = subprocess.run(
         [str(python), "-I", "-c", SCRIPT], check=True, capture_output=True, text=True,
-        cwd=tmp_path, env={"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path, env={"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1",
+                           "TORCH_EXTENSIONS_DIR": str(cache)},
     )
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["location"].startswith(purelib)  # the installed copy, not the checkout
     assert out["absent"] == ["numpy", "matplotlib", "tqdm", "scipy", "ipywidgets"]
     assert not out["book_imported"]
     assert all(out["ok"].values()), out["ok"]
+    assert out["cpp_source"]
+    assert out["cpp_backend"] == ("cpp" if built else "torch")
     assert sysconfig.get_paths()["purelib"] not in purelib

@@ -26,13 +26,14 @@ from typing import NamedTuple
 
 import torch
 from torch.utils import benchmark
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..registry import ESTIMATORS, make_estimator
 from ..validation import check_int, check_real
 
 __all__ = [
-    "REFERENCE", "BenchmarkTable", "TimingRow", "make_call", "read_benchmark", "stored_benchmarks",
-    "median_ms", "time_estimators", "time_interleaved",
+    "REFERENCE", "BenchmarkTable", "TimingRow", "count_ops", "make_call", "read_benchmark",
+    "stored_benchmarks", "median_ms", "time_estimators", "time_interleaved",
 ]
 
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -71,6 +72,26 @@ def make_call(
         (sampler(leaf) * weights).sum().backward()
 
     return call
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(call: Callable[[], None]) -> int:
+    """Number of aten operations (views included) that one ``call`` dispatches, forward and
+    backward, counted with a dispatch mode after one warm-up call. Work done inside a compiled
+    kernel (the C++ or Triton sampler) is not an aten operation: it does not count."""
+    call()
+    with _CountOps() as counter:
+        call()
+    return counter.count
 
 
 def time_interleaved(

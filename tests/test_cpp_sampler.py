@@ -1,0 +1,174 @@
+"""The C++ fused sampler (redge_mini._cpp_sampler) against the PyTorch path and finite differences.
+
+The PyTorch path of :func:`redge_mini.diffusion.fused_sample` (checked against autograd through
+``ddim_sample`` and ``gradcheck`` in ``test_diffusion.py``) is the reference: for the same noise
+and uniforms the C++ path must give the same soft sample and gradients (float32 and float64
+rounding), the same hard sample except where a uniform falls within rounding of a cumulative
+sum, and pass ``gradcheck`` itself. Also: masks and extreme logits, thread-count invariance,
+the switch that turns it off and the fallback when it cannot be built.
+"""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from redge_mini import _cpp_sampler, diffusion, estimators
+from redge_mini.diffusion import fused_sample
+
+F64, F32 = torch.float64, torch.float32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the PyTorch path is used (checked in test_diffusion.py)")
+    # with a compiler (CI has g++ and ninja) a failed build is a failure, not a skip
+    assert _cpp_sampler.available(), _cpp_sampler.failure()
+
+
+def _inputs(shape, seed, dtype=F64, scale=3.0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(shape, generator=gen, dtype=dtype)
+    noise = torch.randn(shape, generator=gen, dtype=dtype)
+    uniform = torch.rand(shape[:-1] + (1,), generator=gen, dtype=dtype)
+    weights = torch.randn(shape, generator=gen, dtype=dtype)
+    return logits, noise, uniform, weights
+
+
+def _run(backend, logits, noise, uniform, weights, n_steps, t_1=0.4):
+    """Samples and gradients (logits, noise) of <weights, hard> through one backend."""
+    leaves = [t.clone().requires_grad_(True) for t in (logits, noise)]
+    hard, soft = diffusion._FusedSampler.apply(*leaves, uniform, n_steps, t_1, backend)
+    grads = torch.autograd.grad((hard * weights).sum(), leaves)
+    return hard.detach(), soft.detach(), *grads
+
+
+def _assert_same_draws(hard, reference_hard, reference_soft, uniform, atol):
+    """Equal one-hot draws, except rows whose level (1 - u) * total lies within ``atol`` of a
+    cumulative sum of the reference soft sample (there rounding may pick either side)."""
+    differ = (hard != reference_hard).any(-1)
+    cdf = reference_soft.cumsum(-1)
+    level = (1 - uniform) * cdf[..., -1:]
+    ambiguous = ((cdf - level).abs() <= atol).any(-1)
+    assert not (differ & ~ambiguous).any()
+    assert differ.float().mean() <= 0.01
+    torch.testing.assert_close(hard.sum(-1), torch.ones_like(hard.sum(-1)))
+
+
+SHAPES = [(1, 2), (3, 2), (37, 9), (64, 100), (2, 3, 5), (3, 16384)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("n_steps", [2, 3, 5, 9])
+@pytest.mark.parametrize("dtype", [F64, F32], ids=str)
+def test_cpp_path_equals_the_torch_path(shape, n_steps, dtype):
+    monkey_inputs = _inputs(shape, seed=7 + n_steps, dtype=dtype)
+    ours = _run("cpp", *monkey_inputs, n_steps)
+    ref = _run("torch", *monkey_inputs, n_steps)
+    # float32: the sampler amplifies rounding by at most c_1 = (1 - t_1) / t_1^2 per step
+    tol = {F64: dict(rtol=1e-10, atol=1e-12), F32: dict(rtol=2e-4, atol=2e-5)}[dtype]
+    torch.testing.assert_close(ours[1], ref[1], **tol)  # soft
+    torch.testing.assert_close(ours[2], ref[2], **tol)  # d/dlogits
+    torch.testing.assert_close(ours[3], ref[3], **tol)  # d/dnoise
+    _assert_same_draws(ours[0], ref[0], ref[1], monkey_inputs[2],
+                       atol=1e-12 if dtype == F64 else 1e-5)
+
+
+@pytest.mark.parametrize("shape,n_steps", [((5, 4), 5), ((11, 3), 2), ((2, 2, 6), 7)])
+def test_cpp_path_passes_gradcheck(shape, n_steps):
+    logits, noise, uniform, _ = _inputs(shape, seed=1, scale=1.0)
+    logits.requires_grad_(True)
+    noise.requires_grad_(True)
+
+    def soft(logits, noise):
+        return diffusion._FusedSampler.apply(logits, noise, uniform, n_steps, 0.4, "cpp")[1]
+
+    assert torch.autograd.gradcheck(soft, (logits, noise), atol=1e-8, rtol=1e-6)
+
+
+def test_public_calls_take_the_cpp_path_on_cpu():
+    for dtype in (F32, F64):
+        assert diffusion._backend(torch.zeros(2, 3, dtype=dtype)) == "cpp"
+    # float16 and bfloat16 reach the sampler in float32 through the estimators
+    assert diffusion._backend(torch.zeros(2, 3, dtype=torch.float16)) == "torch"
+    logits = torch.randn(4, 6, requires_grad=True)
+    y = estimators.redge(logits, 5, 0.5, hard=True, generator=torch.Generator().manual_seed(0))
+    # the C++ path keeps logits, noise and soft only (no trajectory)
+    assert len(y.grad_fn.saved_tensors) == 3
+
+
+def test_switch_off_uses_the_torch_path(monkeypatch):
+    monkeypatch.setenv("REDGE_MINI_CPP", "0")
+    assert not _cpp_sampler.available()
+    assert diffusion._backend(torch.zeros(2, 3)) == "torch"
+    monkeypatch.setenv("REDGE_MINI_CPP", "1")
+    assert diffusion._backend(torch.zeros(2, 3)) == "cpp"
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
+    def broken():
+        raise RuntimeError("Error building extension\nc++: not found")
+
+    monkeypatch.setattr(_cpp_sampler, "_module", None)
+    monkeypatch.setattr(_cpp_sampler, "_failure", None)
+    monkeypatch.setattr(_cpp_sampler, "_build", broken)
+    logits, noise, uniform, weights = _inputs((4, 5), seed=2)
+    with pytest.warns(RuntimeWarning, match="could not be built.*c\\+\\+: not found"):
+        assert diffusion._backend(logits) == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        hard, soft = fused_sample(logits, noise, uniform, n_steps=5, t_1=0.5)
+    assert _cpp_sampler.failure().startswith("RuntimeError")
+    ref = _run("torch", logits, noise, uniform, weights, 5, 0.5)
+    torch.testing.assert_close(soft, ref[1], rtol=0, atol=0)
+
+
+def test_masks_and_extreme_logits_stay_finite():
+    logits, noise, uniform, weights = _inputs((40, 7), seed=3, dtype=F32)
+    logits[:, :3] = float("-inf")  # three categories masked in every row
+    logits[0, 3:] = torch.tensor([1e4, -1e4, 1e4, 0.0])
+    logits[1, 3:] = torch.tensor([-1e4, -1e4, -1e4, 1e4])
+    hard, soft, g_logits, g_noise = _run("cpp", logits, noise, uniform, weights, 5, 0.5)
+    for t in (hard, soft, g_logits, g_noise):
+        assert torch.isfinite(t).all()
+    assert (hard[:, :3] == 0).all() and (soft[:, :3] == 0).all()
+    assert (g_logits[:, :3] == 0).all()
+    assert hard[1, 6] == 1  # a logit 2e4 above the others is drawn surely
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    # large enough for several parallel tasks (rows of 300 categories, ~110 rows per task)
+    logits, noise, uniform, weights = _inputs((700, 300), seed=4, dtype=F32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run("cpp", logits, noise, uniform, weights, 5)
+        torch.set_num_threads(2)
+        two = _run("cpp", logits, noise, uniform, weights, 5)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_empty_and_non_contiguous_inputs():
+    hard, soft = _cpp_sampler.sample(torch.zeros(0, 5), torch.zeros(0, 5), torch.zeros(0), 5, 0.5)
+    assert hard.shape == soft.shape == (0, 5)
+    logits, noise, uniform, weights = _inputs((6, 4), seed=5)
+    t = logits.t().contiguous().t()  # same values, column-major
+    assert not t.is_contiguous()
+    ours = _run("cpp", t, noise, uniform, weights, 4)
+    ref = _run("torch", logits, noise, uniform, weights, 4)
+    torch.testing.assert_close(ours[2], ref[2], rtol=1e-10, atol=1e-12)
+
+
+def test_the_extension_names_a_wrong_argument():
+    logits = torch.zeros(3, 4)
+    with pytest.raises(RuntimeError, match="noise must have the dtype of logits"):
+        _cpp_sampler.sample(logits, torch.zeros(3, 4, dtype=F64), torch.zeros(3), 5, 0.5)
+    with pytest.raises(RuntimeError, match="uniform must hold one number per row"):
+        _cpp_sampler.sample(logits, torch.zeros(3, 4), torch.zeros(2), 5, 0.5)
+    with pytest.raises(RuntimeError, match="grad must have"):
+        _cpp_sampler.adjoint(logits, torch.zeros(3, 4), torch.zeros(3, 5), 5, 0.5, True)
