@@ -1,10 +1,11 @@
 """ReDGE's fused sampler for CPU tensors: a C++ extension compiled on first use.
 
-:func:`sample` and :func:`adjoint` have the signatures of :mod:`redge_mini._triton_sampler`'s and
-the same algorithm (one row of ``K`` categories at a time, the trajectory recomputed in the
-backward pass, nothing stored between the passes), written in C++
-(``redge_mini/csrc/fused_sampler.cpp``). On small problems a ReDGE call through the PyTorch path
-is dominated by the dispatch of about 50 small operations; here each pass is one call.
+:func:`sample` and :func:`adjoint` have the signatures of :mod:`redge_mini._triton_sampler`'s
+(plus ``variant="cov"``: ReDGE-cov, whose reference noise and its moments are differentiated too)
+and the same algorithm (the trajectory recomputed in the backward pass, nothing stored between
+the passes), written in C++ (``redge_mini/csrc/fused_sampler.cpp``, which explains its layout:
+eight rows side by side). On small problems a ReDGE call through the PyTorch path is dominated by
+the dispatch of dozens of small operations; here each pass is one call.
 
 The source is compiled with :func:`torch.utils.cpp_extension.load` the first time a CPU tensor
 reaches :func:`redge_mini.diffusion.fused_sample` (about 30 s on 2 cores; it needs a C++
@@ -146,16 +147,28 @@ def _extension() -> ModuleType:
     return module
 
 
+def _is_cov(variant: str) -> bool:
+    if variant not in ("plain", "cov"):
+        raise ValueError(f"variant must be 'plain' or 'cov', got {variant!r}")
+    return variant == "cov"
+
+
 def sample(
-    logits: torch.Tensor, noise: torch.Tensor, uniform: torch.Tensor, n_steps: int, t_1: float
+    logits: torch.Tensor,
+    noise: torch.Tensor,
+    uniform: torch.Tensor,
+    n_steps: int,
+    t_1: float,
+    variant: str = "plain",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(hard, soft)`` of ReDGE for ``(rows, K)`` float32/float64 CPU logits and noise and
-    ``rows`` uniforms (any shape). Same values as the PyTorch path of
-    :func:`redge_mini.diffusion.fused_sample` to rounding."""
+    """``(hard, soft)`` of ReDGE (``variant="cov"``: ReDGE-cov) for ``(rows, K)`` float32 or
+    float64 CPU logits and noise and ``rows`` uniforms (any shape). Same values as
+    :func:`redge_mini.diffusion.ddim_sample` and an inverse-CDF draw, to rounding."""
+    cov = _is_cov(variant)
     alphas, sigmas = _grid(n_steps, t_1)
     return tuple(
         _extension().sample(
-            logits.contiguous(), noise.contiguous(), uniform.contiguous(), alphas, sigmas
+            logits.contiguous(), noise.contiguous(), uniform.contiguous(), alphas, sigmas, cov
         )
     )
 
@@ -167,10 +180,13 @@ def adjoint(
     n_steps: int,
     t_1: float,
     want_noise: bool,
+    variant: str = "plain",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of ``<grad, S(logits, noise)>`` in the logits and (if asked) the noise."""
+    cov = _is_cov(variant)
     alphas, sigmas = _grid(n_steps, t_1)
     out = _extension().adjoint(
-        logits.contiguous(), noise.contiguous(), grad.contiguous(), alphas, sigmas, want_noise
+        logits.contiguous(), noise.contiguous(), grad.contiguous(), alphas, sigmas, cov,
+        want_noise,
     )
     return out[0], (out[1] if want_noise else None)

@@ -325,17 +325,20 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
 
 def _sample_forward(
     logits: torch.Tensor, noise: torch.Tensor, uniform: torch.Tensor, n_steps: int, t_1: float,
-    backend: str,
+    backend: str, variant: str = "plain",
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """``(hard, soft, kept)``: the samples, and the intermediate denoiser outputs
     ``D_{n_steps - 1}, ..., D_2`` in the sampler's layout when the trajectory is stored (else
     empty). The forward pass of :class:`_FusedSampler`."""
     shape, k = logits.shape, logits.shape[-1]
     if backend != "torch":
+        extra = {} if variant == "plain" else {"variant": variant}
         hard, soft = _kernels(backend).sample(
-            _rows(logits, k), _rows(noise, k), uniform.reshape(-1), n_steps, t_1
+            _rows(logits, k), _rows(noise, k), uniform.reshape(-1), n_steps, t_1, **extra
         )
         return hard.view(shape), soft.view(shape), ()
+    if variant != "plain":
+        raise ValueError(f"the PyTorch path of the fused sampler is plain ReDGE, got {variant!r}")
     if _stores_trajectory(logits.numel(), n_steps):
         dim = _category_dim(logits.numel(), k)
         if dim == 0:  # (movedim of the whole tensor copies several times faster than .t())
@@ -364,26 +367,30 @@ def _sample_forward(
     return hard.view(shape), soft.view(shape), ()
 
 
+_NONE = (None,) * 5  # the gradients of uniform, n_steps, t_1, backend and variant
+
+
 def _sample_backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tensor | None):
     """The backward pass of :class:`_FusedSampler` (both forms)."""
     if grad_hard is None or grad_soft is None:
         grad = grad_soft if grad_hard is None else grad_hard
         if grad is None:
-            return None, None, None, None, None, None
+            return None, None, *_NONE
     else:
         grad = grad_hard + grad_soft
     logits, noise, soft, *kept = ctx.saved_tensors
     want_noise = ctx.needs_input_grad[1]
-    n_steps, t_1 = ctx.n_steps, ctx.t_1
+    n_steps, t_1, variant = ctx.n_steps, ctx.t_1, ctx.variant
     if torch.is_grad_enabled():
         # create_graph=True: a differentiable backward, through the autograd reference
         needs = ctx.needs_input_grad[:2]
         want = [t for t, need in zip((logits, noise), needs, strict=True) if need]
         with torch.enable_grad():
-            reference = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1).soft
+            reference = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1,
+                                    variant=variant).soft
             grads = list(torch.autograd.grad(reference, want, grad, create_graph=True))
         grad_logits = grads.pop(0) if ctx.needs_input_grad[0] else None
-        return grad_logits, (grads.pop(0) if want_noise else None), None, None, None, None
+        return grad_logits, (grads.pop(0) if want_noise else None), *_NONE
     shape, k = logits.shape, logits.shape[-1]
     if ctx.backend == "torch" and _stores_trajectory(logits.numel(), n_steps):
         dim = _category_dim(logits.numel(), k)
@@ -396,18 +403,19 @@ def _sample_backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tenso
         if dim == 0:
             grad_logits = grad_logits.movedim(0, -1)
             grad_noise = None if grad_noise is None else grad_noise.movedim(0, -1)
-        return grad_logits, grad_noise, None, None, None, None
+        return grad_logits, grad_noise, *_NONE
     grad_rows = _rows(grad, k)
     if ctx.backend != "torch":
+        extra = {} if variant == "plain" else {"variant": variant}
         grad_logits, grad_noise = _kernels(ctx.backend).adjoint(
-            _rows(logits, k), _rows(noise, k), grad_rows, n_steps, t_1, want_noise
+            _rows(logits, k), _rows(noise, k), grad_rows, n_steps, t_1, want_noise, **extra
         )
     else:
         grad_logits, grad_noise = _chunked_adjoint(
             _rows(logits, k), _rows(noise, k), grad_rows, n_steps, t_1, want_noise
         )
     grad_noise = None if grad_noise is None else grad_noise.reshape(shape)
-    return grad_logits.reshape(shape), grad_noise, None, None, None, None
+    return grad_logits.reshape(shape), grad_noise, *_NONE
 
 
 class _FusedSampler(torch.autograd.Function):
@@ -435,11 +443,15 @@ class _FusedSampler(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, noise, uniform, n_steps: int, t_1: float, backend: str):
-        hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend)
+    def forward(
+        ctx, logits, noise, uniform, n_steps: int, t_1: float, backend: str,
+        variant: str = "plain",
+    ):
+        hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend,
+                                           variant)
         ctx.save_for_backward(logits, noise, soft, *kept)
         ctx.set_materialize_grads(False)
-        ctx.n_steps, ctx.t_1, ctx.backend = n_steps, t_1, backend
+        ctx.n_steps, ctx.t_1, ctx.backend, ctx.variant = n_steps, t_1, backend, variant
         return hard, soft
 
     @staticmethod
@@ -456,18 +468,21 @@ class _FusedSamplerTransformable(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits, noise, uniform, n_steps: int, t_1: float, backend: str):
-        hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend)
+    def forward(logits, noise, uniform, n_steps: int, t_1: float, backend: str,
+                variant: str = "plain"):
+        hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend,
+                                           variant)
         return hard, soft, *kept
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, noise, _, n_steps, t_1, backend = inputs
+        logits, noise, _, n_steps, t_1, backend, *variant = inputs
         _, soft, *kept = output
         ctx.mark_non_differentiable(*kept)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, noise, soft, *kept)
         ctx.n_steps, ctx.t_1, ctx.backend = n_steps, t_1, backend
+        ctx.variant = variant[0] if variant else "plain"
 
     @staticmethod
     def backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tensor | None, *_):
@@ -572,14 +587,18 @@ def fused_sample(
     *,
     n_steps: int,
     t_1: float,
+    variant: Literal["plain", "cov"] = "plain",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ReDGE's ``(hard, soft)`` samples for given noise, with a fused backward pass.
 
     ``hard`` has the value of a one-hot draw ``H ~ Cat(S)`` (by inversion with ``uniform``, shape
-    ``(..., 1)``) and the gradient of ``S``; ``soft`` is ``S = ddim_sample(logits, noise).soft``.
-    Same values and gradients as the autograd version, several times faster on small ``K``;
-    a C++ kernel on CPU (compiled on first use; ``REDGE_MINI_CPP=0`` turns it off), a Triton
-    kernel on CUDA. A ``create_graph=True`` backward goes through :func:`ddim_sample`.
+    ``(..., 1)``) and the gradient of ``S``; ``soft`` is
+    ``S = ddim_sample(logits, noise, variant=variant).soft``. Same values and gradients as the
+    autograd version, several times faster on small ``K``; a C++ kernel on CPU (compiled on
+    first use; ``REDGE_MINI_CPP=0`` turns it off), a Triton kernel on CUDA (plain ReDGE). A
+    ``create_graph=True`` backward goes through :func:`ddim_sample`. ``variant="cov"``
+    (ReDGE-cov) has a fused backward pass in the C++ kernel only; elsewhere it differentiates
+    :func:`ddim_sample` with autograd.
     """
     if noise.shape != logits.shape:
         raise ValueError(
@@ -590,7 +609,16 @@ def fused_sample(
             f"uniform must have shape {tuple(logits.shape[:-1]) + (1,)}, got {tuple(uniform.shape)}"
         )
     # n_steps and t_1 are checked by time_grid (cached per valid pair)
-    args = (logits, noise, uniform, n_steps, t_1, _backend(logits))
+    backend = _backend(logits)
+    args = (logits, noise, uniform, n_steps, t_1, backend)
+    if variant != "plain":
+        if variant != "cov":
+            raise ValueError(f"variant must be 'plain' or 'cov', got {variant!r}")
+        if backend != "cpp":  # no hand-derived PyTorch (or Triton) adjoint for ReDGE-cov
+            soft = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, variant="cov").soft
+            hard = inverse_cdf_sample(soft.detach(), uniform)
+            return (hard - soft).detach() + soft, soft
+        args = (*args, "cov")
     if _transforms_active():
         hard, soft, *_ = _FusedSamplerTransformable.apply(*args)
         return hard, soft

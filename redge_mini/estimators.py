@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import torch
 
-from .diffusion import ddim_sample, fused_sample, inverse_cdf_sample
+from .diffusion import fused_sample
 from .validation import (
     N_STEPS,
     REINMAX_TAU,
@@ -197,13 +197,8 @@ def _diffusion(work, generator, n_steps, t_1, variant, reinmax_step):
     noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
     uniform_shape = work.shape[:-1] + (1,)
     uniform = torch.rand(uniform_shape, generator=generator, device=work.device, dtype=work.dtype)
-    if variant == "plain":
-        sample_st, soft = fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1)
-        sample = sample_st.detach()
-    else:
-        soft = ddim_sample(work, noise, n_steps=n_steps, t_1=t_1, variant=variant).soft
-        sample = inverse_cdf_sample(soft.detach(), uniform)
-        sample_st = straight_through(sample, soft)
+    sample_st, soft = fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1, variant=variant)
+    sample = sample_st.detach()
     if not reinmax_step:
         return sample_st, soft
     # ReinDGE. The surrogate's value is exactly H; its gradient in the logits is

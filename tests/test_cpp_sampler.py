@@ -1,11 +1,12 @@
 """The C++ fused sampler (redge_mini._cpp_sampler) against the PyTorch path and finite differences.
 
-The PyTorch path of :func:`redge_mini.diffusion.fused_sample` (checked against autograd through
-``ddim_sample`` and ``gradcheck`` in ``test_diffusion.py``) is the reference: for the same noise
-and uniforms the C++ path must give the same soft sample and gradients (float32 and float64
-rounding), the same hard sample except where a uniform falls within rounding of a cumulative
-sum, and pass ``gradcheck`` itself. Also: masks and extreme logits, thread-count invariance,
-the switch that turns it off and the fallback when it cannot be built.
+The references, in float64: for ReDGE the PyTorch path of
+:func:`redge_mini.diffusion.fused_sample` (checked against autograd through ``ddim_sample`` and
+``gradcheck`` in ``test_diffusion.py``), for ReDGE-cov autograd through ``ddim_sample``. For the
+same noise and uniforms the C++ path must give the same soft sample and gradients (to float32 or
+float64 rounding), the same hard sample except where a uniform falls within rounding of a
+cumulative sum, and pass ``gradcheck`` itself (both variants). Also: masks and extreme logits,
+thread-count invariance, the switch that turns it off and the fallback when it cannot be built.
 """
 
 import shutil
@@ -37,10 +38,17 @@ def _inputs(shape, seed, dtype=F64, scale=3.0):
     return logits, noise, uniform, weights
 
 
-def _run(backend, logits, noise, uniform, weights, n_steps, t_1=0.4):
-    """Samples and gradients (logits, noise) of <weights, hard> through one backend."""
+def _run(backend, logits, noise, uniform, weights, n_steps, t_1=0.4, variant="plain"):
+    """Samples and gradients (logits, noise) of <weights, hard> through one backend; ReDGE-cov's
+    reference (``backend="torch"``) is autograd through ``ddim_sample``."""
     leaves = [t.clone().requires_grad_(True) for t in (logits, noise)]
-    hard, soft = diffusion._FusedSampler.apply(*leaves, uniform, n_steps, t_1, backend)
+    if variant == "cov" and backend == "torch":
+        soft = diffusion.ddim_sample(*leaves, n_steps=n_steps, t_1=t_1, variant="cov").soft
+        drawn = diffusion.inverse_cdf_sample(soft.detach(), uniform)
+        hard = (drawn - soft).detach() + soft
+    else:
+        extra = (variant,) if variant != "plain" else ()
+        hard, soft = diffusion._FusedSampler.apply(*leaves, uniform, n_steps, t_1, backend, *extra)
     grads = torch.autograd.grad((hard * weights).sum(), leaves)
     return hard.detach(), soft.detach(), *grads
 
@@ -63,27 +71,35 @@ SHAPES = [(1, 2), (3, 2), (37, 9), (64, 100), (2, 3, 5), (3, 16384)]
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("n_steps", [2, 3, 5, 9])
 @pytest.mark.parametrize("dtype", [F64, F32], ids=str)
-def test_cpp_path_equals_the_torch_path(shape, n_steps, dtype):
-    monkey_inputs = _inputs(shape, seed=7 + n_steps, dtype=dtype)
-    ours = _run("cpp", *monkey_inputs, n_steps)
-    ref = _run("torch", *monkey_inputs, n_steps)
-    # float32: the sampler amplifies rounding by at most c_1 = (1 - t_1) / t_1^2 per step
-    tol = {F64: dict(rtol=1e-10, atol=1e-12), F32: dict(rtol=2e-4, atol=2e-5)}[dtype]
-    torch.testing.assert_close(ours[1], ref[1], **tol)  # soft
-    torch.testing.assert_close(ours[2], ref[2], **tol)  # d/dlogits
-    torch.testing.assert_close(ours[3], ref[3], **tol)  # d/dnoise
-    _assert_same_draws(ours[0], ref[0], ref[1], monkey_inputs[2],
+@pytest.mark.parametrize("variant", ["plain", "cov"])
+def test_cpp_path_equals_the_reference(shape, n_steps, dtype, variant):
+    inputs = _inputs(shape, seed=7 + n_steps, dtype=dtype)
+    inputs[0].view(-1)[0] = float("-inf")  # a masked category in the first row
+    ours = _run("cpp", *inputs, n_steps, variant=variant)
+    # the reference in float64 (the PyTorch path; ReDGE-cov: autograd through ddim_sample)
+    ref = _run("torch", *(t.double() for t in inputs), n_steps, variant=variant)
+    for mine, other in zip(ours[1:], ref[1:], strict=True):  # soft, d/dlogits, d/dnoise
+        if dtype == F64:
+            torch.testing.assert_close(mine, other, rtol=1e-10, atol=1e-12)
+        else:  # float32 rounding, amplified along the trajectory (by up to 1 / v = 10 for cov)
+            scale = max(1.0, other.abs().max().item())
+            torch.testing.assert_close(mine.double(), other, rtol=1e-3, atol=2e-4 * scale)
+    _assert_same_draws(ours[0].double(), ref[0], ref[1], inputs[2].double(),
                        atol=1e-12 if dtype == F64 else 1e-5)
+    assert ours[2].reshape(-1)[0] == 0 and ours[0].reshape(-1)[0] == 0
 
 
+@pytest.mark.parametrize("variant", ["plain", "cov"])
 @pytest.mark.parametrize("shape,n_steps", [((5, 4), 5), ((11, 3), 2), ((2, 2, 6), 7)])
-def test_cpp_path_passes_gradcheck(shape, n_steps):
+def test_cpp_path_passes_gradcheck(shape, n_steps, variant):
     logits, noise, uniform, _ = _inputs(shape, seed=1, scale=1.0)
     logits.requires_grad_(True)
     noise.requires_grad_(True)
+    extra = (variant,) if variant == "cov" else ()
 
     def soft(logits, noise):
-        return diffusion._FusedSampler.apply(logits, noise, uniform, n_steps, 0.4, "cpp")[1]
+        return diffusion._FusedSampler.apply(logits, noise, uniform, n_steps, 0.4, "cpp",
+                                             *extra)[1]
 
     assert torch.autograd.gradcheck(soft, (logits, noise), atol=1e-8, rtol=1e-6)
 
@@ -93,10 +109,12 @@ def test_public_calls_take_the_cpp_path_on_cpu():
         assert diffusion._backend(torch.zeros(2, 3, dtype=dtype)) == "cpp"
     # float16 and bfloat16 reach the sampler in float32 through the estimators
     assert diffusion._backend(torch.zeros(2, 3, dtype=torch.float16)) == "torch"
-    logits = torch.randn(4, 6, requires_grad=True)
-    y = estimators.redge(logits, 5, 0.5, hard=True, generator=torch.Generator().manual_seed(0))
-    # the C++ path keeps logits, noise and soft only (no trajectory)
-    assert len(y.grad_fn.saved_tensors) == 3
+    for fn in (estimators.redge, estimators.redge_cov):
+        logits = torch.randn(4, 6, requires_grad=True)
+        y = fn(logits, 5, 0.5, hard=True, generator=torch.Generator().manual_seed(0))
+        # the C++ path: one node that keeps logits, noise and soft only (no trajectory)
+        assert type(y.grad_fn).__name__ == "_FusedSamplerBackward"
+        assert len(y.grad_fn.saved_tensors) == 3
 
 
 def test_switch_off_uses_the_torch_path(monkeypatch):

@@ -140,6 +140,7 @@ def test_run_metadata_fields() -> None:
     assert meta["scale"] in runtime.SCALES
     assert meta["timestamp_utc"].endswith("+00:00")
     assert os.uname().nodename not in meta["platform"]
+    assert meta["sampler"] in ("cpp", "triton", "torch")
     json.dumps(meta)  # plain JSON, no custom objects
 
 

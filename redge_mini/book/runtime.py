@@ -198,9 +198,13 @@ def run_metadata(where: torch.device | str | None = None) -> dict[str, Any]:
     dict
         Keys ``python``, ``torch``, ``numpy``, ``redge_mini`` (version strings), ``device``
         (``"cpu"`` or ``"cuda"``), ``device_name``, ``num_threads`` (torch CPU threads),
-        ``scale``, ``platform`` (OS and architecture, no hostname) and ``timestamp_utc``
-        (ISO 8601).
+        ``scale``, ``platform`` (OS and architecture, no hostname), ``timestamp_utc``
+        (ISO 8601) and ``sampler``, the implementation of ReDGE's fused sampler for float32
+        tensors there (``"cpp"``, ``"triton"`` or ``"torch"``; absent from older records, which
+        all used ``"torch"`` on CPU).
     """
+    from ..diffusion import _backend
+
     where = device() if where is None else torch.device(where)
     return {
         "python": platform.python_version(),
@@ -213,6 +217,7 @@ def run_metadata(where: torch.device | str | None = None) -> dict[str, Any]:
         "scale": scale(),
         "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}",
         "timestamp_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "sampler": _backend(torch.zeros(1, 2, device=where)),
     }
 
 

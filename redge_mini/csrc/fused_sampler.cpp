@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -88,7 +89,8 @@ REDGE_INLINE Vec<float>::type exp_nonpositive(Vec<float>::type x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const I bits = ((__builtin_convertvector(n, I) + 127) << 23) & (x > low);
-  return p * reinterpret_cast<const V&>(bits);
+  const V result = p * reinterpret_cast<const V&>(bits);
+  return x == x ? result : x;  // NaN stays NaN (and so does the softmax of its row)
 }
 
 // float64: std::exp lane by lane (float64 is for checking, not for speed)
@@ -98,13 +100,13 @@ REDGE_INLINE Vec<double>::type exp_nonpositive(Vec<double>::type x) {
   return out;
 }
 
-// out = softmax(logits + c * x) per lane
-template <typename T>
-REDGE_INLINE void softmax(const T* logits, const T* x, T c, T* out, int64_t k) {
+// out = softmax(w) per lane, where weights(i) gives the weights of category i (one vector)
+template <typename T, typename Weights>
+REDGE_INLINE void softmax(Weights weights, T* out, int64_t k) {
   using V = typename Vec<T>::type;
   V top = splat<V>(-std::numeric_limits<T>::infinity());
   for (int64_t i = 0; i < k; ++i) {
-    const V w = at(logits, i) + c * at(x, i);
+    const V w = weights(i);
     at(out, i) = w;
     top = w > top ? w : top;
   }
@@ -132,12 +134,16 @@ REDGE_INLINE void softmax_vjp(const T* d, const T* g, T scale, T* out, int64_t k
 }
 
 struct Grid {
-  std::vector<double> c, r, b;  // c_j = alpha_j / sigma_j^2, r_j, b_j (r_1 = b_1 = 0)
+  // alpha_j, sigma_j; c_j = alpha_j / sigma_j^2, r_j = sigma_{j-1} / sigma_j,
+  // b_j = alpha_{j-1} - r_j alpha_j (r_1 = b_1 = 0)
+  std::vector<double> alpha, sigma, c, r, b;
+  int64_t last() const { return static_cast<int64_t>(c.size()) - 1; }
 };
 
 Grid make_grid(const std::vector<double>& alphas, const std::vector<double>& sigmas) {
   const int64_t n = static_cast<int64_t>(alphas.size());
-  Grid g{std::vector<double>(n, 0.0), std::vector<double>(n, 0.0), std::vector<double>(n, 0.0)};
+  std::vector<double> zeros(n, 0.0);
+  Grid g{alphas, sigmas, zeros, zeros, zeros};
   for (int64_t j = 1; j < n; ++j) g.c[j] = alphas[j] / (sigmas[j] * sigmas[j]);
   for (int64_t j = 2; j < n; ++j) {
     g.r[j] = sigmas[j - 1] / sigmas[j];
@@ -146,52 +152,144 @@ Grid make_grid(const std::vector<double>& alphas, const std::vector<double>& sig
   return g;
 }
 
+// The denoiser's inputs of one block. ReDGE: w_j = logits + c_j x. ReDGE-cov (p given): the
+// reference noise is N(p, diag v), p = softmax(logits), v = max(p (1 - p), 0.1), and
+// w_j = logits + c_j q_j with q_j = (x - sigma_j p - alpha_j / 2) / v.
+template <typename T>
+struct Block {
+  const T* logits;
+  const T* p = nullptr;      // ReDGE-cov only
+  const T* inv_v = nullptr;  // 1 / v, ReDGE-cov only
+};
+
+// out = D_j(x) = softmax(w_j)
+template <typename T>
+REDGE_INLINE void denoise(const Block<T>& blk, const Grid& g, int64_t j, const T* x, T* out,
+                          int64_t k) {
+  const T c = T(g.c[j]);
+  if (!blk.p) {
+    softmax([&](int64_t i) { return at(blk.logits, i) + c * at(x, i); }, out, k);
+    return;
+  }
+  const T sigma = T(g.sigma[j]), half_alpha = T(g.alpha[j] / 2);
+  softmax(
+      [&](int64_t i) {
+        return at(blk.logits, i) +
+               c * (at(x, i) - sigma * at(blk.p, i) - half_alpha) * at(blk.inv_v, i);
+      },
+      out, k);
+}
+
 // x <- r x + b d over a block
 template <typename T>
 REDGE_INLINE void move(T* x, const T* d, T r, T b, int64_t k) {
   for (int64_t i = 0; i < k; ++i) at(x, i) = r * at(x, i) + b * at(d, i);
 }
 
-// The forward pass of a block from x = noise: D_j goes to `denoised + (j - 1) * m` for
-// j = n-1, ..., 2 when `denoised` is given (else to `d`), S = D_1 to `soft`; `x` is scratch.
+// The forward pass of a block from the starting state in `x` (overwritten): D_j goes to
+// `denoised + (j - 1) * m` for j = n-1, ..., 2 when `denoised` is given (else to `d`), and
+// the state x_j to `states + (j - 1) * m` for j = n-1, ..., 1 when `states` is given;
+// S = D_1 goes to `soft`.
 template <typename T>
-REDGE_INLINE void trajectory(const T* logits, const T* noise, const Grid& g, int64_t k, T* x,
-                             T* d, T* denoised, T* soft) {
-  const int64_t m = k * LANES, last = static_cast<int64_t>(g.c.size()) - 1;
-  std::memcpy(x, noise, sizeof(T) * m);
-  for (int64_t j = last; j >= 2; --j) {
+REDGE_INLINE void trajectory(const Block<T>& blk, const Grid& g, int64_t k, T* x, T* d,
+                             T* denoised, T* states, T* soft) {
+  const int64_t m = k * LANES;
+  for (int64_t j = g.last(); j >= 2; --j) {
+    if (states) std::memcpy(states + (j - 1) * m, x, sizeof(T) * m);
     T* dj = denoised ? denoised + (j - 1) * m : d;
-    softmax(logits, x, T(g.c[j]), dj, k);
+    denoise(blk, g, j, x, dj, k);
     move(x, dj, T(g.r[j]), T(g.b[j]), k);
   }
-  softmax(logits, x, T(g.c[1]), soft, k);
+  if (states) std::memcpy(states, x, sizeof(T) * m);
+  denoise(blk, g, 1, x, soft, k);
 }
 
-// The backward pass of a block: recompute D_1 = S, ..., D_{n-1} into `denoised` (n - 1 slots
-// of m values), then walk back from the gradient `grad` of S; writes the logits' gradient to
-// `gl` and the noise's to `gx`. `x` and `gw` are scratch.
+// ReDGE-cov's reference moments and starting state: p = softmax(logits), v (floored), 1 / v,
+// s = sqrt(v), x = p + s * noise.
+template <typename T>
+REDGE_INLINE void cov_start(const T* logits, const T* noise, int64_t k, T* p, T* inv_v, T* s,
+                            T* x) {
+  using V = typename Vec<T>::type;
+  softmax([&](int64_t i) { return at(logits, i); }, p, k);
+  const V floor = splat<V>(T(0.1));
+  for (int64_t i = 0; i < k; ++i) {
+    const V q = at(p, i);
+    const V raw = q * (T(1) - q);
+    const V v = raw > floor ? raw : floor;
+    V root;
+    for (int64_t b = 0; b < LANES; ++b) root[b] = std::sqrt(v[b]);
+    at(inv_v, i) = T(1) / v;
+    at(s, i) = root;
+    at(x, i) = q + root * at(noise, i);
+  }
+}
+
+// The backward pass of a block: recompute the trajectory (D_1 = S, ..., D_{n-1} into
+// `denoised`, and for ReDGE-cov the states into `states`; n - 1 slots of m values each), then
+// walk back from the gradient `grad` of S. Writes the logits' gradient to `gl` and the
+// noise's to `gx`; `x` and `gw` are scratch. ReDGE-cov (`cov` given) also differentiates
+// through p and v: cov = {p, 1 / v, sqrt v, g_p, g_v} (5 blocks).
 template <typename T>
 REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, const Grid& g,
-                                int64_t k, T* x, T* gw, T* denoised, T* gl, T* gx) {
+                                int64_t k, T* x, T* gw, T* denoised, T* states, T* cov, T* gl,
+                                T* gx) {
   using V = typename Vec<T>::type;
-  const int64_t m = k * LANES, n = static_cast<int64_t>(g.c.size());
-  trajectory(logits, noise, g, k, x, gw, denoised, denoised);
-  // j = 1: g_w = J(S)^T g, g_logits = g_w, g_x = c_1 g_w
-  softmax_vjp(denoised, grad, T(1), gw, k);
-  const T c1 = T(g.c[1]);
-  for (int64_t i = 0; i < k; ++i) {
-    at(gl, i) = at(gw, i);
-    at(gx, i) = c1 * at(gw, i);
+  const int64_t m = k * LANES, n = g.last() + 1;
+  Block<T> blk{logits};
+  T *p = nullptr, *inv_v = nullptr, *s = nullptr, *gp = nullptr, *gv = nullptr;
+  if (cov) {
+    p = cov, inv_v = p + m, s = inv_v + m, gp = s + m, gv = gp + m;
+    cov_start(logits, noise, k, p, inv_v, s, x);
+    blk.p = p, blk.inv_v = inv_v;
+  } else {
+    std::memcpy(x, noise, sizeof(T) * m);
   }
-  for (int64_t j = 2; j < n; ++j) {
-    softmax_vjp(denoised + (j - 1) * m, gx, T(g.b[j]), gw, k);
+  trajectory(blk, g, k, x, gw, denoised, cov ? states : nullptr, denoised);
+  // j = 1: g_w = J(S)^T g; then for every j: g_logits += g_w and, through w_j's c_j term,
+  // g_x += c_j g_w (ReDGE) or c_j g_w / v, with g_p -= c_j sigma_j g_w / v and
+  // g_v -= c_j q_j g_w / v (ReDGE-cov)
+  softmax_vjp(denoised, grad, T(1), gw, k);
+  if (cov) {
+    std::memset(gx, 0, sizeof(T) * m);
+    std::memset(gp, 0, sizeof(T) * m);
+    std::memset(gv, 0, sizeof(T) * m);
+  }
+  for (int64_t j = 1; j < n; ++j) {
+    if (j > 1) softmax_vjp(denoised + (j - 1) * m, gx, T(g.b[j]), gw, k);
     const T r = T(g.r[j]), c = T(g.c[j]);
+    if (!cov) {
+      for (int64_t i = 0; i < k; ++i) {
+        const V w = at(gw, i);
+        at(gl, i) = j > 1 ? at(gl, i) + w : w;
+        at(gx, i) = j > 1 ? r * at(gx, i) + c * w : c * w;
+      }
+      continue;
+    }
+    const T sigma = T(g.sigma[j]), half_alpha = T(g.alpha[j] / 2);
+    const T* xj = states + (j - 1) * m;
     for (int64_t i = 0; i < k; ++i) {
-      const V w = at(gw, i);
-      at(gl, i) += w;
-      at(gx, i) = r * at(gx, i) + c * w;
+      const V w = at(gw, i), iv = at(inv_v, i);
+      const V t = c * w * iv;
+      const V q = (at(xj, i) - sigma * at(p, i) - half_alpha) * iv;
+      at(gl, i) = j > 1 ? at(gl, i) + w : w;
+      at(gx, i) = r * at(gx, i) + t;
+      at(gp, i) -= sigma * t;
+      at(gv, i) -= q * t;
     }
   }
+  if (!cov) return;
+  // x_{n-1} = p + sqrt(v) noise, v = max(p (1 - p), 0.1), p = softmax(logits)
+  const V floor = splat<V>(T(0.1));
+  for (int64_t i = 0; i < k; ++i) {
+    const V q = at(p, i), root = at(s, i), gxi = at(gx, i);
+    const V gvi = at(gv, i) + gxi * at(noise, i) / (T(2) * root);
+    const V raw = q * (T(1) - q);
+    const V zero = V{};
+    at(gp, i) += gxi + (raw >= floor ? gvi * (T(1) - T(2) * q) : zero);
+    at(gx, i) = gxi * root;  // the noise's gradient
+  }
+  softmax_vjp(p, gp, T(1), gw, k);
+  for (int64_t i = 0; i < k; ++i) at(gl, i) += at(gw, i);
 }
 
 // Rows [first, first + count) of a (rows, K) array into block layout (zeros past count), and
@@ -235,17 +333,27 @@ REDGE_INLINE void inverse_cdf(const T* soft, const T* uniform, int64_t k, int64_
 
 template <typename T>
 REDGE_INLINE void sample_range(const T* logits, const T* noise, const T* uniform, const Grid& g,
-                               int64_t k, int64_t begin, int64_t end, T* hard, T* soft) {
+                               bool cov, int64_t k, int64_t begin, int64_t end, T* hard,
+                               T* soft) {
   const int64_t m = k * LANES;
-  std::vector<T> scratch(5 * m);
-  T *lg = scratch.data(), *z = lg + m, *x = z + m, *d = x + m, *s = d + m;
+  // logits, noise, x, a denoiser output, S, and for ReDGE-cov p, 1 / v, sqrt v
+  std::vector<T> scratch((cov ? 8 : 5) * m);
+  T *lg = scratch.data(), *z = lg + m, *x = z + m, *d = x + m, *s = d + m, *p = s + m;
+  T *inv_v = p + m, *root = inv_v + m;
   T u[LANES];
   int64_t index[LANES];
   for (int64_t first = begin; first < end; first += LANES) {
     const int64_t count = std::min(LANES, end - first);
     to_block(logits, first, count, k, lg);
     to_block(noise, first, count, k, z);
-    trajectory(lg, z, g, k, x, d, static_cast<T*>(nullptr), s);
+    Block<T> blk{lg};
+    if (cov) {
+      cov_start(lg, z, k, p, inv_v, root, x);
+      blk.p = p, blk.inv_v = inv_v;
+    } else {
+      std::memcpy(x, z, sizeof(T) * m);
+    }
+    trajectory(blk, g, k, x, d, static_cast<T*>(nullptr), static_cast<T*>(nullptr), s);
     from_block(s, first, count, k, soft);
     for (int64_t b = 0; b < LANES; ++b) u[b] = b < count ? uniform[first + b] : T(0);
     inverse_cdf(s, u, k, index);
@@ -256,19 +364,21 @@ REDGE_INLINE void sample_range(const T* logits, const T* noise, const T* uniform
 
 template <typename T>
 REDGE_INLINE void adjoint_range(const T* logits, const T* noise, const T* grad, const Grid& g,
-                                int64_t k, int64_t begin, int64_t end, T* grad_logits,
-                                T* grad_noise) {
-  const int64_t m = k * LANES, n = static_cast<int64_t>(g.c.size());
-  // logits, noise, grad, x, g_w, g_logits, g_x, then D_1, ..., D_{n-1}
-  std::vector<T> scratch((n + 6) * m);
+                                bool cov, int64_t k, int64_t begin, int64_t end,
+                                T* grad_logits, T* grad_noise) {
+  const int64_t m = k * LANES, n = g.last() + 1;
+  // logits, noise, grad, x, g_w, g_logits, g_x, D_1 ... D_{n-1}, and for ReDGE-cov the
+  // states x_1 ... x_{n-1} and p, 1 / v, sqrt v, g_p, g_v
+  std::vector<T> scratch((6 + n + (cov ? n + 4 : 0)) * m);
   T *lg = scratch.data(), *z = lg + m, *gr = z + m, *x = gr + m, *gw = x + m, *gl = gw + m;
-  T *gx = gl + m, *denoised = gx + m;
+  T *gx = gl + m, *denoised = gx + m, *states = denoised + (n - 1) * m;
+  T* moments = cov ? states + (n - 1) * m : nullptr;
   for (int64_t first = begin; first < end; first += LANES) {
     const int64_t count = std::min(LANES, end - first);
     to_block(logits, first, count, k, lg);
     to_block(noise, first, count, k, z);
     to_block(grad, first, count, k, gr);
-    adjoint_block(lg, z, gr, g, k, x, gw, denoised, gl, gx);
+    adjoint_block(lg, z, gr, g, k, x, gw, denoised, states, moments, gl, gx);
     from_block(gl, first, count, k, grad_logits);
     if (grad_noise) from_block(gx, first, count, k, grad_noise);
   }
@@ -276,27 +386,27 @@ REDGE_INLINE void adjoint_range(const T* logits, const T* noise, const T* grad, 
 
 // The entry points, with an AVX2/FMA copy on x86-64.
 REDGE_CLONES void run_sample(const float* logits, const float* noise, const float* uniform,
-                             const Grid& g, int64_t k, int64_t begin, int64_t end, float* hard,
-                             float* soft) {
-  sample_range(logits, noise, uniform, g, k, begin, end, hard, soft);
+                             const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end,
+                             float* hard, float* soft) {
+  sample_range(logits, noise, uniform, g, cov, k, begin, end, hard, soft);
 }
 
 REDGE_CLONES void run_adjoint(const float* logits, const float* noise, const float* grad,
-                              const Grid& g, int64_t k, int64_t begin, int64_t end,
+                              const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end,
                               float* grad_logits, float* grad_noise) {
-  adjoint_range(logits, noise, grad, g, k, begin, end, grad_logits, grad_noise);
+  adjoint_range(logits, noise, grad, g, cov, k, begin, end, grad_logits, grad_noise);
 }
 
 REDGE_CLONES void run_sample(const double* logits, const double* noise, const double* uniform,
-                             const Grid& g, int64_t k, int64_t begin, int64_t end, double* hard,
-                             double* soft) {
-  sample_range(logits, noise, uniform, g, k, begin, end, hard, soft);
+                             const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end,
+                             double* hard, double* soft) {
+  sample_range(logits, noise, uniform, g, cov, k, begin, end, hard, soft);
 }
 
 REDGE_CLONES void run_adjoint(const double* logits, const double* noise, const double* grad,
-                              const Grid& g, int64_t k, int64_t begin, int64_t end,
+                              const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end,
                               double* grad_logits, double* grad_noise) {
-  adjoint_range(logits, noise, grad, g, k, begin, end, grad_logits, grad_noise);
+  adjoint_range(logits, noise, grad, g, cov, k, begin, end, grad_logits, grad_noise);
 }
 
 void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like) {
@@ -311,7 +421,7 @@ int64_t grain(int64_t k) { return std::max<int64_t>(1, (int64_t(1) << 15) / k); 
 
 std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& noise,
                                const at::Tensor& uniform, const std::vector<double>& alphas,
-                               const std::vector<double>& sigmas) {
+                               const std::vector<double>& sigmas, bool cov) {
   TORCH_CHECK(logits.dim() == 2, "logits must be (rows, K)");
   check_rows(logits, "logits", logits);
   check_rows(noise, "noise", logits);
@@ -329,7 +439,7 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& noise
     scalar_t* h = hard.mutable_data_ptr<scalar_t>();
     scalar_t* s = soft.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, grain(k), [&](int64_t begin, int64_t end) {
-      run_sample(l, z, u, g, k, begin, end, h, s);
+      run_sample(l, z, u, g, cov, k, begin, end, h, s);
     });
   });
   return {hard, soft};
@@ -337,7 +447,7 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& noise
 
 std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& noise,
                                 const at::Tensor& grad, const std::vector<double>& alphas,
-                                const std::vector<double>& sigmas, bool want_noise) {
+                                const std::vector<double>& sigmas, bool cov, bool want_noise) {
   TORCH_CHECK(logits.dim() == 2, "logits must be (rows, K)");
   check_rows(logits, "logits", logits);
   check_rows(noise, "noise", logits);
@@ -356,7 +466,7 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
     scalar_t* gl = grad_logits.mutable_data_ptr<scalar_t>();
     scalar_t* gn = want_noise ? grad_noise.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, rows, grain(k), [&](int64_t begin, int64_t end) {
-      run_adjoint(l, z, gr, g, k, begin, end, gl, gn);
+      run_adjoint(l, z, gr, g, cov, k, begin, end, gl, gn);
     });
   });
   if (want_noise) return {grad_logits, grad_noise};
