@@ -181,12 +181,20 @@ def adjoint(
     t_1: float,
     want_noise: bool,
     variant: str = "plain",
+    grad_hard: torch.Tensor | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gradients of ``<grad, S(logits, noise)>`` in the logits and (if asked) the noise."""
+    """Gradients of ``<grad, S(logits, noise)>`` in the logits and (if asked) the noise.
+
+    ReinDGE: with ``grad_hard`` (the part of ``grad`` that reached the hard sample) and the
+    ``uniform`` numbers of its draw, the logits' gradient also gets ReinMax's step at ``t_1``,
+    ``[(g . d) d - J(S)^T g] / 2`` for ``g = grad_hard``, ``d = H - S`` (plain sampler only).
+    """
     cov = _is_cov(variant)
     alphas, sigmas = _grid(n_steps, t_1)
+    reinmax = (None, None) if grad_hard is None else (grad_hard.contiguous(), uniform.contiguous())
     out = _extension().adjoint(
         logits.contiguous(), noise.contiguous(), grad.contiguous(), alphas, sigmas, cov,
-        want_noise,
+        want_noise, *reinmax,
     )
     return out[0], (out[1] if want_noise else None)

@@ -293,6 +293,33 @@ def _stores_trajectory(numel: int, n_steps: int) -> bool:
     return numel * (n_steps - 2) <= STORE_LIMIT
 
 
+def _softmax_vjp(probs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``J(probs)^T grad`` with ``J(q) = diag(q) - q q^T``, the softmax Jacobian at ``q``
+    (last dimension)."""
+    weighted = probs * grad
+    return weighted - probs * weighted.sum(dim=-1, keepdim=True)
+
+
+def _reinmax_step(soft: torch.Tensor, hard: torch.Tensor, grad_hard: torch.Tensor) -> torch.Tensor:
+    """ReinDGE's change to the logits' gradient from the hard sample's gradient ``g``:
+    ``[(g . d) d - J(S)^T g] / 2`` with ``d = H - S`` (``S``, ``H`` held fixed)."""
+    direction = hard - soft
+    along = (grad_hard * direction).sum(dim=-1, keepdim=True)
+    return 0.5 * (along * direction - _softmax_vjp(soft, grad_hard))
+
+
+def _reinmax_surrogate(logits: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor):
+    """A zero-valued term whose gradient in ``logits`` is ReinDGE's change for the hard sample
+    (:func:`_reinmax_step`): added to the hard sample where no fused ReinDGE kernel runs. Masked
+    (``-inf``) logits are replaced by 0 first (``-inf - -inf`` is NaN), which gives them the zero
+    gradient they must have."""
+    probs, direction = soft.detach(), hard.detach() - soft.detach()
+    finite = torch.where(torch.isneginf(logits), torch.zeros_like(logits), logits)
+    delta = finite - finite.detach()  # zero, with the logits' gradient
+    along = (direction * delta).sum(dim=-1, keepdim=True)
+    return 0.5 * (direction * along - _softmax_vjp(probs, delta))
+
+
 def _adjoint(
     denoised: list[torch.Tensor],
     grad: torch.Tensor,
@@ -332,7 +359,7 @@ def _sample_forward(
     empty). The forward pass of :class:`_FusedSampler`."""
     shape, k = logits.shape, logits.shape[-1]
     if backend != "torch":
-        extra = {} if variant == "plain" else {"variant": variant}
+        extra = {"variant": "cov"} if variant == "cov" else {}  # ReinDGE samples as ReDGE
         hard, soft = _kernels(backend).sample(
             _rows(logits, k), _rows(noise, k), uniform.reshape(-1), n_steps, t_1, **extra
         )
@@ -381,15 +408,22 @@ def _sample_backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tenso
     logits, noise, soft, *kept = ctx.saved_tensors
     want_noise = ctx.needs_input_grad[1]
     n_steps, t_1, variant = ctx.n_steps, ctx.t_1, ctx.variant
+    # ReinDGE: ReinMax's step for the hard sample's part of the gradient
+    reinmax = variant == "reindge" and grad_hard is not None
+    uniform = kept.pop() if variant == "reindge" else None
     if torch.is_grad_enabled():
         # create_graph=True: a differentiable backward, through the autograd reference
         needs = ctx.needs_input_grad[:2]
         want = [t for t, need in zip((logits, noise), needs, strict=True) if need]
         with torch.enable_grad():
             reference = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1,
-                                    variant=variant).soft
+                                    variant="cov" if variant == "cov" else "plain").soft
             grads = list(torch.autograd.grad(reference, want, grad, create_graph=True))
         grad_logits = grads.pop(0) if ctx.needs_input_grad[0] else None
+        if reinmax and grad_logits is not None:  # S and H held fixed, as in the surrogate
+            fixed = soft.detach()
+            hard = inverse_cdf_sample(fixed, uniform)
+            grad_logits = grad_logits + _reinmax_step(fixed, hard, grad_hard)
         return grad_logits, (grads.pop(0) if want_noise else None), *_NONE
     shape, k = logits.shape, logits.shape[-1]
     if ctx.backend == "torch" and _stores_trajectory(logits.numel(), n_steps):
@@ -406,7 +440,9 @@ def _sample_backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tenso
         return grad_logits, grad_noise, *_NONE
     grad_rows = _rows(grad, k)
     if ctx.backend != "torch":
-        extra = {} if variant == "plain" else {"variant": variant}
+        extra = {"variant": "cov"} if variant == "cov" else {}
+        if reinmax:
+            extra = {"grad_hard": _rows(grad_hard, k), "uniform": uniform.reshape(-1)}
         grad_logits, grad_noise = _kernels(ctx.backend).adjoint(
             _rows(logits, k), _rows(noise, k), grad_rows, n_steps, t_1, want_noise, **extra
         )
@@ -449,6 +485,8 @@ class _FusedSampler(torch.autograd.Function):
     ):
         hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend,
                                            variant)
+        if variant == "reindge":  # the backward pass redraws H from S and the uniforms
+            kept = (*kept, uniform)
         ctx.save_for_backward(logits, noise, soft, *kept)
         ctx.set_materialize_grads(False)
         ctx.n_steps, ctx.t_1, ctx.backend, ctx.variant = n_steps, t_1, backend, variant
@@ -587,7 +625,7 @@ def fused_sample(
     *,
     n_steps: int,
     t_1: float,
-    variant: Literal["plain", "cov"] = "plain",
+    variant: Literal["plain", "cov", "reindge"] = "plain",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ReDGE's ``(hard, soft)`` samples for given noise, with a fused backward pass.
 
@@ -598,7 +636,10 @@ def fused_sample(
     first use; ``REDGE_MINI_CPP=0`` turns it off), a Triton kernel on CUDA (plain ReDGE). A
     ``create_graph=True`` backward goes through :func:`ddim_sample`. ``variant="cov"``
     (ReDGE-cov) has a fused backward pass in the C++ kernel only; elsewhere it differentiates
-    :func:`ddim_sample` with autograd.
+    :func:`ddim_sample` with autograd. ``variant="reindge"`` (ReinDGE) samples as ReDGE and
+    gives ``hard`` ReinDGE's gradient: the trajectory's, with half of the last denoiser's direct
+    term replaced by ReinMax's step, ``[J(S)^T g + (g . d) d] / 2`` in place of ``J(S)^T g``,
+    ``d = H - S`` (in the C++ kernel's backward pass, elsewhere as a zero-valued surrogate).
     """
     if noise.shape != logits.shape:
         raise ValueError(
@@ -611,14 +652,17 @@ def fused_sample(
     # n_steps and t_1 are checked by time_grid (cached per valid pair)
     backend = _backend(logits)
     args = (logits, noise, uniform, n_steps, t_1, backend)
+    if variant not in ("plain", "cov", "reindge"):
+        raise ValueError(f"variant must be 'plain', 'cov' or 'reindge', got {variant!r}")
+    if variant == "cov" and backend != "cpp":  # no PyTorch (or Triton) adjoint for ReDGE-cov
+        soft = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, variant="cov").soft
+        hard = inverse_cdf_sample(soft.detach(), uniform)
+        return (hard - soft).detach() + soft, soft
+    if variant == "reindge" and backend != "cpp":  # the plain sampler plus a surrogate
+        hard, soft = fused_sample(logits, noise, uniform, n_steps=n_steps, t_1=t_1)
+        return hard + _reinmax_surrogate(logits, hard, soft), soft
     if variant != "plain":
-        if variant != "cov":
-            raise ValueError(f"variant must be 'plain' or 'cov', got {variant!r}")
-        if backend != "cpp":  # no hand-derived PyTorch (or Triton) adjoint for ReDGE-cov
-            soft = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, variant="cov").soft
-            hard = inverse_cdf_sample(soft.detach(), uniform)
-            return (hard - soft).detach() + soft, soft
-        args = (*args, "cov")
+        args = (*args, variant)
     if _transforms_active():
         hard, soft, *_ = _FusedSamplerTransformable.apply(*args)
         return hard, soft

@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import torch
 
-from .diffusion import fused_sample
+from .diffusion import _softmax_vjp, fused_sample
 from .validation import (
     N_STEPS,
     REINMAX_TAU,
@@ -130,12 +130,6 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     return (hard - soft).detach() + soft
 
 
-def _softmax_vjp(probs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``J(probs)^T grad`` with ``J(q) = diag(q) - q q^T``, the softmax Jacobian at ``q``."""
-    weighted = probs * grad
-    return weighted - probs * weighted.sum(dim=-1, keepdim=True)
-
-
 class _ReinMax(torch.autograd.Function):
     """Forward: the given one-hot sample. Backward: ``2 J(pi_1)^T g - J(pi)^T g / 2``.
 
@@ -197,25 +191,9 @@ def _diffusion(work, generator, n_steps, t_1, variant, reinmax_step):
     noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
     uniform_shape = work.shape[:-1] + (1,)
     uniform = torch.rand(uniform_shape, generator=generator, device=work.device, dtype=work.dtype)
-    sample_st, soft = fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1, variant=variant)
-    sample = sample_st.detach()
-    if not reinmax_step:
-        return sample_st, soft
-    # ReinDGE. The surrogate's value is exactly H; its gradient in the logits is
-    #   J(S)^T g (dlogits + c dx)       (S through the whole trajectory, as ReDGE)
-    # - J(S)^T g dlogits / 2            (keep half of the last denoiser's direct term)
-    # + (g . d) d / 2,  d = H - S       (ReinMax's correction at t_1)
-    # i.e. trajectory part + [J(S)^T g + (g . d) d] / 2, with no tensor hooks. ``delta`` is zero
-    # with the logits' gradient; masked (-inf) logits are replaced by 0 first (-inf - -inf is
-    # NaN), which gives them the zero gradient they must have.
-    probs = soft.detach()
-    finite = torch.where(torch.isneginf(work), torch.zeros_like(work), work)
-    delta = finite - finite.detach()
-    direction = sample - probs
-    correction = 0.5 * (
-        direction * (direction * delta).sum(dim=-1, keepdim=True) - _softmax_vjp(probs, delta)
-    )
-    return sample_st + correction, soft
+    # ReinDGE: the trajectory's gradient plus ReinMax's step at t_1 (see fused_sample)
+    variant = "reindge" if reinmax_step else variant
+    return fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1, variant=variant)
 
 
 def _redge(work, generator, n_steps, t_1):

@@ -89,6 +89,48 @@ def test_cpp_path_equals_the_reference(shape, n_steps, dtype, variant):
     assert ours[2].reshape(-1)[0] == 0 and ours[0].reshape(-1)[0] == 0
 
 
+def _reindge(monkeypatch, cpp, logits, weights_hard, weights_soft, create_graph=False):
+    """ReinDGE's samples and the logits' gradient of <w_h, hard> + <w_s, soft>, through the
+    C++ kernel (``cpp``) or the PyTorch path's zero-valued surrogate."""
+    monkeypatch.setenv("REDGE_MINI_CPP", "1" if cpp else "0")
+    leaf = logits.clone().requires_grad_(True)
+    gen = torch.Generator().manual_seed(3)
+    hard, soft = estimators.sample("reindge", leaf, n_steps=5, t_1=0.4, generator=gen)
+    loss = (hard * weights_hard).sum() + (soft * weights_soft).sum()
+    (grad,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
+    return hard.detach(), soft.detach(), grad
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (37, 9), (3, 2, 5), (2, 16384)], ids=str)
+@pytest.mark.parametrize("dtype", [F64, F32], ids=str)
+@pytest.mark.parametrize("parts", ["hard", "soft", "both"])
+def test_reindge_kernel_equals_the_surrogate(monkeypatch, shape, dtype, parts):
+    logits, _, _, weights = _inputs(shape, seed=8, dtype=dtype)
+    logits.view(-1)[0] = float("-inf")
+    w_hard = weights if parts != "soft" else torch.zeros_like(weights)
+    w_soft = weights.flip(-1) if parts != "hard" else torch.zeros_like(weights)
+    ours = _reindge(monkeypatch, True, logits, w_hard, w_soft)
+    ref = _reindge(monkeypatch, False, logits, w_hard, w_soft)
+    assert torch.equal(ours[0], ref[0])  # the same draw
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours[1], ref[1], **tol)
+    torch.testing.assert_close(ours[2], ref[2], **tol)
+    assert ours[2].view(-1)[0] == 0  # the masked category
+
+
+def test_reindge_second_order_equals_the_surrogate(monkeypatch):
+    logits, _, _, weights = _inputs((5, 4), seed=9)
+    results = []
+    for cpp in (True, False):
+        leaf = logits.clone().requires_grad_(True)
+        _, _, grad = _reindge(monkeypatch, cpp, leaf, weights, weights.flip(-1), True)
+        (hvp,) = torch.autograd.grad((grad**2).sum(), leaf)
+        results.append((grad.detach(), hvp))
+    for mine, ref in zip(*results, strict=True):
+        torch.testing.assert_close(mine, ref, rtol=1e-10, atol=1e-12)
+    assert results[0][1].abs().max() > 1e-3  # a second derivative that is not trivially zero
+
+
 @pytest.mark.parametrize("variant", ["plain", "cov"])
 @pytest.mark.parametrize("shape,n_steps", [((5, 4), 5), ((11, 3), 2), ((2, 2, 6), 7)])
 def test_cpp_path_passes_gradcheck(shape, n_steps, variant):
@@ -109,12 +151,13 @@ def test_public_calls_take_the_cpp_path_on_cpu():
         assert diffusion._backend(torch.zeros(2, 3, dtype=dtype)) == "cpp"
     # float16 and bfloat16 reach the sampler in float32 through the estimators
     assert diffusion._backend(torch.zeros(2, 3, dtype=torch.float16)) == "torch"
-    for fn in (estimators.redge, estimators.redge_cov):
+    for fn, saved in ((estimators.redge, 3), (estimators.redge_cov, 3), (estimators.reindge, 4)):
         logits = torch.randn(4, 6, requires_grad=True)
         y = fn(logits, 5, 0.5, hard=True, generator=torch.Generator().manual_seed(0))
-        # the C++ path: one node that keeps logits, noise and soft only (no trajectory)
+        # the C++ path: one node that keeps logits, noise and soft only (no trajectory; ReinDGE
+        # also its uniforms)
         assert type(y.grad_fn).__name__ == "_FusedSamplerBackward"
-        assert len(y.grad_fn.saved_tensors) == 3
+        assert len(y.grad_fn.saved_tensors) == saved
 
 
 def test_switch_off_uses_the_torch_path(monkeypatch):

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -292,6 +293,31 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
   for (int64_t i = 0; i < k; ++i) at(gl, i) += at(gw, i);
 }
 
+// ReinDGE: the hard sample's gradient (from `gh`) replaces half of the last denoiser's direct
+// term J(S)^T g_h by ReinMax's step at t_1: gl += (g_h . d) d / 2 - J(S)^T g_h / 2, with
+// d = H - S and H the one-hot draw of category `index` (per lane).
+template <typename T>
+REDGE_INLINE void reinmax_step(const T* soft, const T* gh, const int64_t* index, int64_t k,
+                               T* gl) {
+  using V = typename Vec<T>::type;
+  using I = typename Vec<T>::bits;
+  I drawn;
+  for (int64_t b = 0; b < LANES; ++b) drawn[b] = index[b];
+  const V one = splat<V>(T(1)), zero = V{};
+  V along = V{}, dot = V{};  // g_h . d and S . g_h
+  for (int64_t i = 0; i < k; ++i) {
+    const V sv = at(soft, i), g = at(gh, i);
+    const V d = (drawn == splat<I>(i) ? one : zero) - sv;
+    along += g * d;
+    dot += sv * g;
+  }
+  for (int64_t i = 0; i < k; ++i) {
+    const V sv = at(soft, i), g = at(gh, i);
+    const V d = (drawn == splat<I>(i) ? one : zero) - sv;
+    at(gl, i) += T(0.5) * (along * d - (sv * g - sv * dot));
+  }
+}
+
 // Rows [first, first + count) of a (rows, K) array into block layout (zeros past count), and
 // back.
 template <typename T>
@@ -362,23 +388,40 @@ REDGE_INLINE void sample_range(const T* logits, const T* noise, const T* uniform
   }
 }
 
+// ReinDGE's extra inputs of the adjoint: the hard sample's own gradient and the uniforms of
+// its draw (both null for ReDGE and ReDGE-cov).
+template <typename T>
+struct ReinMaxInputs {
+  const T* grad_hard = nullptr;
+  const T* uniform = nullptr;
+};
+
 template <typename T>
 REDGE_INLINE void adjoint_range(const T* logits, const T* noise, const T* grad, const Grid& g,
-                                bool cov, int64_t k, int64_t begin, int64_t end,
-                                T* grad_logits, T* grad_noise) {
+                                bool cov, ReinMaxInputs<T> rm, int64_t k, int64_t begin,
+                                int64_t end, T* grad_logits, T* grad_noise) {
   const int64_t m = k * LANES, n = g.last() + 1;
   // logits, noise, grad, x, g_w, g_logits, g_x, D_1 ... D_{n-1}, and for ReDGE-cov the
-  // states x_1 ... x_{n-1} and p, 1 / v, sqrt v, g_p, g_v
-  std::vector<T> scratch((6 + n + (cov ? n + 4 : 0)) * m);
+  // states x_1 ... x_{n-1} and p, 1 / v, sqrt v, g_p, g_v; for ReinDGE g_h
+  std::vector<T> scratch((6 + n + (cov ? n + 4 : 0) + (rm.grad_hard ? 1 : 0)) * m);
   T *lg = scratch.data(), *z = lg + m, *gr = z + m, *x = gr + m, *gw = x + m, *gl = gw + m;
   T *gx = gl + m, *denoised = gx + m, *states = denoised + (n - 1) * m;
   T* moments = cov ? states + (n - 1) * m : nullptr;
+  T* gh = cov ? moments + 5 * m : states;  // the block after those in use
+  T u[LANES];
+  int64_t index[LANES];
   for (int64_t first = begin; first < end; first += LANES) {
     const int64_t count = std::min(LANES, end - first);
     to_block(logits, first, count, k, lg);
     to_block(noise, first, count, k, z);
     to_block(grad, first, count, k, gr);
     adjoint_block(lg, z, gr, g, k, x, gw, denoised, states, moments, gl, gx);
+    if (rm.grad_hard) {  // S = D_1 is the first slot of `denoised`
+      to_block(rm.grad_hard, first, count, k, gh);
+      for (int64_t b = 0; b < LANES; ++b) u[b] = b < count ? rm.uniform[first + b] : T(0);
+      inverse_cdf(denoised, u, k, index);
+      reinmax_step(denoised, gh, index, k, gl);
+    }
     from_block(gl, first, count, k, grad_logits);
     if (grad_noise) from_block(gx, first, count, k, grad_noise);
   }
@@ -392,9 +435,9 @@ REDGE_CLONES void run_sample(const float* logits, const float* noise, const floa
 }
 
 REDGE_CLONES void run_adjoint(const float* logits, const float* noise, const float* grad,
-                              const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end,
-                              float* grad_logits, float* grad_noise) {
-  adjoint_range(logits, noise, grad, g, cov, k, begin, end, grad_logits, grad_noise);
+                              const Grid& g, bool cov, ReinMaxInputs<float> rm, int64_t k,
+                              int64_t begin, int64_t end, float* grad_logits, float* grad_noise) {
+  adjoint_range(logits, noise, grad, g, cov, rm, k, begin, end, grad_logits, grad_noise);
 }
 
 REDGE_CLONES void run_sample(const double* logits, const double* noise, const double* uniform,
@@ -404,9 +447,9 @@ REDGE_CLONES void run_sample(const double* logits, const double* noise, const do
 }
 
 REDGE_CLONES void run_adjoint(const double* logits, const double* noise, const double* grad,
-                              const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end,
-                              double* grad_logits, double* grad_noise) {
-  adjoint_range(logits, noise, grad, g, cov, k, begin, end, grad_logits, grad_noise);
+                              const Grid& g, bool cov, ReinMaxInputs<double> rm, int64_t k,
+                              int64_t begin, int64_t end, double* grad_logits, double* grad_noise) {
+  adjoint_range(logits, noise, grad, g, cov, rm, k, begin, end, grad_logits, grad_noise);
 }
 
 void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like) {
@@ -447,7 +490,9 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& noise
 
 std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& noise,
                                 const at::Tensor& grad, const std::vector<double>& alphas,
-                                const std::vector<double>& sigmas, bool cov, bool want_noise) {
+                                const std::vector<double>& sigmas, bool cov, bool want_noise,
+                                const std::optional<at::Tensor>& grad_hard,
+                                const std::optional<at::Tensor>& uniform) {
   TORCH_CHECK(logits.dim() == 2, "logits must be (rows, K)");
   check_rows(logits, "logits", logits);
   check_rows(noise, "noise", logits);
@@ -456,6 +501,15 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
   TORCH_CHECK(grad.sizes() == logits.sizes(), "grad must have the shape of logits");
   TORCH_CHECK(alphas.size() >= 2 && alphas.size() == sigmas.size(), "bad time grid");
   const int64_t rows = logits.size(0), k = logits.size(1);
+  const bool reinmax = grad_hard.has_value();
+  TORCH_CHECK(reinmax == uniform.has_value(), "grad_hard and uniform go together (ReinDGE)");
+  TORCH_CHECK(!(reinmax && cov), "ReinDGE's step is for the plain sampler");
+  if (reinmax) {
+    check_rows(*grad_hard, "grad_hard", logits);
+    check_rows(*uniform, "uniform", logits);
+    TORCH_CHECK(grad_hard->sizes() == logits.sizes(), "grad_hard must have the shape of logits");
+    TORCH_CHECK(uniform->numel() == rows, "uniform must hold one number per row");
+  }
   const Grid g = make_grid(alphas, sigmas);
   at::Tensor grad_logits = at::empty_like(logits);
   at::Tensor grad_noise = want_noise ? at::empty_like(logits) : at::Tensor();
@@ -465,8 +519,13 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
     const scalar_t* gr = grad.const_data_ptr<scalar_t>();
     scalar_t* gl = grad_logits.mutable_data_ptr<scalar_t>();
     scalar_t* gn = want_noise ? grad_noise.mutable_data_ptr<scalar_t>() : nullptr;
+    ReinMaxInputs<scalar_t> rm;
+    if (reinmax) {
+      rm.grad_hard = grad_hard->const_data_ptr<scalar_t>();
+      rm.uniform = uniform->const_data_ptr<scalar_t>();
+    }
     at::parallel_for(0, rows, grain(k), [&](int64_t begin, int64_t end) {
-      run_adjoint(l, z, gr, g, cov, k, begin, end, gl, gn);
+      run_adjoint(l, z, gr, g, cov, rm, k, begin, end, gl, gn);
     });
   });
   if (want_noise) return {grad_logits, grad_noise};
@@ -477,5 +536,7 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sample", &sample, "ReDGE's (hard, soft) samples of (rows, K) logits for given noise");
-  m.def("adjoint", &adjoint, "Gradients of <grad, S> in the logits (and the noise)");
+  m.def("adjoint", &adjoint,
+        "Gradients of <grad, S> in the logits (and the noise); with grad_hard and uniform, "
+        "plus ReinDGE's ReinMax step for the hard sample's part");
 }
