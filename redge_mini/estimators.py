@@ -415,8 +415,10 @@ def reindge(
 
     Forward as :func:`redge`. Backward: the gradient through the trajectory (``logits`` held fixed
     in the last denoiser) plus ``[J(S)^T g + (g . (H - S)) (H - S)] / 2``, the ReinMax (``tau = 1``)
-    estimator of the conditional categorical ``Cat(S)``. Implemented as a surrogate with no tensor
-    hooks, so repeated backward passes and other paths to the logits are handled by autograd. The
+    estimator of the conditional categorical ``Cat(S)``. On CPU (float32/float64) this is part of
+    the C++ sampler's backward pass; elsewhere a zero-valued surrogate adds it, with no tensor
+    hooks either way, so repeated backward passes and other paths to the logits are handled by
+    autograd. The
     soft sample (``hard=False``) is ReDGE's ``S`` with its full pathwise gradient. Arguments as
     :func:`redge`.
     """
