@@ -427,30 +427,22 @@ REDGE_INLINE void adjoint_range(const T* logits, const T* noise, const T* grad, 
   }
 }
 
-// The entry points, with an AVX2/FMA copy on x86-64.
-REDGE_CLONES void run_sample(const float* logits, const float* noise, const float* uniform,
-                             const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end,
-                             float* hard, float* soft) {
-  sample_range(logits, noise, uniform, g, cov, k, begin, end, hard, soft);
-}
-
-REDGE_CLONES void run_adjoint(const float* logits, const float* noise, const float* grad,
-                              const Grid& g, bool cov, ReinMaxInputs<float> rm, int64_t k,
-                              int64_t begin, int64_t end, float* grad_logits, float* grad_noise) {
-  adjoint_range(logits, noise, grad, g, cov, rm, k, begin, end, grad_logits, grad_noise);
-}
-
-REDGE_CLONES void run_sample(const double* logits, const double* noise, const double* uniform,
-                             const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end,
-                             double* hard, double* soft) {
-  sample_range(logits, noise, uniform, g, cov, k, begin, end, hard, soft);
-}
-
-REDGE_CLONES void run_adjoint(const double* logits, const double* noise, const double* grad,
-                              const Grid& g, bool cov, ReinMaxInputs<double> rm, int64_t k,
-                              int64_t begin, int64_t end, double* grad_logits, double* grad_noise) {
-  adjoint_range(logits, noise, grad, g, cov, rm, k, begin, end, grad_logits, grad_noise);
-}
+// The entry points per dtype, each with an AVX2/FMA copy on x86-64 (function multiversioning
+// applies to plain functions, not templates).
+#define REDGE_ENTRY_POINTS(T)                                                                  \
+  REDGE_CLONES void run_sample(const T* logits, const T* noise, const T* uniform,             \
+                               const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end, \
+                               T* hard, T* soft) {                                             \
+    sample_range(logits, noise, uniform, g, cov, k, begin, end, hard, soft);                   \
+  }                                                                                            \
+  REDGE_CLONES void run_adjoint(const T* logits, const T* noise, const T* grad, const Grid& g, \
+                                bool cov, ReinMaxInputs<T> rm, int64_t k, int64_t begin,       \
+                                int64_t end, T* grad_logits, T* grad_noise) {                  \
+    adjoint_range(logits, noise, grad, g, cov, rm, k, begin, end, grad_logits, grad_noise);    \
+  }
+REDGE_ENTRY_POINTS(float)
+REDGE_ENTRY_POINTS(double)
+#undef REDGE_ENTRY_POINTS
 
 void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
