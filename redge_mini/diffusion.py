@@ -313,11 +313,10 @@ def _reinmax_surrogate(logits: torch.Tensor, hard: torch.Tensor, soft: torch.Ten
     (:func:`_reinmax_step`): added to the hard sample where no fused ReinDGE kernel runs. Masked
     (``-inf``) logits are replaced by 0 first (``-inf - -inf`` is NaN), which gives them the zero
     gradient they must have."""
-    probs, direction = soft.detach(), hard.detach() - soft.detach()
     finite = torch.where(torch.isneginf(logits), torch.zeros_like(logits), logits)
     delta = finite - finite.detach()  # zero, with the logits' gradient
-    along = (direction * delta).sum(dim=-1, keepdim=True)
-    return 0.5 * (direction * along - _softmax_vjp(probs, delta))
+    # J(S) is symmetric, so <g, step(delta)> = <step(g), delta>: the gradient is step(g)
+    return _reinmax_step(soft.detach(), hard.detach(), delta)
 
 
 def _adjoint(
@@ -506,21 +505,20 @@ class _FusedSamplerTransformable(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits, noise, uniform, n_steps: int, t_1: float, backend: str,
-                variant: str = "plain"):
-        hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend,
-                                           variant)
+    def forward(logits, noise, uniform, n_steps: int, t_1: float, backend: str):
+        hard, soft, kept = _sample_forward(logits, noise, uniform, n_steps, t_1, backend)
         return hard, soft, *kept
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, noise, _, n_steps, t_1, backend, *variant = inputs
+        # plain ReDGE only: under a transform the backend is "torch", and fused_sample runs
+        # ReDGE-cov and ReinDGE without this Function there
+        logits, noise, _, n_steps, t_1, backend = inputs
         _, soft, *kept = output
         ctx.mark_non_differentiable(*kept)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, noise, soft, *kept)
-        ctx.n_steps, ctx.t_1, ctx.backend = n_steps, t_1, backend
-        ctx.variant = variant[0] if variant else "plain"
+        ctx.n_steps, ctx.t_1, ctx.backend, ctx.variant = n_steps, t_1, backend, "plain"
 
     @staticmethod
     def backward(ctx, grad_hard: torch.Tensor | None, grad_soft: torch.Tensor | None, *_):

@@ -205,12 +205,18 @@ REDGE_INLINE void trajectory(const Block<T>& blk, const Grid& g, int64_t k, T* x
   denoise(blk, g, 1, x, soft, k);
 }
 
-// ReDGE-cov's reference moments and starting state: p = softmax(logits), v (floored), 1 / v,
-// s = sqrt(v), x = p + s * noise.
+// The starting state x of a block and the denoiser's inputs. ReDGE: x = noise. ReDGE-cov
+// (`moments` given, 3 blocks): p = softmax(logits), v (floored), 1 / v and s = sqrt(v) go to
+// moments = {p, 1 / v, s}, and x = p + s * noise.
 template <typename T>
-REDGE_INLINE void cov_start(const T* logits, const T* noise, int64_t k, T* p, T* inv_v, T* s,
-                            T* x) {
+REDGE_INLINE Block<T> start(const T* logits, const T* noise, int64_t k, T* moments, T* x) {
   using V = typename Vec<T>::type;
+  const int64_t m = k * LANES;
+  if (!moments) {
+    std::memcpy(x, noise, sizeof(T) * m);
+    return Block<T>{logits};
+  }
+  T *p = moments, *inv_v = p + m, *s = inv_v + m;
   softmax([&](int64_t i) { return at(logits, i); }, p, k);
   const V floor = splat<V>(T(0.1));
   for (int64_t i = 0; i < k; ++i) {
@@ -223,6 +229,7 @@ REDGE_INLINE void cov_start(const T* logits, const T* noise, int64_t k, T* p, T*
     at(s, i) = root;
     at(x, i) = q + root * at(noise, i);
   }
+  return Block<T>{logits, p, inv_v};
 }
 
 // The backward pass of a block: recompute the trajectory (D_1 = S, ..., D_{n-1} into
@@ -236,15 +243,9 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
                                 T* gx) {
   using V = typename Vec<T>::type;
   const int64_t m = k * LANES, n = g.last() + 1;
-  Block<T> blk{logits};
-  T *p = nullptr, *inv_v = nullptr, *s = nullptr, *gp = nullptr, *gv = nullptr;
-  if (cov) {
-    p = cov, inv_v = p + m, s = inv_v + m, gp = s + m, gv = gp + m;
-    cov_start(logits, noise, k, p, inv_v, s, x);
-    blk.p = p, blk.inv_v = inv_v;
-  } else {
-    std::memcpy(x, noise, sizeof(T) * m);
-  }
+  const Block<T> blk = start(logits, noise, k, cov, x);
+  const T *p = blk.p, *inv_v = blk.inv_v, *s = cov ? cov + 2 * m : nullptr;
+  T *gp = cov ? cov + 3 * m : nullptr, *gv = cov ? cov + 4 * m : nullptr;
   trajectory(blk, g, k, x, gw, denoised, cov ? states : nullptr, denoised);
   // j = 1: g_w = J(S)^T g; then for every j: g_logits += g_w and, through w_j's c_j term,
   // g_x += c_j g_w (ReDGE) or c_j g_w / v, with g_p -= c_j sigma_j g_w / v and
@@ -357,6 +358,16 @@ REDGE_INLINE void inverse_cdf(const T* soft, const T* uniform, int64_t k, int64_
   for (int64_t b = 0; b < LANES; ++b) index[b] = std::min<int64_t>(below[b], k - 1);
 }
 
+// The categories drawn for rows [first, first + count) from their block's soft sample and
+// uniforms (unused lanes draw with u = 0).
+template <typename T>
+REDGE_INLINE void draw(const T* soft, const T* uniform, int64_t first, int64_t count, int64_t k,
+                       int64_t* index) {
+  T u[LANES];
+  for (int64_t b = 0; b < LANES; ++b) u[b] = b < count ? uniform[first + b] : T(0);
+  inverse_cdf(soft, u, k, index);
+}
+
 template <typename T>
 REDGE_INLINE void sample_range(const T* logits, const T* noise, const T* uniform, const Grid& g,
                                bool cov, int64_t k, int64_t begin, int64_t end, T* hard,
@@ -364,25 +375,17 @@ REDGE_INLINE void sample_range(const T* logits, const T* noise, const T* uniform
   const int64_t m = k * LANES;
   // logits, noise, x, a denoiser output, S, and for ReDGE-cov p, 1 / v, sqrt v
   std::vector<T> scratch((cov ? 8 : 5) * m);
-  T *lg = scratch.data(), *z = lg + m, *x = z + m, *d = x + m, *s = d + m, *p = s + m;
-  T *inv_v = p + m, *root = inv_v + m;
-  T u[LANES];
+  T *lg = scratch.data(), *z = lg + m, *x = z + m, *d = x + m, *s = d + m;
+  T* moments = cov ? s + m : nullptr;
   int64_t index[LANES];
   for (int64_t first = begin; first < end; first += LANES) {
     const int64_t count = std::min(LANES, end - first);
     to_block(logits, first, count, k, lg);
     to_block(noise, first, count, k, z);
-    Block<T> blk{lg};
-    if (cov) {
-      cov_start(lg, z, k, p, inv_v, root, x);
-      blk.p = p, blk.inv_v = inv_v;
-    } else {
-      std::memcpy(x, z, sizeof(T) * m);
-    }
+    const Block<T> blk = start(lg, z, k, moments, x);
     trajectory(blk, g, k, x, d, static_cast<T*>(nullptr), static_cast<T*>(nullptr), s);
     from_block(s, first, count, k, soft);
-    for (int64_t b = 0; b < LANES; ++b) u[b] = b < count ? uniform[first + b] : T(0);
-    inverse_cdf(s, u, k, index);
+    draw(s, uniform, first, count, k, index);
     std::memset(hard + first * k, 0, sizeof(T) * count * k);
     for (int64_t b = 0; b < count; ++b) hard[(first + b) * k + index[b]] = T(1);
   }
@@ -408,7 +411,6 @@ REDGE_INLINE void adjoint_range(const T* logits, const T* noise, const T* grad, 
   T *gx = gl + m, *denoised = gx + m, *states = denoised + (n - 1) * m;
   T* moments = cov ? states + (n - 1) * m : nullptr;
   T* gh = cov ? moments + 5 * m : states;  // the block after those in use
-  T u[LANES];
   int64_t index[LANES];
   for (int64_t first = begin; first < end; first += LANES) {
     const int64_t count = std::min(LANES, end - first);
@@ -418,8 +420,7 @@ REDGE_INLINE void adjoint_range(const T* logits, const T* noise, const T* grad, 
     adjoint_block(lg, z, gr, g, k, x, gw, denoised, states, moments, gl, gx);
     if (rm.grad_hard) {  // S = D_1 is the first slot of `denoised`
       to_block(rm.grad_hard, first, count, k, gh);
-      for (int64_t b = 0; b < LANES; ++b) u[b] = b < count ? rm.uniform[first + b] : T(0);
-      inverse_cdf(denoised, u, k, index);
+      draw(denoised, rm.uniform, first, count, k, index);
       reinmax_step(denoised, gh, index, k, gl);
     }
     from_block(gl, first, count, k, grad_logits);
