@@ -41,6 +41,7 @@ __all__ = [
     "device_name",
     "load_results",
     "results_dir",
+    "git_state",
     "run_metadata",
     "save_results",
     "scale",
@@ -184,7 +185,31 @@ def device_name(where: torch.device | str | None = None) -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def run_metadata(where: torch.device | str | None = None) -> dict[str, Any]:
+def git_state(folder: str | Path | None = None) -> dict[str, Any]:
+    """``{"git_commit": 40 hex digits, "git_dirty": bool}`` of the checkout holding this package
+    (or ``folder``); ``{"git_commit": "unknown", "git_dirty": None}`` outside a git checkout.
+
+    ``git_dirty`` is True when tracked files differ from the commit (untracked files and the
+    result folder ``book/results`` do not count: a run writes there while it runs).
+    """
+    import subprocess
+
+    where = Path(folder) if folder is not None else Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                 ".", ":(exclude)book/results"], cwd=where,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": None}
+    if len(commit) != 40:
+        return {"git_commit": "unknown", "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(status.strip())}
+
+
+def run_metadata(where: torch.device | str | None = None, *,
+                 run_scale: str | None = None) -> dict[str, Any]:
     """Describe the software and hardware a result was computed with.
 
     Parameters
@@ -199,9 +224,10 @@ def run_metadata(where: torch.device | str | None = None) -> dict[str, Any]:
         Keys ``python``, ``torch``, ``numpy``, ``redge_mini`` (version strings), ``device``
         (``"cpu"`` or ``"cuda"``), ``device_name``, ``num_threads`` (torch CPU threads),
         ``scale``, ``platform`` (OS and architecture, no hostname), ``timestamp_utc``
-        (ISO 8601) and ``sampler``, the implementation of ReDGE's fused sampler for float32
-        tensors there (``"cpp"``, ``"triton"`` or ``"torch"``; absent from older records, which
-        all used ``"torch"`` on CPU).
+        (ISO 8601), ``sampler``, the implementation of ReDGE's fused sampler for float32
+        tensors there (``"cpp"``, ``"triton"`` or ``"torch"``), and ``git_commit`` /
+        ``git_dirty`` (:func:`git_state`). ``scale`` is ``run_scale`` when given (the scale the
+        run actually used), else :func:`scale`.
     """
     from ..diffusion import _backend
 
@@ -214,10 +240,11 @@ def run_metadata(where: torch.device | str | None = None) -> dict[str, Any]:
         "device": where.type,
         "device_name": device_name(where),
         "num_threads": torch.get_num_threads(),
-        "scale": scale(),
+        "scale": run_scale if run_scale is not None else scale(),
         "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}",
         "timestamp_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "sampler": _backend(torch.zeros(1, 2, device=where)),
+        **git_state(),
     }
 
 

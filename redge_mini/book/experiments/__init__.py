@@ -250,7 +250,8 @@ def make_record(experiment: str, name: str, config: dict[str, Any], seed: int,
     (rounded by :func:`compact`).
     """
     return {"experiment": experiment, "name": name, "config": config, "seed": seed,
-            "metadata": runtime.run_metadata(device), "data": compact(data)}
+            "metadata": runtime.run_metadata(device, run_scale=config.get("scale")),
+            "data": compact(data)}
 
 
 def load_records(folder: str | Path, scale: str) -> list[dict[str, Any]]:
