@@ -3,7 +3,7 @@
 # Usage: OUT=<folder> bash scripts/gpu_full_scale.sh   (results land in $OUT/results/<experiment>/)
 # The experiments run one after another (never side by side, so no timing is made under
 # contention) through redge_mini.book.experiments.run_all, which is resumable: rerunning this
-# script keeps every finished stage and starts where it stopped. $OUT/results/run_all.json
+# script keeps every finished stage and starts where it stopped. $OUT/results/manifest.json
 # records the device and each experiment's duration. Copy $OUT/results/* into book/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -14,7 +14,7 @@ def test_runner_runs_in_order_records_the_device_and_resumes(tmp_path) -> None:
     argv = ["--smoke", "--scale", "small", "--only", "polyprog,vae", "--device", "cpu",
             "--out", str(tmp_path)]
     assert run_all.main(argv) == 0
-    manifest = json.loads((tmp_path / "run_all.json").read_text())
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
     runs = manifest["runs"]
     assert list(runs) == ["small-smoke/polyprog", "small-smoke/vae"]
     for entry in runs.values():
@@ -29,7 +29,7 @@ def test_runner_runs_in_order_records_the_device_and_resumes(tmp_path) -> None:
     stored = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json") if p.parent != tmp_path}
     # A second call starts nothing: finished experiments are neither redone nor lost.
     assert run_all.main(argv) == 0
-    again = json.loads((tmp_path / "run_all.json").read_text())
+    again = json.loads((tmp_path / "manifest.json").read_text())
     assert all(len(e["attempts"]) == 1 for e in again["runs"].values())
     assert {p: p.stat().st_mtime_ns for p in stored} == stored
     # --recheck starts the scripts again, which load their finished stages instead of rerunning.
@@ -55,3 +55,20 @@ def test_device_description_names_the_device() -> None:
 
     info = run_all.device_description(torch.device("cpu"))
     assert info["device"] == "cpu" and info["cpu_count"] >= 1 and info["torch"]
+
+
+def test_manifest_records_commit_threads_and_whether_one_commit_made_everything() -> None:
+    manifest = {"runs": {
+        "full/polyprog": {"status": "finished", "attempts": [
+            {"started": "a", "seconds": 10.0, "git_commit": "a" * 40, "git_dirty": False}]},
+        "full/vae": {"status": "finished", "attempts": [
+            {"started": "b", "seconds": 5.0, "git_commit": "a" * 40, "git_dirty": False}]},
+        "full/sudoku": {"status": "failed", "attempts": [
+            {"started": "c", "seconds": 1.0, "git_commit": "b" * 40, "git_dirty": False}]}}}
+    run_all._summarise_manifest(manifest)
+    assert manifest["one_commit"] and manifest["git_commits"] == ["a" * 40]
+    assert manifest["total_seconds"] == 15.0 and set(manifest["stages"]) == {
+        "full/polyprog", "full/vae"}
+    manifest["runs"]["full/sudoku"]["status"] = "finished"
+    run_all._summarise_manifest(manifest)
+    assert not manifest["one_commit"] and len(manifest["git_commits"]) == 2

@@ -126,6 +126,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, same code path: checks the script end to end")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads); run_all fixes it")
 
 
 def parse_estimators(text: str | None, allowed: Sequence[str]) -> list[str]:
@@ -231,6 +233,10 @@ def parse_cli(
         device = resolve_device(args.device)
         if args.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
         Deadline(args.max_minutes)
     except ValueError as error:
         parser.error(str(error))

@@ -10,8 +10,11 @@ Usage::
 Each experiment runs in its own process (``python -m redge_mini.book.experiments.<name>``), never
 two at once, so no timing is made under contention and a crash of one does not lose the others.
 The scripts are resumable stage by stage (a finished stage is a result file that is loaded, not
-recomputed), and this runner keeps a manifest ``<out>/run_all.json``: the device, the software,
-and for every experiment each attempt's start, duration and exit status. An experiment that
+recomputed), and this runner keeps a manifest ``<out>/manifest.json`` (by default
+``book/results/manifest.json``): the commit (``git_commit``, ``git_dirty``), the hardware, the
+thread count, the software, and for every experiment each attempt's start, duration, exit status
+and commit. The thread count is fixed by the runner (``--threads``, default 2) and passed to every
+script, so that the runs are deterministic and their timings comparable. An experiment that
 finished (exit status 0) at this scale is not started again unless ``--recheck`` is given. After
 each experiment its ``summary.csv`` is regenerated from the stored files when the script offers
 ``write_summary_csv``.
@@ -45,7 +48,10 @@ __all__ = ["EXPERIMENTS", "device_description", "main", "project", "run_experime
 #: The experiments in the order they run (cheapest and most basic first).
 EXPERIMENTS: tuple[str, ...] = ("polyprog", "vae", "sudoku", "mdm_guidance", "image_guidance")
 
-MANIFEST = "run_all.json"
+MANIFEST = "manifest.json"
+
+#: Threads of every experiment process unless ``--threads`` says otherwise.
+DEFAULT_THREADS = 2
 
 
 def device_description(device: torch.device) -> dict[str, Any]:
@@ -54,7 +60,7 @@ def device_description(device: torch.device) -> dict[str, Any]:
     return {"device": meta["device"], "device_name": meta["device_name"],
             "cpu": runtime.device_name("cpu"), "cpu_count": os.cpu_count(),
             "torch": meta["torch"], "python": meta["python"],
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+            "sampler": meta["sampler"], "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def _now() -> str:
@@ -74,14 +80,33 @@ def _save_manifest(path: Path, manifest: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _summarise_manifest(manifest: dict[str, Any]) -> None:
+    """Top-level provenance of the manifest: the commits of the attempts that finished each
+    experiment, whether that is one commit, and the seconds of each finished experiment."""
+    finished = {key: entry["attempts"][-1] for key, entry in manifest["runs"].items()
+                if entry.get("status") == "finished" and entry["attempts"]}
+    commits = sorted({a.get("git_commit", "unknown") for a in finished.values()})
+    manifest["stages"] = {key: {"seconds": a["seconds"], "git_commit": a.get("git_commit"),
+                                "git_dirty": a.get("git_dirty"), "started": a["started"]}
+                          for key, a in finished.items()}
+    manifest["git_commits"] = commits
+    manifest["one_commit"] = len(commits) == 1 and not any(
+        a.get("git_dirty") for a in finished.values())
+    manifest["total_seconds"] = round(sum(a["seconds"] for a in finished.values()), 1)
+
+
 def run_experiment(name: str, *, scale: str, device: torch.device, folder: Path,
-                   max_minutes: float | None, extra: list[str] | None = None) -> tuple[int, float]:
-    """Run one experiment script in a child process; return ``(exit status, seconds)``."""
+                   max_minutes: float | None, extra: list[str] | None = None,
+                   threads: int = DEFAULT_THREADS) -> tuple[int, float]:
+    """Run one experiment script in a child process with ``threads`` threads; return
+    ``(exit status, seconds)``."""
     command = [sys.executable, "-m", f"redge_mini.book.experiments.{name}", "--scale", scale,
-               "--device", device.type, "--out", str(folder), "--no-progress", *(extra or [])]
+               "--device", device.type, "--out", str(folder), "--no-progress",
+               "--threads", str(threads), *(extra or [])]
     if max_minutes is not None:
         command += ["--max-minutes", f"{max_minutes:.3f}"]
-    env = {**os.environ, "REDGE_SCALE": scale, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "REDGE_SCALE": scale, "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     tic = time.perf_counter()
     status = subprocess.call(command, env=env)
     return status, time.perf_counter() - tic
@@ -138,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only regenerate the summary.csv files from stored results")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, same code path (passed on to every script)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"CPU threads of every experiment (default {DEFAULT_THREADS})")
     args = parser.parse_args(argv)
     try:
         names = EXPERIMENTS if args.only is None else tuple(
@@ -149,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         if args.max_minutes is not None and not args.max_minutes > 0:
             raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
     except ValueError as error:
         parser.error(str(error))
     root = args.out if args.out is not None else runtime.results_dir()
@@ -169,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest_path = root / MANIFEST
     manifest = _load_manifest(manifest_path)
+    git = runtime.git_state()
+    manifest.update(scale=scale, num_threads=args.threads, hardware=device_description(device))
     start = time.perf_counter()
     unfinished = 0
     for name in names:
@@ -188,13 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         started = _now()
         print(f"run_all: {name} ({args.scale}, {device.type}) started {started}", file=sys.stderr)
         status, seconds = run_experiment(name, scale=args.scale, device=device,
-                                         folder=root / name, max_minutes=left, extra=extra)
+                                         folder=root / name, max_minutes=left, extra=extra,
+                                         threads=args.threads)
         entry["attempts"].append({"started": started, "seconds": round(seconds, 1),
-                                  "exit_status": status,
+                                  "exit_status": status, "threads": args.threads, **git,
                                   "device": device_description(device)})
         entry["status"] = "finished" if status == 0 else (
             "unfinished" if status == 3 else "failed")
         manifest["device"] = device_description(device)
+        _summarise_manifest(manifest)
         _save_manifest(manifest_path, manifest)
         unfinished += status != 0
         print(f"run_all: {name} {entry['status']} in {seconds:.0f} s", file=sys.stderr)
