@@ -1,75 +1,99 @@
-"""The synthesis chapter's reading of the summary files: interval rule, headlines, t_1, costs."""
+"""The synthesis chapter's reading of the verdict files: roles, member tables, advice with
+citations, the tuning-row filter (the ``tuned_lr`` bug), t_1 landings, costs, provenance."""
 
 from __future__ import annotations
+
+import json
+import random
 
 import pytest
 
 from redge_mini.book.experiments import synthesis as syn
-from redge_mini.book.experiments.summary import summary_row, write_summary
+from redge_mini.book.experiments import verdicts as V
+from redge_mini.book.experiments.summary import Row, summary_row, write_summary
 
 
-def rows_of(experiment, specs):
-    """specs: (setting, estimator, knobs, metric, budget, values)."""
-    return [summary_row(experiment, *spec) for spec in specs]
+def series(shift, seed):
+    rng = random.Random(seed)
+    return {(s, f"p{i}"): float(rng.random() < 0.4 + shift) for s in range(3) for i in range(80)}
 
 
 @pytest.fixture
 def stored(tmp_path):
-    polyprog = rows_of("polyprog", [
-        ("p=2", "redge", {"n_steps": 3, "t_1": 0.9}, "final_gap", 1000, [1.0, 1.1, 0.9]),
-        ("p=2", "reindge", {"n_steps": 5, "t_1": 0.3}, "final_gap", 1000, [0.1, 0.11, 0.09]),
-        ("p=2", "st", {}, "final_gap", 1000, [2.0, 2.1, 1.9]),
-        ("p=2", "reinmax", {"tau": 1.0}, "final_gap", 1000, [0.5, 0.6, 0.4]),
-        # tuning rows and a shorter budget must not count
-        ("p=2", "redge", {"t_1": 0.1}, "tune_final_gap", 250, [0.0001, 0.0001]),
-        ("p=2", "st", {}, "final_gap", 100, [0.0, 0.0, 0.0]),
-    ])
-    vae = rows_of("vae", [
-        ("binary48", "redge", {"n_steps": 5, "t_1": 0.7}, "train_neg_elbo", 4000, [100, 101, 99]),
-        ("binary48", "reinmax", {"tau": 2.0}, "train_neg_elbo", 4000, [100.5, 101.5, 99.5]),
-        ("binary48", "st", {}, "ms_per_step", 50, [2.0]),
-        ("binary48", "redge", {"n_steps": 5, "t_1": 0.7}, "ms_per_step", 50, [3.0]),
-    ])
-    write_summary("polyprog", polyprog, root=tmp_path / "polyprog")
-    write_summary("vae", vae, root=tmp_path / "vae")
-    return syn.load_all(tmp_path)
+    units = []
+    for i, (name, knobs, shift) in enumerate([
+            ("st", {"lr": 0.3}, 0.0), ("reinmax", {"lr": 0.1, "tau": 1.5}, 0.0),
+            ("redge", {"lr": 0.1, "n_steps": 3, "t_1": 0.5}, 0.3),
+            ("redge", {"lr": 0.05, "n_steps": 3, "t_1": 0.9}, -0.3),      # the authors' demo
+            ("reindge", {"lr": 0.2, "n_steps": 5, "t_1": 0.7}, 0.0)]):
+        units += V.units_from_values("sudoku", "main", name, knobs, "final_solved", 2000,
+                                     series(shift, i))
+    tuning = [V.TuningRow("sudoku", "st", "lr", 12, 32, "32 puzzles", "lr=0.3", False),
+              V.TuningRow("sudoku", "reinmax", "lr;tau", 12, 32, "32 puzzles", "lr=0.1;tau=1.5",
+                          False),
+              V.TuningRow("sudoku", "redge", "lr;n_steps;t_1", 12, 32, "32 puzzles",
+                          "lr=0.1;n_steps=3;t_1=0.5", False),
+              V.TuningRow("sudoku", "reindge", "lr;n_steps;t_1", 12, 32, "32 puzzles",
+                          "lr=0.2;n_steps=5;t_1=0.7", True)]
+    timing = [summary_row("sudoku", "full", "st", {}, "ms_per_step", 1, [2.0]),
+              summary_row("sudoku", "full", "redge", {}, "ms_per_step", 1, [3.0])]
+    V.write_results("sudoku", units, [V.Metric("final_solved", True, 0.05, headline=True)],
+                    tuning, extra_rows=timing, root=tmp_path / "sudoku")
+    meta = {"git_commit": "a" * 40, "git_dirty": False, "device_name": "CPU X, 2 cores",
+            "num_threads": 2, "sampler": "cpp", "scale": "full"}
+    (tmp_path / "sudoku" / "full_timing.json").write_text(json.dumps(
+        {"metadata": meta, "data": {"stage": "timing"}}))
+    return tmp_path
 
 
-def test_missing_files_are_none_and_present_ones_are_read(stored) -> None:
-    assert stored["sudoku"] is None and stored["image_guidance"] is None
-    assert len(stored["polyprog"]) == 6 and len(stored["vae"]) == 4
+def test_missing_experiments_are_none(stored) -> None:
+    verdicts = syn.load_verdicts(stored)
+    assert verdicts["vae"] is None and verdicts["polyprog"] is None
+    assert [c.row for c in verdicts["sudoku"]] == list(range(1, 11))
 
 
-def test_headline_rows_skip_tuning_and_keep_the_largest_budget(stored) -> None:
-    metric, rows = syn.headline_rows(stored["polyprog"], syn.first_aspect("polyprog"))
-    assert metric == "final_gap"
-    assert {(r.estimator, r.budget) for r in rows} == {("redge", 1000), ("reindge", 1000),
-                                                       ("st", 1000), ("reinmax", 1000)}
-    assert syn.headline_rows(stored["vae"], syn.ASPECTS[2]) == (None, [])
+def test_roles_separate_the_authors_setting_from_the_tuned_series(stored) -> None:
+    tuning = syn.load_tuning(stored)["sudoku"]
+    assert syn.role("st", tuning) == "tuned"
+    assert syn.role("redge[lr=0.1;n_steps=3;t_1=0.5]", tuning) == "tuned"
+    assert syn.role("redge[lr=0.05;n_steps=3;t_1=0.9]", tuning) == "fixed"
+    rows = syn.tuned_headline(syn.load_verdicts(stored)["sudoku"], tuning)
+    assert len(rows) == 6                      # 4 tuned series, every pair once
+    assert all("0.9" not in c.verdict.estimator + c.verdict.rival for c in rows)
 
 
-def test_interval_rule_wins_ties_and_loses(stored) -> None:
-    _, rows = syn.headline_rows(stored["polyprog"], syn.first_aspect("polyprog"))
-    (c,) = syn.compare(rows, higher_is_better=False)
-    # ReinDGE's interval lies wholly below ReinMax's: a win; plain ReDGE's wholly above: a loss.
-    assert (c.family.estimator, c.other.estimator, c.verdict) == ("reindge", "reinmax", "wins")
-    assert syn.compare([c.plain_redge, c.other], False)[0].verdict == "loses"
-    _, rows = syn.headline_rows(stored["vae"], syn.first_aspect("vae"))
-    (c,) = syn.compare(rows, higher_is_better=False)
-    assert c.verdict == "ties"                       # overlapping intervals
-    # With "higher is better" the same numbers turn a win into a loss.
-    _, rows = syn.headline_rows(stored["polyprog"], syn.first_aspect("polyprog"))
-    (c,) = syn.compare(rows, higher_is_better=True)
-    assert (c.family.estimator, c.other.estimator) == ("redge", "st") and c.verdict == "loses"
+def test_member_counts_and_advice_cite_the_rows(stored) -> None:
+    verdicts, tuning = syn.load_verdicts(stored), syn.load_tuning(stored)
+    counts = syn.member_counts(verdicts, tuning)
+    assert counts["redge"]["st"]["better"] == 1 and counts["redge"]["reinmax"]["better"] == 1
+    assert sum(counts["reindge"]["redge"].values()) == 0     # ReDGE is the estimator there
+    (sentence,) = syn.advice(verdicts, tuning, {"redge": "ReDGE", "st": "ST"})
+    assert sentence.startswith("In sudoku (final_solved), no tuned estimator is better than ReDGE")
+    beaten = [c for c in verdicts["sudoku"] if c.verdict.verdict == "better"
+              and syn.role(c.verdict.rival, tuning["sudoku"]) == "tuned"
+              and syn.role(c.verdict.estimator, tuning["sudoku"]) == "tuned"]
+    assert beaten and all(c.ref in sentence for c in beaten[:4])
 
 
-def test_t1_landings_costs_and_top_groups(stored) -> None:
-    landings = syn.t1_landings(stored)
-    assert {(x["experiment"], x["estimator"], x["t_1"]) for x in landings} == {
-        ("polyprog", "redge", 0.9), ("polyprog", "reindge", 0.3), ("vae", "redge", 0.7)}
-    assert syn.costs(stored) == {"vae": {"st": 1.0, "redge": 1.5}}
-    groups = syn.top_groups(stored)
-    assert groups["polyprog"] == {"reindge"} and groups["vae"] == {"redge", "reinmax"}
-    assert groups["sudoku"] is None
-    assert syn.parse_knobs("n_steps=3;t_1=0.5") == {"n_steps": 3.0, "t_1": 0.5}
-    assert syn.parse_knobs("") == {}
+def test_is_tuning_keeps_tuned_lr_rows() -> None:
+    def row(setting, metric="final_solved"):
+        return Row("sudoku", setting, "st", "lr=0.3", metric, 2000, 3, 0.4, 0.3, 0.5)
+
+    assert not syn.is_tuning(row("tuned_lr"))          # the bug: "tun" matched "tuned_lr"
+    assert not syn.is_tuning(row("authors_lr")) and not syn.is_tuning(row("p=2"))
+    assert syn.is_tuning(row("tune_knob")) and syn.is_tuning(row("tune_lr"))
+    assert syn.is_tuning(row("tuning")) and syn.is_tuning(row("main", "tune_final_gap"))
+
+
+def test_landings_costs_provenance_and_samplers(stored) -> None:
+    landings = syn.t1_landings(syn.load_tuning(stored))
+    assert {(x["estimator"], x["t_1"], x["on_edge"]) for x in landings} == {
+        ("redge", 0.5, False), ("reindge", 0.7, True)}
+    cost = syn.costs(syn.load_all(stored))
+    assert cost == {"sudoku": {"st": 1.0, "redge": 1.5}}
+    info = syn.provenance(stored)["sudoku"]
+    assert info["git_commit"] == ["a" * 40] and info["num_threads"] == [2]
+    assert syn.samplers(stored) == {"sudoku": "cpp"}
+    assert syn.manifest(stored) is None
+    write_summary("vae", [], root=stored / "vae")
+    assert syn.load_all(stored)["vae"] == []

@@ -1,32 +1,38 @@
-"""The five ``summary.csv`` files read together: the paper's claim against what each finds.
+"""The five experiments read together, from their verdict files only.
 
-Used by the synthesis chapter. Only the tidy summaries are read (never the chapters' own tables),
-so every sentence the chapter writes comes from the stored numbers. Two estimators are compared
-by their 95 % t-intervals over seeds: they *differ* when the intervals do not overlap (a
-conservative rule: non-overlapping 95 % intervals imply a significant difference at well below
-the 5 % level, while some significant differences still overlap); otherwise the comparison is a
-tie. The chapters' own verdicts use the per-seed values (paired tests where seeds share data)
-and can resolve smaller differences.
+Used by the synthesis chapter. Every comparative word it prints comes from a row of
+``book/results/<experiment>/verdicts.csv`` (:mod:`.verdicts`: paired on shared units, 95 %
+interval, Holm's adjustment over the experiment, declared equivalence margins), and every sentence
+that advises an estimator cites the rows it rests on as ``<experiment>#<row>`` (the row's 1-based
+position in that file). ``summary.csv`` is read only for what is not a comparison: the time of one
+step per estimator (``ms_per_step`` rows).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import REDGE_FAMILY
+from .. import runtime
 from .summary import Row, read_summary
+from .verdicts import TuningRow, Verdict, read_tuning, read_verdicts
 
-__all__ = ["ASPECTS", "EXPERIMENTS", "Aspect", "Comparison", "compare", "costs", "first_aspect",
-           "headline_rows", "load_all", "parse_knobs", "t1_landings", "top_groups"]
+__all__ = ["EXPERIMENTS", "FAMILY", "RIVALS", "Cited", "advice", "costs", "is_tuning",
+           "load_all", "load_tuning", "load_verdicts", "member_counts", "provenance", "role",
+           "samplers", "t1_landings", "tuned_headline"]
 
 #: The five experiments, in book order.
 EXPERIMENTS: tuple[str, ...] = ("polyprog", "vae", "sudoku", "mdm_guidance", "image_guidance")
+#: The ReDGE family, each member judged on its own (never "the best of the three").
+FAMILY: tuple[str, ...] = ("redge", "redge_cov", "reindge")
+#: Rivals in the order the tables show them.
+RIVALS: tuple[str, ...] = ("st", "gumbel", "reinmax", "reinforce", "unguided", *FAMILY)
 
-#: Chapter of each experiment (for cross-references).
+#: Chapter label of each experiment (for cross-references).
 CHAPTERS: dict[str, str] = {
     "polyprog": "polynomial-programming", "vae": "discrete-vae", "sudoku": "sudoku",
     "mdm_guidance": "mdm-guidance", "image_guidance": "image-guidance",
@@ -34,100 +40,149 @@ CHAPTERS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class Aspect:
-    """One reported quantity of an experiment: its metric (first of ``metrics`` present)."""
+class Cited:
+    """A verdict row and where it sits: ``<experiment>#<row>`` (1-based row of verdicts.csv)."""
 
-    experiment: str
-    metrics: tuple[str, ...]
-    higher_is_better: bool
-    description: str
+    verdict: Verdict
+    row: int
 
-
-#: What each experiment is judged on, headline first (the authors' metric where they have one).
-ASPECTS: tuple[Aspect, ...] = (
-    Aspect("polyprog", ("final_gap",), False, "final optimality gap"),
-    Aspect("vae", ("train_neg_elbo",), False, "training −ELBO (exact samples)"),
-    Aspect("vae", ("test_neg_elbo_best_valid", "test_neg_elbo"), False, "held-out −ELBO"),
-    Aspect("sudoku", ("final_violations",), False, "violations of the final sample"),
-    Aspect("sudoku", ("final_solved",), True, "solved rate of the final sample"),
-    Aspect("mdm_guidance", ("final_violations",), False, "violations of the final sample"),
-    Aspect("mdm_guidance", ("final_solved",), True, "solved rate of the final sample"),
-    Aspect("image_guidance", ("objective",), True, "guidance objective (10·reward − KL)"),
-    Aspect("image_guidance", ("reward", "final_reward", "mean_reward"), True, "reward"),
-)
+    @property
+    def ref(self) -> str:
+        """The citation, e.g. ``"sudoku#12"``."""
+        return f"{self.verdict.experiment}#{self.row}"
 
 
-def load_all(root: str | Path | None = None) -> dict[str, list[Row] | None]:
-    """``summary.csv`` rows of every experiment (None where the file is missing)."""
-    out: dict[str, list[Row] | None] = {}
+def _load(loader: Any, root: str | Path | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for experiment in EXPERIMENTS:
         folder = None if root is None else Path(root) / experiment
         try:
-            out[experiment] = read_summary(experiment, root=folder)
+            out[experiment] = loader(experiment, folder)
         except FileNotFoundError:
             out[experiment] = None
     return out
 
 
-def _is_tuning(row: Row) -> bool:
-    return row.metric.startswith("tune") or row.setting.lower().startswith("tun")
+def load_verdicts(root: str | Path | None = None) -> dict[str, list[Cited] | None]:
+    """Every experiment's verdict rows with their row numbers (None where the file is missing)."""
+    raw = _load(read_verdicts, root)
+    return {e: None if rows is None else [Cited(v, i + 1) for i, v in enumerate(rows)]
+            for e, rows in raw.items()}
 
 
-def headline_rows(rows: Sequence[Row], aspect: Aspect) -> tuple[str | None, list[Row]]:
-    """The metric used for ``aspect`` and its reported (non-tuning) rows at each setting's
-    largest budget; ``(None, [])`` when none of the aspect's metrics is present."""
-    reported = [r for r in rows if not _is_tuning(r)]
-    metric = next((m for m in aspect.metrics if any(r.metric == m for r in reported)), None)
-    if metric is None:
-        return None, []
-    chosen = [r for r in reported if r.metric == metric]
-    top = {}
-    for row in chosen:
-        top[row.setting] = max(top.get(row.setting, row.budget), row.budget)
-    return metric, [r for r in chosen if r.budget == top[r.setting]]
+def load_tuning(root: str | Path | None = None) -> dict[str, list[TuningRow] | None]:
+    """Every experiment's ``tuning.csv`` rows (None where the file is missing)."""
+    return _load(read_tuning, root)
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """The best ReDGE-family row against the best other estimator at one setting."""
-
-    setting: str
-    family: Row
-    other: Row
-    verdict: str            # "wins", "ties", "loses" (family against other) or "one run"
-    plain_redge: Row | None
+def load_all(root: str | Path | None = None) -> dict[str, list[Row] | None]:
+    """Every experiment's ``summary.csv`` rows (None where the file is missing)."""
+    return _load(lambda e, folder: read_summary(e, root=folder), root)
 
 
-def _better(a: float, b: float, higher: bool) -> bool:
-    return a > b if higher else a < b
+def is_tuning(row: Row) -> bool:
+    """Whether a summary row reports a tuning stage rather than an evaluation.
+
+    Tuning stages are named ``tune`` or ``tune_<something>`` (``tune_knob``, ``tune_lr``), or
+    their metric is; a setting such as ``tuned_lr`` (an evaluation at the tuned learning rate)
+    is an evaluation. (An earlier test on the prefix ``"tun"`` dropped those rows.)
+    """
+    def stage(text: str) -> bool:
+        text = text.lower()
+        return text in ("tune", "tuning") or text.startswith("tune_")
+
+    return stage(row.setting) or stage(row.metric)
 
 
-def compare(rows: Sequence[Row], higher_is_better: bool) -> list[Comparison]:
-    """Per setting: best family member against best other estimator (``unguided`` excluded),
-    judged by the overlap of their 95 % intervals."""
-    out = []
-    for setting in dict.fromkeys(r.setting for r in rows):
-        here = [r for r in rows if r.setting == setting and r.estimator != "unguided"]
-        family = [r for r in here if r.estimator in REDGE_FAMILY]
-        others = [r for r in here if r.estimator not in REDGE_FAMILY]
-        if not family or not others:
-            continue
-        pick = max if higher_is_better else min
-        best_f = pick(family, key=lambda r: r.mean)
-        best_o = pick(others, key=lambda r: r.mean)
-        if best_f.n_seeds < 2 or best_o.n_seeds < 2:
-            verdict = "one run"
-        elif best_f.ci_low > best_o.ci_high or best_f.ci_high < best_o.ci_low:
-            verdict = "wins" if _better(best_f.mean, best_o.mean, higher_is_better) else "loses"
-        else:
-            verdict = "ties"
-        plain = next((r for r in family if r.estimator == "redge"), None)
-        out.append(Comparison(setting, best_f, best_o, verdict, plain))
+def role(name: str, tuning: Sequence[TuningRow] | None) -> str:
+    """``"tuned"`` or ``"fixed"`` (the authors' setting) for a series name of verdicts.csv.
+
+    A plain name is the estimator's only series. A name ``est[knobs]`` is tuned when ``knobs``
+    is a choice that ``tuning.csv`` records for ``est``, else a fixed setting shown beside it.
+    """
+    base, _, rest = name.partition("[")
+    if not rest:
+        return "tuned"
+    knobs = rest[:-1]
+    chosen = {t.chosen for t in tuning or () if t.estimator == base}
+    return "tuned" if knobs in chosen else "fixed"
+
+
+def tuned_headline(rows: Iterable[Cited], tuning: Sequence[TuningRow] | None) -> list[Cited]:
+    """The headline rows that compare two tuned series (the authors' fixed settings aside)."""
+    return [c for c in rows if c.verdict.headline and role(c.verdict.estimator, tuning) == "tuned"
+            and role(c.verdict.rival, tuning) == "tuned"]
+
+
+def member_counts(verdicts: dict[str, list[Cited] | None],
+                  tuning: dict[str, list[TuningRow] | None],
+                  ) -> dict[str, dict[str, Counter[str]]]:
+    """member -> rival -> counts of the four words over the tuned headline rows of every
+    experiment (each setting and headline budget counts once)."""
+    out: dict[str, dict[str, Counter[str]]] = {m: defaultdict(Counter) for m in FAMILY}
+    for experiment, rows in verdicts.items():
+        for c in tuned_headline(rows or (), tuning.get(experiment)):
+            v = c.verdict
+            if v.base_estimator in FAMILY:
+                out[v.base_estimator][v.base_rival][v.verdict] += 1
     return out
 
 
-def parse_knobs(text: str) -> dict[str, float]:
-    """``"n_steps=3;t_1=0.5"`` -> ``{"n_steps": 3.0, "t_1": 0.5}`` (empty string -> {})."""
+def advice(verdicts: dict[str, list[Cited] | None], tuning: dict[str, list[TuningRow] | None],
+           labels: dict[str, str]) -> list[str]:
+    """One sentence per experiment: the tuned estimators that no other tuned estimator beats on
+    the headline, and the ones that are beaten, each with the rows it rests on."""
+    sentences = []
+    for experiment, rows in verdicts.items():
+        here = tuned_headline(rows or (), tuning.get(experiment))
+        if not here:
+            continue
+        beaten: dict[str, list[Cited]] = defaultdict(list)
+        names: set[str] = set()
+        for c in here:
+            v = c.verdict
+            names |= {v.base_estimator, v.base_rival}
+            if v.verdict == "worse":
+                beaten[v.base_estimator].append(c)
+            elif v.verdict == "better":
+                beaten[v.base_rival].append(c)
+        names.discard("unguided")
+        top = sorted(n for n in names if n not in beaten)
+        metric = here[0].verdict.metric
+        order = [n for n in RIVALS if n in names] + sorted(names - set(RIVALS))
+        if top:
+            text = (f"In {experiment} ({metric}), no tuned estimator is better than "
+                    f"{', '.join(labels.get(n, n) for n in order if n in top)}")
+        else:
+            text = f"In {experiment} ({metric}), every tuned estimator is beaten somewhere"
+        losers = [n for n in order if n in beaten]
+        if losers:
+            parts = []
+            for n in losers:
+                refs = sorted({c.ref for c in beaten[n]}, key=lambda r: int(r.split("#")[1]))
+                parts.append(f"{labels.get(n, n)} ({', '.join(refs[:4])}"
+                             f"{', …' if len(refs) > 4 else ''})")
+            text += "; worse than some other: " + "; ".join(parts)
+        else:
+            text += "; none is worse than another (no row says better or worse)"
+        sentences.append(text + ".")
+    return sentences
+
+
+def t1_landings(tuning: dict[str, list[TuningRow] | None]) -> list[dict[str, Any]]:
+    """The tuned ``t_1`` (and ``n_steps``) of every family member in every experiment."""
+    out = []
+    for experiment, rows in tuning.items():
+        for row in rows or ():
+            knobs = _parse(row.chosen)
+            if row.estimator in FAMILY and "t_1" in knobs:
+                out.append({"experiment": experiment, "estimator": row.estimator,
+                            "t_1": knobs["t_1"], "n_steps": knobs.get("n_steps"),
+                            "on_edge": row.on_edge})
+    return out
+
+
+def _parse(text: str) -> dict[str, float]:
     out = {}
     for part in filter(None, text.split(";")):
         name, _, value = part.partition("=")
@@ -138,61 +193,68 @@ def parse_knobs(text: str) -> dict[str, float]:
     return out
 
 
-def t1_landings(summaries: dict[str, list[Row] | None]) -> list[dict[str, Any]]:
-    """Chosen ``t_1`` of every ReDGE-family member in every headline row (one per setting)."""
-    out = []
-    for aspect in ASPECTS:
-        rows = summaries.get(aspect.experiment)
-        if rows is None or aspect is not first_aspect(aspect.experiment):
-            continue
-        _, chosen = headline_rows(rows, aspect)
-        for row in chosen:
-            knobs = parse_knobs(row.knobs)
-            if row.estimator in REDGE_FAMILY and "t_1" in knobs:
-                out.append({"experiment": aspect.experiment, "setting": row.setting,
-                            "estimator": row.estimator, "t_1": knobs["t_1"],
-                            "n_steps": knobs.get("n_steps", math.nan)})
-    return out
-
-
-def first_aspect(experiment: str) -> Aspect:
-    """The headline aspect of ``experiment`` (the first of :data:`ASPECTS`)."""
-    return next(a for a in ASPECTS if a.experiment == experiment)
-
-
-def top_groups(summaries: dict[str, list[Row] | None]) -> dict[str, set[str] | None]:
-    """experiment -> estimators whose 95 % interval overlaps the best one's at *every* setting
-    of the headline aspect (None when the experiment has no usable rows)."""
-    out: dict[str, set[str] | None] = {}
-    for experiment in EXPERIMENTS:
-        rows = summaries.get(experiment)
-        aspect = first_aspect(experiment)
-        metric, chosen = headline_rows(rows or [], aspect)
-        if metric is None:
-            out[experiment] = None
-            continue
-        pick = max if aspect.higher_is_better else min
-        top: set[str] | None = None
-        for setting in dict.fromkeys(r.setting for r in chosen):
-            here = [r for r in chosen if r.setting == setting and r.estimator != "unguided"]
-            best = pick(here, key=lambda r: r.mean)
-            group = {r.estimator for r in here
-                     if r.ci_low <= best.ci_high and r.ci_high >= best.ci_low}
-            top = group if top is None else top & group
-        out[experiment] = top or set()
-    return out
-
-
 def costs(summaries: dict[str, list[Row] | None]) -> dict[str, dict[str, float]]:
     """experiment -> estimator -> ms per step relative to Straight-Through (where recorded)."""
     out = {}
     for experiment, rows in summaries.items():
-        if rows is None:
-            continue
-        timing = {}
-        for row in rows:
-            if row.metric == "ms_per_step":
+        timing: dict[str, float] = {}
+        for row in rows or ():
+            if row.metric == "ms_per_step" and not is_tuning(row):
                 timing.setdefault(row.estimator, row.mean)
-        if "st" in timing and timing["st"] > 0:
+        if timing.get("st", 0) > 0:
             out[experiment] = {e: v / timing["st"] for e, v in timing.items()}
     return out
+
+
+def _records(experiment: str, root: str | Path | None) -> list[dict[str, Any]]:
+    folder = Path(root) / experiment if root is not None else runtime.results_dir(experiment)
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            out.append({**record, "_file": path.name})
+    return out
+
+
+def provenance(root: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """experiment -> what its stored records say about how they were made: commits, whether any
+    tree was dirty, devices, thread counts, samplers and scales (sets), and the record count."""
+    out = {}
+    for experiment in EXPERIMENTS:
+        fields: dict[str, set[Any]] = defaultdict(set)
+        records = _records(experiment, root)
+        for record in records:
+            meta = record.get("metadata", {})
+            for key in ("git_commit", "git_dirty", "device_name", "num_threads", "sampler",
+                        "scale"):
+                fields[key].add(meta.get(key, "not recorded"))
+        out[experiment] = {"records": len(records), **{k: sorted(v, key=str)
+                                                      for k, v in fields.items()}}
+    return out
+
+
+def samplers(root: str | Path | None = None) -> dict[str, str]:
+    """experiment -> the sampler implementation of its timing record (``cpp``, ``torch``,
+    ``triton``), where one is stored."""
+    out = {}
+    for experiment in EXPERIMENTS:
+        for record in _records(experiment, root):
+            stage = str(record.get("data", {}).get("stage", "")) + record["_file"]
+            if "timing" in stage or "cost" in stage:
+                out[experiment] = record.get("metadata", {}).get("sampler", "not recorded")
+                break
+    return out
+
+
+def manifest(root: str | Path | None = None) -> dict[str, Any] | None:
+    """``book/results/manifest.json`` (None when absent)."""
+    path = (Path(root) if root is not None else runtime.results_dir()) / "manifest.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+__all__.append("manifest")
