@@ -206,65 +206,109 @@ def test_mean_field_rejects_bad_arguments() -> None:
         sudoku.solve_mean_field(puzzles, "st", steps=2, lr=0.1, budgets=[3], generator=None)
 
 
-def test_experiment_script_runs_resumes_and_refuses_bad_input(tmp_path, capsys) -> None:
-    from redge_mini.book.experiments import sudoku as e3
-    from redge_mini.book.experiments.summary import read_summary
+def test_mean_field_runs_paired_configs() -> None:
+    g = torch.Generator().manual_seed(12)
+    puzzles, _ = sudoku.make_puzzles(3, 20, generator=g)
+    knobs = [{"t_1": 0.5}, {"t_1": 0.9, "n_steps": 3}, {"t_1": 0.5}]
+    result = sudoku.solve_mean_field(puzzles, "redge", steps=4, lr=[0.1, 0.2, 0.3], knobs=knobs,
+                                     paired=True, generator=g, budgets=[2, 4])
+    assert [c["lr"] for c in result.configs] == [0.1, 0.2, 0.3]
+    assert [c["knobs"]["t_1"] for c in result.configs] == [0.5, 0.9, 0.5]
+    assert result.violations.shape == (3, 2, 3) and result.extra["clue_mismatches"] == 0
+    # the recorded violations are those of the recorded final grids
+    assert torch.equal(result.violations[:, -1], sudoku.violations(
+        result.final_grids.reshape(-1, 81)).reshape(3, 3))
+    with pytest.raises(ValueError, match="paired"):
+        sudoku.solve_mean_field(puzzles, "redge", steps=2, lr=[0.1], knobs=knobs, paired=True,
+                                generator=None)
 
-    args = ["--smoke", "--out", str(tmp_path), "--estimators", "st,redge", "--device", "cpu"]
+
+def test_protocol_meets_the_thresholds_and_tunes_equally() -> None:
+    from redge_mini.book.experiments import sudoku as e3
+
+    full = e3.protocol("full")
+    assert full.n_eval >= 200 and full.n_seeds >= 3 and full.n_tune >= 30
+    assert full.steps == 2000 and full.budgets[-1] == full.steps
+    assert {m.name for m in e3.METRICS} == set(e3.MARGINS)
+    assert [m.name for m in e3.METRICS if m.headline] == ["final_solved"]
+    for name in e3.ESTIMATOR_NAMES:  # the same number of configurations, lr always tuned
+        configs = e3.tuning_configs(full, name)
+        assert len(configs) == full.n_configs
+        assert all("lr" in c and full.lr_low <= c["lr"] <= full.lr_high for c in configs)
+        assert len({tuple(sorted(c.items())) for c in configs}) == full.n_configs
+    # the authors' settings run beside the tuned ReDGE only
+    assert len(e3.eval_series("redge", {"lr": 0.2, "n_steps": 5, "t_1": 0.5})) == 3
+    assert len(e3.eval_series("redge", dict(e3.AUTHOR_SERIES["README demo"]))) == 2
+    assert e3.eval_series("st", {"lr": 0.2}) == [{"lr": 0.2}]
+    table = e3.protocol_table(full)
+    assert all(r["reason"] for r in table if r["authors"] != r["ours"])
+    # tuning and evaluation puzzles are disjoint
+    tune = {tuple(p.tolist()) for p in e3.tuning_puzzles(full)}
+    assert len(tune) == full.n_tune
+    assert not tune & {tuple(p.tolist()) for p in e3.eval_puzzles(full)}
+
+
+def test_experiment_smoke_writes_verdicts_recomputable_from_units(tmp_path, capsys) -> None:
+    import math
+
+    from scipy import stats
+
+    from redge_mini.book.experiments import sudoku as e3
+    from redge_mini.book.experiments import verdicts as vd
+
+    args = ["--smoke", "--out", str(tmp_path), "--device", "cpu", "--threads", "1"]
     assert e3.main(args) == 0
-    files = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert files == [f"small-smoke_{stage}.json" for stage in (
-        "main_redge", "main_st", "timing", "tune_knob_redge", "tune_knob_st", "tune_lr_redge",
-        "tune_lr_st")]
-    stamp = (tmp_path / "small-smoke_main_st.json").stat().st_mtime_ns
+    names = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert names == sorted([f"small-smoke_{stage}_{e}.json" for stage in ("eval", "tune")
+                            for e in e3.ESTIMATOR_NAMES] + ["small-smoke_timing.json"])
+    stamp = (tmp_path / "small-smoke_eval_st.json").stat().st_mtime_ns
     assert e3.main(args) == 0  # resumed: nothing recomputed
-    assert (tmp_path / "small-smoke_main_st.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "small-smoke_eval_st.json").stat().st_mtime_ns == stamp
     proto = e3.protocol("small", smoke=True)
-    summary = e3.summarise(e3.run(proto, ["st", "redge"], out=tmp_path))
-    assert set(summary["estimators"]) == {"st", "redge"}
-    assert summary["chosen"]["redge"]["knobs"] in proto.grids["redge"]
-    assert summary["chosen"]["st"]["tuned_lr"] in proto.lr_grid
-    rows = read_summary("sudoku", tmp_path)
-    main_rows = [r for r in rows if r.setting in ("authors_lr", "tuned_lr")]
-    assert {r.metric for r in main_rows} == set(e3.METRICS)
-    assert all(r.n_seeds == proto.n_seeds for r in main_rows)
-    assert all("lr=0.05" in r.knobs for r in main_rows if r.setting == "authors_lr")
-    assert {r.setting for r in rows} >= {"tune_knob", "tune_lr"}
-    (tmp_path / "summary.csv").unlink()
-    assert e3.write_summary_csv(tmp_path, "small-smoke") is None  # st and redge only
+    units = vd.read_units("sudoku", tmp_path)
+    series: dict = {}
+    for u in units:
+        series.setdefault((u.estimator, u.knobs, u.metric, u.budget), {})[(u.seed, u.unit)] = (
+            u.value)
+    assert all(len(v) == proto.n_eval * proto.n_seeds for v in series.values())
+    demo = "lr=0.05;n_steps=3;t_1=0.9"
+    assert ("redge", demo, "final_solved", proto.steps) in series
+    # every verdict recomputed from units.csv by a paired t-test
+    rows = vd.read_verdicts("sudoku", tmp_path)
+    assert rows and {r.budget for r in rows} == {proto.steps}
+    assert {r.metric for r in rows if r.headline} == {"final_solved"}
+
+    def key(name: str, row: vd.Verdict) -> tuple:
+        base, _, knobs = name.partition("[")
+        if knobs:
+            return (base, knobs[:-1], row.metric, row.budget)
+        (only,) = [k for k in series if k[0] == base and k[2:] == (row.metric, row.budget)]
+        return only
+
+    for row in rows:
+        a, b = series[key(row.estimator, row)], series[key(row.rival, row)]
+        shared = sorted(set(a) & set(b))
+        x, y = [a[k] for k in shared], [b[k] for k in shared]
+        assert row.n_units == len(shared) == proto.n_eval * proto.n_seeds
+        assert math.isclose(row.diff, sum(x) / len(x) - sum(y) / len(y), abs_tol=1e-9)
+        if len({p - q for p, q in zip(x, y, strict=True)}) > 1:
+            test = stats.ttest_rel(x, y)
+            low, high = test.confidence_interval(0.95)
+            assert math.isclose(row.p_value, test.pvalue, rel_tol=1e-6)
+            assert math.isclose(row.ci_low, low, rel_tol=1e-6, abs_tol=1e-9)
+            assert math.isclose(row.ci_high, high, rel_tol=1e-6, abs_tol=1e-9)
+    # equal tuning budgets, lr among the tuned knobs, on the tuning puzzles
+    tuning = vd.read_tuning("sudoku", tmp_path)
+    assert {t.estimator for t in tuning} == set(e3.ESTIMATOR_NAMES)
+    assert {t.n_configs * t.n_runs for t in tuning} == {proto.n_configs * proto.n_tune}
+    assert all("lr" in t.knobs_tuned.split(";") for t in tuning)
+    # the chapter's in-memory verdicts are those of the file
+    summary = e3.summarise(e3.current_records(tmp_path, proto.scale))
+    assert [(v.estimator, v.rival, v.metric, v.verdict) for v in summary["verdicts"]] == [
+        (v.estimator, v.rival, v.metric, v.verdict) for v in rows]
+    (tmp_path / "verdicts.csv").unlink()
+    assert e3.write_summary_csv(tmp_path, proto.scale) is not None
+    assert (tmp_path / "verdicts.csv").is_file()
     with pytest.raises(SystemExit):
         e3.main(["--smoke", "--out", str(tmp_path), "--estimators", "nope"])
     assert "unknown estimator" in capsys.readouterr().err
-
-
-def test_edge_detection_and_choice_rule() -> None:
-    from redge_mini.book.experiments import sudoku as e3
-    from redge_mini.book.experiments import tuning
-
-    grid = e3.REDGE_GRID
-    assert tuning.on_edge(grid, grid.index({"n_steps": 5, "t_1": 0.9}))  # t_1 at its top
-    assert tuning.on_edge(grid, grid.index({"n_steps": 3, "t_1": 0.5}))  # n_steps at its bottom
-    assert not tuning.on_edge(grid, grid.index({"n_steps": 5, "t_1": 0.5}))
-    assert tuning.on_edge([0.01, 0.05, 0.1], 0) and not tuning.on_edge([0.01, 0.05, 0.1], 1)
-    assert not tuning.on_edge([0.05, 0.01, 0.1], 0)  # unsorted grids (grown ones) work too
-    # a grid grows past the edge the choice sits on, one knob at a time, inside the knob's range
-    assert tuning.extend_grid("redge", grid, grid.index({"n_steps": 9, "t_1": 0.9})) == [
-        {"n_steps": 17, "t_1": 0.9}, {"n_steps": 9, "t_1": 0.9667}]
-    assert tuning.extend_grid("redge", grid, grid.index({"n_steps": 5, "t_1": 0.5})) == []
-    assert tuning.extend_grid("reinmax", [{"tau": 1.0}, {"tau": 2.0}], 0) == []  # tau >= 1
-    assert tuning.extend_grid("gumbel", [{"tau": 0.1}, {"tau": 2.0}], 0) == [{"tau": 0.0333}]
-    assert tuning.extend_grid("st", [{"lr": 0.1}, {"lr": 0.3}], 1) == [{"lr": 0.9}]
-    # in a tuning stage, a choice on the edge makes the grid grow (one round here)
-    proto = e3.protocol("small", smoke=True)
-    data = e3.run_tuning("tune_knob", "gumbel", proto, [{"tau": 0.5}, {"tau": 1.0}], [0.05],
-                         seed=0, device=torch.device("cpu"), max_rounds=1)
-    assert len(data["configs"]) == 3 and len(data["extended"]) == 1
-    assert data["extended"][0]["tau"] in (0.1667, 2.5)
-    assert not tuning.on_edge([{}], 0)
-    configs = [{"final_solved": [0, 1], "final_violations": [2, 0], "best_violations": [0, 0]},
-               {"final_solved": [1, 1], "final_violations": [0, 0], "best_violations": [0, 0]},
-               {"final_solved": [1, 1], "final_violations": [0, 0], "best_violations": [1, 0]}]
-    assert e3.choose(configs) == 1
-    table = e3.protocol_table(e3.protocol("full"))
-    assert next(r for r in table if r["item"] == "steps")["ours"] == "2000"
-    assert all(r["reason"] for r in table if r["authors"] != r["ours"])

@@ -1,4 +1,4 @@
-"""E3, Sudoku by mean-field optimisation, at the authors' protocol: tuning, seeds, final sample.
+"""E3, Sudoku by mean-field optimisation: equal random-search tuning, paired verdicts per puzzle.
 
 Usage::
 
@@ -7,36 +7,36 @@ Usage::
     python -m redge_mini.book.experiments.sudoku --smoke --out /tmp/sudoku   # seconds, end to end
 
 Protocol (full scale; :data:`AUTHORS` and :func:`protocol_table` set it beside the authors').
-Puzzles with ``n_blanks`` blanks are cut from diverse generated grids
-(:func:`redge_mini.book.tasks.sudoku.make_puzzles`). Every run is
-:func:`redge_mini.book.tasks.sudoku.solve_mean_field`: logits at 0, clues clamped, Adam on the
-penalty of the hard sample for ``steps`` steps. Three stages, each on its own puzzles:
+Every run is :func:`redge_mini.book.tasks.sudoku.solve_mean_field`: logits at 0, clues clamped,
+Adam on the penalty of the hard sample, ``steps`` steps. Puzzles have ``n_blanks`` blanks and are
+cut from diverse generated grids; the ``n_tune`` tuning puzzles and the ``n_eval`` evaluation
+puzzles are drawn from different seeds and checked to be disjoint.
 
-1. *knob tuning*: every estimator, every point of its knob grid (:data:`GRIDS`), at the authors'
-   learning rate, on ``n_tune`` tuning puzzles;
-2. *learning-rate tuning*: every estimator at its chosen knob, over ``lr_grid``, on the same
-   tuning puzzles;
-3. *evaluation*: every estimator at its chosen knob, at the authors' learning rate and at its
-   tuned one, on ``n_seeds`` seeds; seed ``s`` has its own ``n_eval`` puzzles, shared by all
-   estimators (so comparisons are paired by seed).
+1. *Tuning* (one stage per estimator): ``n_configs`` configurations of the estimator's search
+   space, the learning rate drawn jointly with its knobs (:func:`.tuning.sample_configs`, a Latin
+   hypercube; Straight-Through spends its ``n_configs`` on the learning rate alone), each run
+   once on every tuning puzzle for ``steps`` steps. The choice: most tuning puzzles solved by the
+   final hard sample (the headline), then fewest final violations.
+2. *Evaluation* (one stage per estimator): the tuned configuration on every evaluation puzzle,
+   ``n_seeds`` independent runs each (seed ``s`` = replicate ``s``); ReDGE also runs the authors'
+   fixed settings (:data:`AUTHOR_SERIES`) in the same batch. The unit is ``(seed, puzzle)``: every
+   estimator meets the same puzzles, so comparisons are paired.
+3. *Timing*: milliseconds per optimisation step of each estimator at its tuned knobs.
 
-A grid point is chosen by the most tuning puzzles solved by the *final* hard sample (the authors'
-metric), then the fewest final violations, then the fewest violations of any sample. Metrics of
-a run at budget ``b`` (the step count): ``final_solved`` and ``final_violations`` of the hard
-sample drawn at step ``b``, and, secondary, ``best_solved`` / ``best_violations`` over all samples
-up to ``b`` (a solver that checks every sample). Each seed's value is the mean over its puzzles;
-rows report the mean over seeds with a 95 % t-interval (:mod:`.summary`).
+Metrics of a run at budget ``b``: ``final_solved`` / ``final_violations`` of the hard sample drawn
+at step ``b`` (the authors' metrics; ``final_solved`` is the headline), and, secondary, at the last
+budget only, ``best_solved`` / ``best_violations`` over all samples up to it. Verdicts
+(:func:`.verdicts.verdicts_from_units`, Holm over all rows) are made at the last budget only, with
+the margins of :data:`MARGINS`; the other budgets draw the curve.
 
-One result file per stage and estimator (``<scale>_<stage>_<estimator>.json``) and the tidy
-``summary.csv``; a rerun skips finished files (and refuses one written with another
-configuration), so an interrupted run resumes where it stopped.
+One JSON record per stage (``<scale>_<stage>_<estimator>.json``, resumable) and, from them,
+``units.csv``, ``summary.csv``, ``verdicts.csv`` and ``tuning.csv`` (:func:`write_summary_csv`).
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,60 +46,60 @@ from ...registry import ESTIMATORS, get_spec, label
 from .. import runtime
 from ..tasks.sudoku import make_puzzles, penalty, solve_mean_field
 from ..timing import median_ms, time_interleaved
-from . import REDGE_FAMILY, Stages, knob_text, load_records, parse_cli
-from .summary import Row, paired_verdict, summary_row, timing_rows, write_summary
-from .tuning import GROW_ROUNDS, grow_search, on_edge
+from . import Stages, load_records, parse_cli
+from .summary import knob_string, timing_rows
+from .tuning import Axis, edge_of_space, sample_configs, search_space
+from .verdicts import Metric, TuningRow, Unit, Verdict, units_from_values, verdicts_from_units
+from .verdicts import write_results as _write_results
 
 EXPERIMENT = "sudoku"
+#: Marks records of this protocol (older records in the folder are ignored).
+PROTOCOL = "verdicts-1"
 ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
-METRICS: tuple[str, ...] = ("final_solved", "final_violations", "best_solved", "best_violations")
-#: Whether a larger value of a metric is better.
-HIGHER_IS_BETTER = {"final_solved": True, "final_violations": False, "best_solved": True,
-                    "best_violations": False}
+SETTING = "eval"
 
-#: The ReDGE family grid of issue 11 (t_1 x n_steps).
-REDGE_GRID: list[dict[str, float | int]] = [
-    {"n_steps": n, "t_1": t} for n in (3, 5, 9) for t in (0.1, 0.3, 0.5, 0.7, 0.9)]
-#: Knob grids per scale. ReinMax's temperature is >= 1 by construction (its lower edge is the
-#: boundary of the knob's domain); Straight-Through has no knob.
-GRIDS: dict[str, dict[str, list[dict[str, float | int]]]] = {
-    "full": {
-        "st": [{}],
-        "gumbel": [{"tau": t} for t in (0.1, 0.3, 0.5, 1.0, 2.0)],
-        "reinmax": [{"tau": t} for t in (1.0, 1.5, 2.0, 3.0, 5.0)],
-        "redge": REDGE_GRID,
-        "redge_cov": REDGE_GRID,
-        "reindge": REDGE_GRID,
-    },
-    "small": {
-        "st": [{}],
-        "gumbel": [{"tau": t} for t in (0.5, 1.0)],
-        "reinmax": [{"tau": t} for t in (1.0, 2.0)],
-        "redge": [{"n_steps": 3, "t_1": t} for t in (0.5, 0.9)],
-        "redge_cov": [{"n_steps": 3, "t_1": t} for t in (0.5, 0.9)],
-        "reindge": [{"n_steps": 3, "t_1": t} for t in (0.5, 0.9)],
-    },
+#: Equivalence margins, declared before the run (the smallest difference a reader would care
+#: about), each with its reason.
+MARGINS: dict[str, tuple[float, str]] = {
+    "final_solved": (0.05, "5 puzzles in 100: below that, a solve rate is not worth choosing on"),
+    "final_violations": (1.0, "one surplus digit in a grid of 81 cells"),
+}
+METRICS: tuple[Metric, ...] = (
+    Metric("final_solved", higher_is_better=True, margin=MARGINS["final_solved"][0],
+           headline=True),
+    Metric("final_violations", higher_is_better=False, margin=MARGINS["final_violations"][0]),
+)
+#: Secondary metrics (units and summary only, no verdicts): the best sample of a run.
+SECONDARY: tuple[str, ...] = ("best_solved", "best_violations")
+
+#: The authors' fixed settings, run beside the tuned ReDGE (the only estimator they specify):
+#: their README demo, and the demo's knobs at their configuration's default learning rate.
+AUTHOR_SERIES: dict[str, dict[str, Any]] = {
+    "README demo": {"n_steps": 3, "t_1": 0.9, "lr": 0.05},
+    "default lr": {"n_steps": 3, "t_1": 0.9, "lr": 0.1},
 }
 
-#: The authors' Sudoku demo (arXiv 2601.00781 and its code), as far as it is stated.
-AUTHORS: dict[str, Any] = {
+#: The authors' Sudoku protocol (arXiv 2601.00781 and its code; ``shared/notes/experiments.md``).
+AUTHORS: dict[str, str] = {
     "optimiser": "Adam",
-    "steps": 2000,
-    "lr": 0.05,
+    "steps": "README demo 2000; configuration default 10,000; batch runs: a list of budgets",
+    "lr": "README demo 0.05; configuration default 0.1; batch runs sweep lr",
     "metric": "final hard sample: violations, solved",
-    "estimators": "ReDGE (demo)",
-    "knobs": "ReDGE n_steps=3, t_1=0.9",
-    "tuning": "not stated",
-    "seeds": "not stated",
-    "puzzles": "not stated",
+    "estimators": "ReDGE (demo); batch runs sweep sampler knobs",
+    "knobs": "README demo: ReDGE n_steps=3, t_1=0.9",
+    "tuning": "batch runs: sampler knobs x learning rates x seeds x budgets",
+    "puzzles": "about 1000 validation puzzles (an archive that cannot be fetched here)",
 }
-#: Why our protocol differs from :data:`AUTHORS`, item by item (shown in the chapter's table).
+#: Why our protocol differs, item by item (shown in the chapter's table).
 DEVIATIONS: dict[str, str] = {
+    "steps": "the full scale runs the demo's 2000 steps (10,000 steps for every series do not "
+             "fit the time budget); the small scale is shorter so that the page runs in a minute",
+    "lr": "tuned per estimator jointly with its knobs; the demo's and the default lr are "
+          "series of their own",
+    "metric": "the authors' metric is the headline; best-of-run is added as a secondary view",
     "estimators": "the book compares every estimator of the registry",
-    "knobs": "each estimator's knob is tuned on held-out puzzles (the demo's value is one "
-             "point of the ReDGE grid)",
-    "tuning": "a fair comparison tunes every estimator on puzzles it is not judged on",
-    "seeds": "95 % t-intervals need several independent seeds",
+    "knobs": "every estimator's knobs are tuned; the demo's are a series of their own",
+    "tuning": "equal random search for every estimator, on puzzles never used to judge",
     "puzzles": "generated offline from diverse valid grids (nothing is downloaded)",
 }
 
@@ -112,46 +112,51 @@ class Protocol:
     n_blanks: int
     steps: int
     budgets: tuple[int, ...]
-    lr: float
-    lr_grid: tuple[float, ...]
+    n_configs: int
+    lr_low: float
+    lr_high: float
     n_tune: int
-    n_seeds: int
     n_eval: int
-    grids: dict[str, list[dict[str, float | int]]] = field(repr=False)
+    n_seeds: int
     puzzle_seed: int = 2024
 
     def __post_init__(self) -> None:
-        if min(self.n_tune, self.n_eval) < 1 or self.n_seeds < 2:
-            raise ValueError("n_tune and n_eval must be >= 1 and n_seeds >= 2")
+        if min(self.n_tune, self.n_eval, self.n_configs) < 1 or self.n_seeds < 1:
+            raise ValueError("n_tune, n_eval, n_configs and n_seeds must be >= 1")
         if not self.budgets or sorted(self.budgets) != list(self.budgets) \
                 or self.budgets[-1] != self.steps:
             raise ValueError(f"budgets must increase and end at steps={self.steps}, got "
                              f"{self.budgets}")
         if not 0 <= self.n_blanks <= 81:
             raise ValueError(f"n_blanks must lie in [0, 81], got {self.n_blanks}")
-        if self.lr not in self.lr_grid:
-            raise ValueError(f"lr_grid {self.lr_grid} must contain the authors' lr {self.lr}")
+        if not 0 < self.lr_low < self.lr_high:
+            raise ValueError(f"need 0 < lr_low < lr_high, got {self.lr_low}, {self.lr_high}")
 
-    def as_config(self, stage: str, estimator: str, **extra: Any) -> dict[str, Any]:
-        """The JSON-able configuration of one result file."""
-        config = {k: v for k, v in asdict(self).items() if k != "grids"}
-        config.update(stage=stage, estimator=estimator, knob_grid=self.grids[estimator], **extra)
-        return json.loads(json.dumps(config))
+    def config(self, stage: str, **extra: Any) -> dict[str, Any]:
+        """The JSON-able configuration of one stage's record."""
+        return json.loads(json.dumps({**asdict(self), "protocol": PROTOCOL, "stage": stage,
+                                      **extra}))
 
-    def ours(self) -> dict[str, Any]:
+    def space(self, estimator: str) -> dict[str, Axis]:
+        """The search space of ``estimator``: its knobs and the learning rate (log scale)."""
+        return search_space(estimator, Axis(self.lr_low, self.lr_high, log=True))
+
+    def ours(self) -> dict[str, str]:
         """Our values of the items of :data:`AUTHORS` (for the protocol table)."""
-        n_configs = sum(len(g) for g in self.grids.values())
+        demo = AUTHOR_SERIES["README demo"]
         return {
             "optimiser": "Adam",
-            "steps": self.steps,
-            "lr": f"{self.lr:g} (and a tuned lr from {', '.join(f'{v:g}' for v in self.lr_grid)})",
-            "metric": "final hard sample: violations, solved; best-of-run secondary",
-            "estimators": ", ".join(label(n) for n in self.grids),
-            "knobs": f"{n_configs} grid points in all; ReDGE family t_1 x n_steps "
-                     f"({len(self.grids['redge'])} points)",
-            "tuning": f"{self.n_tune} held-out puzzles, at the full budget",
-            "seeds": f"{self.n_seeds} seeds x {self.n_eval} puzzles each",
-            "puzzles": f"{self.n_blanks} blanks, diverse generated grids",
+            "steps": f"{self.steps} (curve at {', '.join(map(str, self.budgets))})",
+            "lr": f"tuned in [{self.lr_low:g}, {self.lr_high:g}] (log); ReDGE also at "
+                  f"{', '.join(format(s['lr'], 'g') for s in AUTHOR_SERIES.values())}",
+            "metric": "final hard sample: violations, solved (headline); best-of-run secondary",
+            "estimators": ", ".join(label(n) for n in ESTIMATOR_NAMES),
+            "knobs": f"tuned; ReDGE also at the demo's n_steps={demo['n_steps']}, "
+                     f"t_1={demo['t_1']}",
+            "tuning": f"{self.n_configs} random configurations per estimator, lr included, "
+                      f"on {self.n_tune} tuning puzzles",
+            "puzzles": f"{self.n_eval} evaluation puzzles x {self.n_seeds} seeds, "
+                       f"{self.n_blanks} blanks, generated",
         }
 
 
@@ -160,32 +165,24 @@ def protocol(scale: str, *, smoke: bool = False) -> Protocol:
     if scale not in ("small", "full"):
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     if scale == "full":
-        proto = Protocol("full", n_blanks=45, steps=2000, budgets=(250, 500, 1000, 2000),
-                         lr=0.05, lr_grid=(0.01, 0.03, 0.05, 0.1, 0.3, 1.0), n_tune=8,
-                         n_seeds=5, n_eval=10, grids=GRIDS["full"])
+        proto = Protocol("full", n_blanks=45, steps=2000, budgets=(500, 1000, 2000),
+                         n_configs=12, lr_low=0.01, lr_high=1.0, n_tune=32, n_eval=200,
+                         n_seeds=3)
     else:
-        proto = Protocol("small", n_blanks=40, steps=120, budgets=(40, 120), lr=0.05,
-                         lr_grid=(0.05, 0.2), n_tune=2, n_seeds=5, n_eval=2,
-                         grids=GRIDS["small"])
+        proto = Protocol("small", n_blanks=40, steps=150, budgets=(50, 150), n_configs=3,
+                         lr_low=0.05, lr_high=0.5, n_tune=4, n_eval=12, n_seeds=2)
     if smoke:
-        proto = replace(proto, scale=scale + "-smoke", steps=6, budgets=(3, 6), n_tune=2,
-                        n_seeds=2, n_eval=1, lr_grid=(proto.lr, proto.lr_grid[-1]))
+        proto = replace(proto, scale=scale + "-smoke", steps=6, budgets=(3, 6), n_configs=2,
+                        n_tune=2, n_eval=3, n_seeds=2)
     return proto
 
 
 def protocol_table(proto: Protocol) -> list[dict[str, str]]:
     """Rows ``item, authors, ours, reason`` (the reason is empty where we follow the authors)."""
     ours = proto.ours()
-    rows = []
-    for item, theirs in AUTHORS.items():
-        mine = ours[item]
-        same = str(mine) == str(theirs)
-        reason = "" if same else DEVIATIONS.get(item, "")
-        if not same and not reason:
-            reason = {"lr": "the authors' lr is kept; the tuned row is added beside it",
-                      "metric": "the authors' metric is the headline"}.get(item, "")
-        rows.append({"item": item, "authors": str(theirs), "ours": str(mine), "reason": reason})
-    return rows
+    return [{"item": item, "authors": theirs, "ours": ours[item],
+             "reason": "" if ours[item] == theirs else DEVIATIONS[item]}
+            for item, theirs in AUTHORS.items()]
 
 
 def tuning_puzzles(proto: Protocol) -> torch.Tensor:
@@ -195,115 +192,90 @@ def tuning_puzzles(proto: Protocol) -> torch.Tensor:
 
 
 def eval_puzzles(proto: Protocol) -> torch.Tensor:
-    """``(n_seeds * n_eval, 81)``: seed ``s`` owns rows ``s * n_eval .. (s + 1) * n_eval - 1``."""
-    return torch.cat([make_puzzles(
-        proto.n_eval, proto.n_blanks,
-        generator=torch.Generator().manual_seed(proto.puzzle_seed + 1 + s))[0]
-        for s in range(proto.n_seeds)])
-
-
-def _metrics(result: Any, c: int, b: int, budget: int) -> dict[str, torch.Tensor]:
-    """Per-row metrics of config ``c`` at budget index ``b``."""
-    return {
-        "final_solved": (result.violations[c, b] == 0).float(),
-        "final_violations": result.violations[c, b].float(),
-        "best_solved": result.solved_within(budget)[c].float(),
-        "best_violations": result.best_violations[c, b].float(),
-    }
+    """The ``n_eval`` evaluation puzzles; raises if one of them is also a tuning puzzle."""
+    puzzles = make_puzzles(proto.n_eval, proto.n_blanks,
+                           generator=torch.Generator().manual_seed(proto.puzzle_seed + 1))[0]
+    tune = {tuple(p.tolist()) for p in tuning_puzzles(proto)}
+    if any(tuple(p.tolist()) in tune for p in puzzles):
+        raise ValueError("an evaluation puzzle is also a tuning puzzle; change puzzle_seed")
+    return puzzles
 
 
 def _generator(seed: int, stage: str, estimator: str, device: torch.device) -> torch.Generator:
-    offset = {"tune_knob": 0, "tune_lr": 1, "main": 2}[stage]
-    value = seed + 1000 * offset + ESTIMATOR_NAMES.index(estimator)
+    value = seed + 1000 * ("tune", "eval").index(stage) + ESTIMATOR_NAMES.index(estimator)
     return torch.Generator(device=device).manual_seed(value)
 
 
-def run_tuning(stage: str, estimator: str, proto: Protocol, knobs: list[dict[str, Any]],
-               lrs: list[float], *, seed: int, device: torch.device,
-               max_rounds: int = 2) -> dict[str, Any]:
-    """A tuning stage for one estimator: per grid point, per-puzzle metrics at ``steps``.
-
-    When the chosen point lies on an edge of the grid, the grid grows past it
-    (:func:`.tuning.grow_search`) and the new points run on the same puzzles, up to ``max_rounds``
-    times; ``data["extended"]`` lists the points added.
-    """
-    puzzles = tuning_puzzles(proto).to(device)
-    generator = _generator(seed, stage, estimator, device)
-    wall, mismatches = 0.0, 0
-
-    def evaluate(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        nonlocal wall, mismatches
-        todo_knobs, todo_lrs = ((knobs, [p["lr"] for p in points]) if stage == "tune_lr"
-                                else (points, lrs))
-        start = time.perf_counter()
-        result = solve_mean_field(puzzles, estimator, steps=proto.steps, lr=todo_lrs,
-                                  knobs=todo_knobs, generator=generator)
-        wall += time.perf_counter() - start
-        mismatches += result.extra["clue_mismatches"]
-        return [{"knobs": config["knobs"], "lr": config["lr"],
-                 **{k: v.tolist() for k, v in _metrics(result, c, 0, proto.steps).items()}}
-                for c, config in enumerate(result.configs)]
-
-    grid = [{"lr": lr} for lr in lrs] if stage == "tune_lr" else knobs
-    configs, chosen, added = grow_search(
-        estimator, grid, evaluate, choose, max_rounds=max_rounds,
-        axis=(lambda c: {"lr": c["lr"]}) if stage == "tune_lr" else (lambda c: c["knobs"]))
-    return {"estimator": estimator, "stage": stage, "configs": configs, "chosen": chosen,
-            "extended": added, "wall_seconds": wall, "device": str(device),
-            "clue_mismatches": mismatches}
+def _split(config: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    knobs = {k: v for k, v in config.items() if k != "lr"}
+    return knobs, float(config["lr"])
 
 
-def choose(configs: list[dict[str, Any]]) -> int:
-    """Index of the chosen grid point: most tuning puzzles solved by the final sample, then
-    fewest final violations, then fewest violations of any sample."""
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
-    return min(range(len(configs)), key=lambda c: (
-        -mean(configs[c]["final_solved"]), mean(configs[c]["final_violations"]),
-        mean(configs[c]["best_violations"])))
+def tuning_configs(proto: Protocol, estimator: str, seed: int = 0) -> list[dict[str, Any]]:
+    """The ``n_configs`` configurations (knobs and ``lr``) tried for ``estimator``."""
+    return sample_configs(proto.space(estimator), proto.n_configs,
+                          seed=seed + 17 * ESTIMATOR_NAMES.index(estimator))
 
 
-def run_main(estimator: str, proto: Protocol, knobs: dict[str, Any], lrs: list[float], *,
-             seed: int, device: torch.device) -> dict[str, Any]:
-    """The evaluation stage for one estimator: per seed, per lr, per budget, the metrics."""
+def run_tuning(proto: Protocol, estimator: str, *, seed: int,
+               device: torch.device) -> dict[str, Any]:
+    """Tuning stage of one estimator: every configuration on every tuning puzzle, at once."""
+    configs = tuning_configs(proto, estimator, seed)
+    pairs = [_split(c) for c in configs]
+    result = solve_mean_field(tuning_puzzles(proto).to(device), estimator, steps=proto.steps,
+                              lr=[lr for _, lr in pairs], knobs=[k for k, _ in pairs],
+                              paired=True, generator=_generator(seed, "tune", estimator, device))
+    final = result.violations[:, -1]  # (configs, puzzles)
+    entries = [{"config": c, "final_solved": (final[i] == 0).float().mean().item(),
+                "final_violations": final[i].float().mean().item()}
+               for i, c in enumerate(configs)]
+    chosen = min(range(len(entries)), key=lambda i: (-entries[i]["final_solved"],
+                                                     entries[i]["final_violations"]))
+    return {"estimator": estimator, "stage": "tune", "configs": entries, "chosen": chosen,
+            "wall_seconds": result.seconds, "device": str(device),
+            "clue_mismatches": result.extra["clue_mismatches"]}
+
+
+def run_eval(proto: Protocol, estimator: str, series: list[dict[str, Any]], *, seed: int,
+             device: torch.device) -> dict[str, Any]:
+    """Evaluation stage of one estimator: each configuration of ``series`` on every evaluation
+    puzzle, ``n_seeds`` runs each, in one batch. Per series: violations of the final sample at
+    every budget and of the best sample at the last one, as ``[seed][puzzle]`` lists."""
     puzzles = eval_puzzles(proto).to(device)
-    start = time.perf_counter()
-    result = solve_mean_field(puzzles, estimator, steps=proto.steps, lr=lrs, knobs=knobs,
-                              generator=_generator(seed, "main", estimator, device),
-                              budgets=proto.budgets)
-    wall = time.perf_counter() - start
-    runs = []
-    for c, config in enumerate(result.configs):
-        per_budget = {}
-        for b, budget in enumerate(proto.budgets):
-            values = _metrics(result, c, b, budget)
-            per_budget[str(budget)] = {
-                key: v.reshape(proto.n_seeds, proto.n_eval).mean(-1).tolist()
-                for key, v in values.items()}
-        every = max(1, proto.steps // 200)
-        runs.append({"knobs": config["knobs"], "lr": config["lr"], "per_seed": per_budget,
-                     "trace_steps": list(range(every, proto.steps + 1, every)),
-                     "trace_violations": result.mean_violations[c, every - 1::every].tolist()})
-    solved = (result.violations[0, -1] == 0).nonzero().flatten()
-    failed = (result.violations[0, -1] > 0).nonzero().flatten()
-    examples = {kind: {"puzzle": puzzles[int(rows[0])].tolist(),
+    pairs = [_split(c) for c in series]
+    result = solve_mean_field(puzzles.repeat(proto.n_seeds, 1), estimator, steps=proto.steps,
+                              lr=[lr for _, lr in pairs], knobs=[k for k, _ in pairs],
+                              paired=True, budgets=proto.budgets,
+                              generator=_generator(seed, "eval", estimator, device))
+
+    def by_seed(values: torch.Tensor) -> list[list[int]]:
+        return values.reshape(proto.n_seeds, proto.n_eval).tolist()
+
+    runs = [{"config": c,
+             "final_violations": {str(b): by_seed(result.violations[i, j])
+                                  for j, b in enumerate(proto.budgets)},
+             "best_violations": by_seed(result.best_violations[i, -1]),
+             "trace": result.mean_violations[i, max(1, proto.steps // 100) - 1::max(
+                 1, proto.steps // 100)].tolist()}
+            for i, c in enumerate(series)]
+    final = result.violations[0, -1]
+    examples = {kind: {"puzzle": puzzles[int(rows[0]) % proto.n_eval].tolist(),
                        "grid": result.final_grids[0, int(rows[0])].tolist(),
-                       "violations": int(result.violations[0, -1, int(rows[0])])}
-                for kind, rows in (("solved", solved), ("failed", failed)) if len(rows)}
-    return {"estimator": estimator, "stage": "main", "runs": runs, "examples": examples,
-            "wall_seconds": wall, "device": str(device),
+                       "violations": int(final[int(rows[0])])}
+                for kind, rows in (("solved", (final == 0).nonzero().flatten()),
+                                   ("failed", (final > 0).nonzero().flatten())) if len(rows)}
+    return {"estimator": estimator, "stage": "eval", "runs": runs, "examples": examples,
+            "wall_seconds": result.seconds, "device": str(device),
             "clue_mismatches": result.extra["clue_mismatches"]}
 
 
 def time_steps(proto: Protocol, knobs: dict[str, dict[str, Any]], device: torch.device, *,
                rounds: int = 5, block_s: float = 0.2) -> dict[str, float]:
     """Milliseconds per optimisation step (sample + penalty + backward) of each estimator at its
-    chosen knob, on the evaluation batch shape, timed interleaved in one process (median over
-    ``rounds`` blocks, each after warm-up)."""
-    rows = proto.n_seeds * proto.n_eval
+    tuned knobs on the evaluation batch of one seed, timed interleaved in one process (median
+    over ``rounds`` blocks, each after warm-up)."""
     generator = torch.Generator(device=device).manual_seed(0)
-    logits = torch.randn(rows, 81, 9, generator=generator, device=device)
+    logits = torch.randn(proto.n_eval, 81, 9, generator=generator, device=device)
     calls = {}
     for name, k in knobs.items():
         spec = get_spec(name)
@@ -316,201 +288,170 @@ def time_steps(proto: Protocol, knobs: dict[str, dict[str, Any]], device: torch.
     return median_ms(time_interleaved(calls, device, rounds=rounds, block_s=block_s))
 
 
-def run(
-    proto: Protocol,
-    estimators: list[str] | None = None,
-    *,
-    out: Path | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    max_minutes: float | None = None,
-    save: bool = True,
-) -> list[dict[str, Any]]:
-    """Run (or resume) the three stages; return every record found or made (None-free).
+def eval_series(estimator: str, chosen: dict[str, Any]) -> list[dict[str, Any]]:
+    """The configurations evaluated for ``estimator``: its tuned one, and for ReDGE the
+    authors' settings of :data:`AUTHOR_SERIES` (a duplicate of the tuned one is run once)."""
+    series = [dict(chosen)]
+    if estimator == "redge":
+        series += [dict(c) for c in AUTHOR_SERIES.values() if c != chosen]
+    return series
 
-    Also writes ``summary.csv`` (when ``save``) once every estimator's evaluation is done.
+
+def run(proto: Protocol, estimators: list[str] | None = None, *, out: Path | None = None,
+        seed: int = 0, device: torch.device | str | None = None,
+        max_minutes: float | None = None, save: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) tuning, evaluation and timing; return every record found or made.
+
+    Writes the four CSV tables (when ``save``) once every estimator's evaluation is done.
     """
     estimators = list(ESTIMATOR_NAMES) if estimators is None else estimators
     dev = torch.device(device) if device is not None else runtime.device()
     folder = Path(out) if out is not None else runtime.results_dir(EXPERIMENT)
     stages = Stages(EXPERIMENT, folder, seed=seed, save=save, max_minutes=max_minutes,
                     device=dev)
-    records = stages.records
-
-    def stage(name: str, config: dict[str, Any], compute: Any) -> dict[str, Any] | None:
-        return stages.run(f"{proto.scale}_{name}", config, compute)
-
-    # the small scale (two points per knob) does not grow: it only illustrates the procedure
-    rounds = GROW_ROUNDS if proto.scale == "full" else 0
-    for estimator in estimators:
-        grid = proto.grids[estimator]
-        knob_rec = stage(f"tune_knob_{estimator}", proto.as_config("tune_knob", estimator),
-                         lambda e=estimator, g=grid: run_tuning(
-                             "tune_knob", e, proto, g, [proto.lr], seed=seed, device=dev,
-                             max_rounds=rounds))
-        if knob_rec is None:
+    chosen: dict[str, dict[str, Any]] = {}
+    for name in estimators:
+        tune = stages.run(f"{proto.scale}_tune_{name}", proto.config("tune", estimator=name),
+                          lambda e=name: run_tuning(proto, e, seed=seed, device=dev))
+        if tune is None:
             continue
-        knobs = knob_rec["data"]["configs"][knob_rec["data"]["chosen"]]["knobs"]
-        lr_rec = stage(f"tune_lr_{estimator}",
-                       proto.as_config("tune_lr", estimator, knobs=knobs),
-                       lambda e=estimator, k=knobs: run_tuning(
-                           "tune_lr", e, proto, [k], list(proto.lr_grid), seed=seed,
-                           device=dev, max_rounds=rounds))
-        if lr_rec is None:
-            continue
-        tuned_lr = lr_rec["data"]["configs"][lr_rec["data"]["chosen"]]["lr"]
-        lrs = sorted({proto.lr, tuned_lr})
-        stage(f"main_{estimator}",
-              proto.as_config("main", estimator, knobs=knobs, lrs=lrs),
-              lambda e=estimator, k=knobs, r=lrs: run_main(e, proto, k, r, seed=seed,
-                                                          device=dev))
-    mains = {r["data"]["estimator"]: r for r in records if r["data"]["stage"] == "main"}
-    if len(mains) == len(estimators):
-        chosen = {e: mains[e]["data"]["runs"][0]["knobs"] for e in estimators}
-        config = {k: v for k, v in asdict(proto).items() if k != "grids"}
-        config = json.loads(json.dumps({**config, "stage": "timing", "knobs": chosen}))
+        best = tune["data"]["configs"][tune["data"]["chosen"]]["config"]
+        series = eval_series(name, best)
+        done = stages.run(f"{proto.scale}_eval_{name}",
+                          proto.config("eval", estimator=name, series=series),
+                          lambda e=name, s=series: run_eval(proto, e, s, seed=seed, device=dev))
+        if done is not None:
+            chosen[name] = _split(best)[0]
+    if len(chosen) == len(estimators):
         block = 0.2 if proto.scale == "full" else 0.01
-        stage("timing", config, lambda: {"stage": "timing", "device": str(dev),
-                                         "timing_ms": time_steps(proto, chosen, dev,
-                                                                 block_s=block),
-                                         "rows": proto.n_seeds * proto.n_eval})
-    if save and len(mains) == len(estimators):
-        write_summary(EXPERIMENT, summary_rows(records), root=folder)
-    return records
+        stages.run(f"{proto.scale}_timing", proto.config("timing", knobs=chosen),
+                   lambda: {"stage": "timing", "device": str(dev), "rows": proto.n_eval,
+                            "timing_ms": time_steps(proto, chosen, dev, block_s=block)})
+        if save:
+            write_results(stages.records, folder)
+    return stages.records
 
 
-def _settings(main: dict[str, Any], authors_lr: float) -> list[tuple[str, dict[str, Any]]]:
-    """``("authors_lr" | "tuned_lr", run)`` pairs of one evaluation record (the same run twice
-    when the tuned learning rate is the authors')."""
-    runs = main["data"]["runs"]
-    by_lr = {run["lr"]: run for run in runs}
-    tuned = main["config"]["lrs"]
-    tuned_lr = next((lr for lr in tuned if lr != authors_lr), authors_lr)
-    return [("authors_lr", by_lr[authors_lr]), ("tuned_lr", by_lr[tuned_lr])]
+def units_of(records: list[dict[str, Any]]) -> list[Unit]:
+    """The per-unit values of the evaluation records: unit = puzzle, seed = run."""
+    units: list[Unit] = []
+    for record in records:
+        data = record["data"]
+        if data.get("stage") != "eval":
+            continue
+        for run_ in data["runs"]:
+            knobs = knob_string(run_["config"])
+
+            def add(metric: str, budget: int, grid: list[list[float]], knobs: str = knobs,
+                    estimator: str = data["estimator"]) -> None:
+                values = {(s, f"p{p:03d}"): v for s, row in enumerate(grid)
+                          for p, v in enumerate(row)}
+                units.extend(units_from_values(EXPERIMENT, SETTING, estimator, knobs, metric,
+                                               budget, values))
+
+            for budget, grid in run_["final_violations"].items():
+                add("final_violations", int(budget), grid)
+                add("final_solved", int(budget), [[float(v == 0) for v in row] for row in grid])
+            last = max(int(b) for b in run_["final_violations"])
+            add("best_violations", last, run_["best_violations"])
+            add("best_solved", last, [[float(v == 0) for v in row]
+                                      for row in run_["best_violations"]])
+    return units
 
 
-def summary_rows(records: list[dict[str, Any]]) -> list[Row]:
-    """Tidy rows: evaluation (both lr settings, every budget and metric) and tuning rows.
-
-    Tuning rows use the tuning puzzles as the independent units (``n_seeds`` = puzzles).
-    """
-    rows: list[Row] = []
+def tuning_rows(records: list[dict[str, Any]]) -> list[TuningRow]:
+    """One ``tuning.csv`` row per tuned estimator."""
+    rows = []
     for record in records:
         data, config = record["data"], record["config"]
-        stage = data.get("stage")
-        if stage == "main":
-            for setting, run in _settings(record, config["lr"]):
-                knobs = {**run["knobs"], "lr": run["lr"]}
-                for budget, metrics in run["per_seed"].items():
-                    for metric in METRICS:
-                        rows.append(summary_row(EXPERIMENT, setting, data["estimator"], knobs,
-                                                metric, int(budget), metrics[metric]))
-        elif stage in ("tune_knob", "tune_lr"):
-            for entry in data["configs"]:
-                knobs = {**entry["knobs"], "lr": entry["lr"]}
-                for metric in ("final_solved", "final_violations"):
-                    rows.append(summary_row(EXPERIMENT, stage, data["estimator"], knobs, metric,
-                                            config["steps"], entry[metric]))
-        elif stage == "timing":
-            rows += timing_rows(EXPERIMENT, config["scale"], data["timing_ms"], config["knobs"])
+        if data.get("stage") != "tune":
+            continue
+        proto = Protocol(**{k: (tuple(v) if k == "budgets" else v) for k, v in config.items()
+                            if k in Protocol.__dataclass_fields__})
+        space = proto.space(data["estimator"])
+        best = data["configs"][data["chosen"]]["config"]
+        rows.append(TuningRow(
+            EXPERIMENT, data["estimator"], ";".join(sorted(space)), len(data["configs"]),
+            proto.n_tune, f"{proto.n_tune} tuning puzzles disjoint from the {proto.n_eval} "
+            f"evaluation puzzles; final_solved at {proto.steps} steps, then final_violations",
+            knob_string(best), edge_of_space(best, space)))
     return rows
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the chapter shows, from the records (stored or fresh).
+def _timing(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((r for r in records if r["data"].get("stage") == "timing"), None)
 
-    Returns ``scale``, ``config`` (of the evaluation stage), ``rows`` (tidy rows of the
-    evaluation), ``chosen`` (per estimator: knobs, tuned lr, whether either lies on its grid's
-    edge), ``verdicts`` (per setting, budget and ReDGE-family member: paired verdicts on
-    ``final_solved`` and ``final_violations`` against the best estimator outside the family at
-    that setting and budget), ``timing_ms`` and ``per_seed`` (the raw per-seed values).
-    """
-    mains = sorted((r for r in records if r["data"].get("stage") == "main"),
-                   key=lambda r: ESTIMATOR_NAMES.index(r["data"]["estimator"]))
-    if not mains:
+
+def write_results(records: list[dict[str, Any]], folder: str | Path) -> list[Verdict]:
+    """Write ``units.csv``, ``summary.csv``, ``verdicts.csv`` and ``tuning.csv`` from records."""
+    timing = _timing(records)
+    extra = (timing_rows(EXPERIMENT, timing["config"]["scale"], timing["data"]["timing_ms"],
+                         timing["config"]["knobs"]) if timing else [])
+    steps = records[0]["config"]["steps"]
+    return _write_results(EXPERIMENT, units_of(records), METRICS, tuning_rows(records),
+                          extra_rows=extra, budgets={m.name: [steps] for m in METRICS},
+                          root=folder)
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the chapter shows, computed in memory from the records (stored or fresh): ``units``,
+    ``verdicts`` (the same function as ``verdicts.csv``), ``tuning`` rows, ``timing_ms``,
+    ``traces`` (per series), ``examples`` (per estimator), ``config``, ``scale``."""
+    evals = [r for r in records if r["data"].get("stage") == "eval"]
+    if not evals:
         raise ValueError("records hold no evaluation stage: nothing to summarise")
     scales = {r["config"]["scale"] for r in records}
     if len(scales) != 1:
         raise ValueError(f"records mix scales {sorted(scales)}; summarise one scale at a time")
-    tune = {(r["data"]["stage"], r["data"]["estimator"]): r for r in records
-            if r["data"].get("stage") in ("tune_knob", "tune_lr")}
-    chosen = {}
-    for main in mains:
-        name = main["data"]["estimator"]
-        knob_rec, lr_rec = tune.get(("tune_knob", name)), tune.get(("tune_lr", name))
-        entry: dict[str, Any] = {"knobs": main["data"]["runs"][0]["knobs"],
-                                 "tuned_lr": _settings(main, main["config"]["lr"])[1][1]["lr"]}
-        if knob_rec is not None:
-            entry["knob_on_edge"] = on_edge([c["knobs"] for c in knob_rec["data"]["configs"]],
-                                            knob_rec["data"]["chosen"])
-            entry["knob_grid_grew"] = knob_rec["data"].get("extended", [])
-        if lr_rec is not None:
-            entry["lr_on_edge"] = on_edge([c["lr"] for c in lr_rec["data"]["configs"]],
-                                          lr_rec["data"]["chosen"])
-            entry["lr_grid_grew"] = lr_rec["data"].get("extended", [])
-        chosen[name] = entry
-    per_seed: dict[tuple[str, str, int, str], list[float]] = {}
-    for main in mains:
-        for setting, run in _settings(main, main["config"]["lr"]):
-            for budget, metrics in run["per_seed"].items():
-                for metric, values in metrics.items():
-                    per_seed[(setting, main["data"]["estimator"], int(budget), metric)] = values
-    rows = summary_rows(mains)
-    budgets = sorted({int(b) for b in mains[0]["data"]["runs"][0]["per_seed"]})
-    verdicts = {}
-    names = [m["data"]["estimator"] for m in mains]
-    for setting in ("authors_lr", "tuned_lr"):
-        for budget in budgets:
-            def score(name: str, s: str = setting, b: int = budget) -> tuple[float, float]:
-                solved = per_seed[(s, name, b, "final_solved")]
-                viol = per_seed[(s, name, b, "final_violations")]
-                return (-sum(solved) / len(solved), sum(viol) / len(viol))
+    config = evals[0]["config"]
+    units = units_of(records)
+    timing = _timing(records)
+    return {
+        "scale": config["scale"], "config": config, "units": units,
+        "verdicts": verdicts_from_units(EXPERIMENT, units, METRICS,
+                                        budgets={m.name: [config["steps"]] for m in METRICS}),
+        "tuning": tuning_rows(records),
+        "tune_records": {r["data"]["estimator"]: r["data"] for r in records
+                         if r["data"].get("stage") == "tune"},
+        "timing_ms": timing["data"]["timing_ms"] if timing else {},
+        "traces": {(r["data"]["estimator"], knob_string(run_["config"])): run_["trace"]
+                   for r in evals for run_ in r["data"]["runs"]},
+        "examples": {r["data"]["estimator"]: r["data"]["examples"] for r in evals},
+        "device": evals[0]["data"]["device"],
+        "wall_seconds": sum(r["data"].get("wall_seconds", 0.0) for r in records),
+    }
 
-            others = [n for n in names if n not in REDGE_FAMILY]
-            if not others:
-                continue
-            rival = min(others, key=score)
-            for name in names:
-                if name not in REDGE_FAMILY:
-                    continue
-                verdicts[(setting, budget, name)] = {"rival": rival, **{
-                    metric: paired_verdict(per_seed[(setting, name, budget, metric)],
-                                           per_seed[(setting, rival, budget, metric)],
-                                           lower_is_better=not HIGHER_IS_BETTER[metric])
-                    for metric in ("final_solved", "final_violations")}}
-    timing = next((r["data"]["timing_ms"] for r in records
-                   if r["data"].get("stage") == "timing"), {})
-    return {"scale": mains[0]["config"]["scale"], "config": mains[0]["config"], "rows": rows,
-            "chosen": chosen, "verdicts": verdicts, "timing_ms": timing, "budgets": budgets,
-            "per_seed": per_seed, "estimators": names,
-            "device": mains[0]["data"]["device"],
-            "wall_seconds": sum(r["data"].get("wall_seconds", 0.0) for r in records)}
+
+def current_records(folder: str | Path, scale: str) -> list[dict[str, Any]]:
+    """The stored ``<scale>_*`` records of this protocol (older protocols are ignored)."""
+    return [r for r in load_records(folder, scale) if r["config"].get("protocol") == PROTOCOL]
 
 
 def write_summary_csv(folder: str | Path, scale: str) -> Path | None:
-    """Regenerate ``summary.csv`` from the stored ``<scale>_*`` records of this protocol; None
-    when the evaluation is not complete."""
-    records = [r for r in load_records(folder, scale) if "stage" in r["config"]]
-    mains = {r["data"]["estimator"] for r in records if r["data"].get("stage") == "main"}
-    if mains != set(ESTIMATOR_NAMES):
+    """Regenerate the four tables from the stored records; None when evaluation is incomplete."""
+    records = current_records(folder, scale)
+    done = {r["data"]["estimator"] for r in records if r["data"].get("stage") == "eval"}
+    if done != set(ESTIMATOR_NAMES):
         return None
-    return write_summary(EXPERIMENT, summary_rows(records), root=folder)
+    write_results(records, folder)
+    return Path(folder) / "summary.csv"
 
 
 def measure_throughput(proto: Protocol, *, device: torch.device | str | None = None,
                        steps: int = 20) -> dict[str, float]:
-    """Projected seconds of the full run of ``proto`` on ``device``: every stage is run for
-    ``steps`` optimisation steps at its real batch shape (nothing saved) and scaled up; the
-    timing stage is counted once. Keys: one per stage and ``"total"``."""
+    """Projected seconds of the full run of ``proto`` on ``device``: every tuning and evaluation
+    stage runs ``steps`` steps at its real batch shape (nothing saved), scaled to
+    ``proto.steps``; the timing stage adds about 10 s. Keys: ``tune``, ``eval``, ``total``."""
     dev = torch.device(device) if device is not None else runtime.device()
     short = replace(proto, steps=steps, budgets=(steps,))
-    records = run(short, out=Path("/nonexistent"), device=dev, save=False)
-    out: dict[str, float] = {}
-    for record in records:
-        stage = record["data"]["stage"]
-        seconds = record["data"].get("wall_seconds", 0.0) * proto.steps / steps
-        out[stage] = out.get(stage, 0.0) + seconds
-    out["total"] = sum(out.values()) + 10.0  # + the timing stage (about 10 s)
+    out = {"tune": 0.0, "eval": 0.0}
+    for name in ESTIMATOR_NAMES:
+        tune = run_tuning(short, name, seed=0, device=dev)
+        out["tune"] += tune["wall_seconds"] * proto.steps / steps
+        series = eval_series(name, tune["configs"][tune["chosen"]]["config"])
+        out["eval"] += run_eval(short, name, series, seed=0, device=dev)[
+            "wall_seconds"] * proto.steps / steps
+    out["total"] = out["tune"] + out["eval"] + 10.0
     return out
 
 
@@ -519,15 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES)
     records = run(cli.proto, cli.estimators, out=cli.folder, seed=cli.args.seed,
                   device=cli.device, max_minutes=cli.args.max_minutes)
-    done = {r["data"]["estimator"] for r in records if r["data"].get("stage") == "main"}
+    done = {r["data"]["estimator"] for r in records if r["data"].get("stage") == "eval"}
     if done:
-        summary = summarise(records)
-        for row in summary["rows"]:
-            if row.budget == summary["budgets"][-1] and row.metric == "final_solved":
-                print(f"{row.setting:<11} {label(row.estimator):<15} {row.knobs:<28} final "
-                      f"solved {row.mean:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]")
-        for name, entry in summary["chosen"].items():
-            print(f"chosen {name}: {knob_text(entry['knobs'], entry['tuned_lr'])}")
+        for v in summarise(records)["verdicts"]:
+            if v.headline:
+                print(v.sentence())
     return cli.finish(len(done), len(cli.estimators), "estimators")
 
 

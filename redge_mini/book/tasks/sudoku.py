@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import numbers
 import random
 import time
@@ -459,14 +460,17 @@ def solve_mean_field(
     knobs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
     generator: torch.Generator | None,
     budgets: Sequence[int] | None = None,
+    paired: bool = False,
 ) -> MeanFieldResult:
     """Solve puzzles by Adam on mean-field logits through a pathwise estimator (experiment E3).
 
     Each config (one ``knobs`` dict and one ``lr``) gets its own copy of the logits ``(B, 81, 9)``,
-    started at 0, so several configs run side by side in one loop (one estimator call per knob
-    setting per step; learning rates are Adam parameter groups). At every step: clamp the clues,
-    draw the hard sample with the estimator, record its violations, and take an Adam step on the
-    summed penalty of the samples.
+    started at 0, so several configs run side by side in one loop: the copies are rows of one
+    tensor, the estimator is called once per step for each *distinct* knob setting (on all the
+    rows that share it), and Adam runs with one learning rate per row. At every step: clamp the
+    clues, draw the hard sample with the estimator, record its violations, and take an Adam step
+    (``betas = (0.9, 0.999)``, ``eps = 1e-8``, as :class:`torch.optim.Adam`) on the summed penalty
+    of the samples.
 
     Parameters
     ----------
@@ -485,11 +489,16 @@ def solve_mean_field(
         Source of every sample, on the puzzles' device.
     budgets : sequence of int or None
         Steps at which to record violations (default: ``[steps]``).
+    paired : bool
+        False (default): every knob setting runs with every learning rate. True: ``knobs`` and
+        ``lr`` are sequences of equal length and config ``i`` is ``(knobs[i], lr[i])`` (the
+        configurations of a random search).
 
     Returns
     -------
     MeanFieldResult
-        Configs ordered knobs-major: ``[(k0, lr0), (k0, lr1), ..., (k1, lr0), ...]``.
+        Configs ordered knobs-major: ``[(k0, lr0), (k0, lr1), ..., (k1, lr0), ...]``, or in the
+        given order when ``paired``.
     """
     dev = puzzles.device if isinstance(puzzles, torch.Tensor) else torch.device("cpu")
     checked = validate_puzzles(puzzles.cpu() if isinstance(puzzles, torch.Tensor) else puzzles)
@@ -511,14 +520,40 @@ def solve_mean_field(
         raise ValueError(f"budgets must be <= steps={steps}, got {budgets[-1]}")
     if generator is not None and torch.device(generator.device).type != dev.type:
         raise ValueError(f"generator is on {generator.device} but puzzles are on {dev}")
+    if paired:
+        if len(knob_list) != len(lrs):
+            raise ValueError(f"paired=True needs as many knob settings as learning rates, got "
+                             f"{len(knob_list)} and {len(lrs)}")
+        pairs = list(zip(knob_list, lrs, strict=True))
+    else:
+        pairs = list(itertools.product(knob_list, lrs))
     batch = puzzles.shape[0]
-    configs = [{"knobs": dict(k), "lr": float(r)} for k, r in itertools.product(knob_list, lrs)]
+    configs = [{"knobs": dict(k), "lr": float(r)} for k, r in pairs]
     n_cfg = len(configs)
-    params = [torch.zeros(batch, 81, 9, device=dev, requires_grad=True) for _ in configs]
-    optimiser = torch.optim.Adam([{"params": [p], "lr": c["lr"]} for p, c in zip(
-        params, configs, strict=True)])
-    samplers = [(lambda x, k=k: spec.fn(x, hard=True, generator=generator, **k)) for k in knob_list]
+    # one sampler call per distinct knob setting, on the rows of its configs (in config order)
+    groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+    for c, config in enumerate(configs):
+        groups.setdefault(tuple(sorted(config["knobs"].items())), []).append(c)
+    order = [c for members in groups.values() for c in members]
+    position = {c: i for i, c in enumerate(order)}  # config -> block of rows in the tensor
+    calls = []
+    for key, members in groups.items():
+        first = position[members[0]]
+        calls.append((slice(first * batch, (first + len(members)) * batch), dict(key)))
+    rows = n_cfg * batch
+    logits = torch.zeros(rows, 81, 9, device=dev, requires_grad=True)
+    row_lr = torch.tensor([configs[c]["lr"] for c in order], device=dev).repeat_interleave(
+        batch)[:, None, None]
+    exp_avg = torch.zeros(rows, 81, 9, device=dev)
+    exp_avg_sq = torch.zeros(rows, 81, 9, device=dev)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
     tiled = puzzles.repeat(n_cfg, 1)
+    clue = (tiled > 0)[..., None]
+    free = (~clue).float()  # 1 on blank cells, 0 on clue cells
+    clamp_to = torch.zeros(rows, 81, 9, device=dev)
+    clamp_clues_(clamp_to, tiled)
+    clamp_to = clamp_to * (1.0 - free)
+    to_config = torch.tensor(order, device=dev)  # row block i holds config order[i]
     budget_index = {b: i for i, b in enumerate(budgets)}
     recorded = torch.zeros(n_cfg, len(budgets), batch, dtype=torch.long, device=dev)
     best_recorded = torch.zeros_like(recorded)
@@ -529,26 +564,37 @@ def solve_mean_field(
     mismatches = torch.zeros((), dtype=torch.long, device=dev)
     start = time.perf_counter()
     for step in range(1, steps + 1):
-        for p in params:
-            clamp_clues_(p, puzzles)
-        samples = []
-        for j, sampler in enumerate(samplers):
-            group = torch.cat(params[j * len(lrs):(j + 1) * len(lrs)])
-            samples.append(sampler(group))
-        hard = torch.cat(samples)  # (C * B, 81, 9)
-        loss = penalty(hard).sum()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
         with torch.no_grad():
-            grids = onehot_to_grid(hard).reshape(n_cfg, batch, 81)
-            viol = violations(hard).reshape(n_cfg, batch)
-            agrees = ((tiled == 0) | (tiled == grids.reshape(-1, 81))).all(-1)
-            mismatches += int(n_cfg * batch) - agrees.sum()
-            ok = (viol == 0) & agrees.reshape(n_cfg, batch)
+            logits.mul_(free).add_(clamp_to)
+        if len(calls) == 1:
+            hard = spec.fn(logits, hard=True, generator=generator, **calls[0][1])
+        else:
+            hard = torch.cat([spec.fn(logits[rows_], hard=True, generator=generator, **k)
+                              for rows_, k in calls])
+        counts = unit_counts(hard)
+        loss = (counts - 1.0).square().sum()
+        (grad,) = torch.autograd.grad(loss, logits)
+        with torch.no_grad():
+            exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - beta2 ** step)).add_(eps)
+            logits.sub_(exp_avg / denom * (row_lr / (1.0 - beta1 ** step)))
+            viol_rows = (counts.detach() - 1.0).clamp(min=0.0).sum(dim=(1, 2)).round().long()
+            grids_rows = hard.detach().argmax(-1) + 1
+            agrees_rows = ((tiled == 0) | (tiled == grids_rows)).all(-1)
+            # back to config order
+            grids = torch.empty(n_cfg, batch, 81, dtype=torch.long, device=dev)
+            grids[to_config] = grids_rows.reshape(n_cfg, batch, 81)
+            viol = torch.empty(n_cfg, batch, dtype=torch.long, device=dev)
+            viol[to_config] = viol_rows.reshape(n_cfg, batch)
+            agrees = torch.empty(n_cfg, batch, dtype=torch.bool, device=dev)
+            agrees[to_config] = agrees_rows.reshape(n_cfg, batch)
+            mismatches += rows - agrees.sum()
+            ok = (viol == 0) & agrees
             new = ok & (solved_step < 0)
-            solved_step = torch.where(new, torch.full_like(solved_step, step), solved_step)
-            first_solution = torch.where(new[..., None], grids, first_solution)
+            if bool(new.any()):
+                solved_step = torch.where(new, torch.full_like(solved_step, step), solved_step)
+                first_solution = torch.where(new[..., None], grids, first_solution)
             trace[:, step - 1] = viol.float().mean(-1)
             best = torch.minimum(best, viol)
             if step in budget_index:
