@@ -9,12 +9,11 @@ the same images.
 
 from __future__ import annotations
 
-import csv
+import inspect
 import math
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,20 @@ from redge_mini.book.datasets import load_mnist_5k
 from redge_mini.book.experiments import image_guidance as experiment
 from redge_mini.book.experiments import summary as summary_module
 from redge_mini.book.experiments import train_image_models as train_script
+from redge_mini.book.experiments.verdicts import read_tuning, read_units, read_verdicts
 from redge_mini.book.tasks.image_guidance import (
     MODELS_FILE,
     N_CODES,
     PRIOR_FILE,
     SEQ_LEN,
+    SamplerConfig,
+    _adam_update,
     accuracy,
     cfg_log_probs,
     class_log_prob,
     code_usage,
     encode,
+    guide_configs,
     guide_images,
     linear_schedule,
     load_image_models,
@@ -242,58 +245,160 @@ def test_weights_are_small_and_load_from_another_directory(tmp_path):
     assert out.stdout.split() == [str(N_CODES), str(N_CODES)]
 
 
-def test_experiment_smoke_run_resumes_and_writes_the_summary(models, tmp_path):
+def test_guide_configs_adam_matches_torch_and_rows_do_not_interact(models):
+    # the written-out Adam with one learning rate per row is torch's Adam
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 4, 5, generator=generator)
+    lr = torch.tensor([0.3, 0.05, 1.0])
+    params = [w[i].clone().requires_grad_(True) for i in range(3)]
+    optimisers = [torch.optim.Adam([p], lr=float(r)) for p, r in zip(params, lr, strict=True)]
+    mine, m, v = w.clone(), torch.zeros_like(w), torch.zeros_like(w)
+    for step in range(1, 6):
+        for p, opt in zip(params, optimisers, strict=True):
+            opt.zero_grad()
+            (p ** 3).sum().backward()
+            opt.step()
+        _adam_update(mine, 3 * mine ** 2, m, v, lr, step)
+    torch.testing.assert_close(mine, torch.stack([p.detach() for p in params]))
+    # a configuration's images do not depend on the configurations run beside it
+    source = torch.arange(10)
+    a = SamplerConfig("redge", {"n_steps": 3, "t_1": 0.5}, 0.5, 2)
+    b = SamplerConfig("st", {}, 1.0, 3)
+    u = SamplerConfig("st", {}, 0.5, 0)
+    alone = guide_configs(models, [a], source=source, seed=4, n_steps=4, reward_scale=10.0)
+    side = guide_configs(models, [b, a, u], source=source, seed=4, n_steps=4, reward_scale=10.0)
+    assert torch.equal(alone["tokens"], side["tokens"][10:20])
+    torch.testing.assert_close(alone["reward"], side["reward"][10:20])
+    assert float(side["kl"][20:].abs().max()) < 1e-4  # unguided: phi = prior logits
+    other = guide_configs(models, [a], source=source, seed=5, n_steps=4, reward_scale=10.0)
+    assert not torch.equal(alone["tokens"], other["tokens"])  # another stream, other images
+
+
+@pytest.fixture(scope="module")
+def smoke_run(models, tmp_path_factory):
+    """The smoke protocol for two estimators, with the seeds every stage used."""
+    folder = tmp_path_factory.mktemp("ig")
     proto = experiment.protocol("full", smoke=True)
-    records = experiment.run(proto, ["st", "redge"], models=models, out=tmp_path)
-    names = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert names == ["full-smoke_redge.json", "full-smoke_st.json",
-                     "full-smoke_tune_redge.json", "full-smoke_unguided.json"]
-    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
-    again = experiment.run(proto, ["st", "redge"], models=models, out=tmp_path)
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")} == stamp
+    seen = []
+    sample = experiment._sample
+
+    def spy(models, proto, series, *, n_images, seed):
+        seen.append((inspect.stack()[1].function, n_images, seed))
+        return sample(models, proto, series, n_images=n_images, seed=seed)
+
+    experiment._sample = spy
+    try:
+        records = experiment.run(proto, ["st", "redge"], models=models, out=folder)
+    finally:
+        experiment._sample = sample
+    return proto, folder, records, seen
+
+
+def test_smoke_run_writes_the_four_tables_and_resumes(models, smoke_run):
+    proto, folder, records, _ = smoke_run
+    names = sorted(p.name for p in folder.glob("*.json"))
+    assert names == ["full-smoke_eval_redge.json", "full-smoke_eval_st.json",
+                     "full-smoke_fixed.json", "full-smoke_tune_redge.json",
+                     "full-smoke_tune_st.json"]
+    assert all(len(r["metadata"]["git_commit"]) == 40 for r in records)
+    stamp = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+    again = experiment.run(proto, ["st", "redge"], models=models, out=folder)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")} == stamp
     assert [r["data"] for r in again] == [r["data"] for r in records]
-    tune = next(r for r in records if r["config"]["kind"] == "tune")["data"]
-    means = [sum(r["objective"]) / len(r["objective"]) for r in tune["results"]]
-    assert tune["chosen"] == tune["results"][means.index(max(means))]["knobs"]
-    # the grid grew by the points listed, each run once
-    assert [r["knobs"] for r in tune["results"]] == proto.grids["redge"] + tune["extended"]
-    rows = summary_module.read_summary("image_guidance", root=tmp_path)
-    assert {r.estimator for r in rows} == {"unguided", "st", "redge"}
-    assert all(r.n_seeds == proto.n_seeds for r in rows if r.setting == proto.scale)
-    assert all(r.ci_low <= r.mean <= r.ci_high for r in rows)
-    with (tmp_path / "summary.csv").open() as handle:
-        assert tuple(next(csv.reader(handle))) == summary_module.COLUMNS
-    summary = experiment.summarise(again)
-    assert summary["estimators"] == ["st", "redge"] and summary["budgets"] == [1]
-    row = next(r for r in summary["table"] if r["estimator"] == "st")
-    assert row["objective"] == pytest.approx(
-        proto.reward_scale * row["reward"] - row["kl"], rel=1e-3, abs=1e-3)
-    assert set(summary["verdicts"][(1, "redge")]) == {"rival", "objective", "reward", "kl"}
-    assert {r["ms_source"] for r in summary["table"]} == {"wall"}  # a run of some estimators
+    loaded = experiment.run(proto, ["st", "redge"], out=folder, load_only=True)
+    assert [r["data"] for r in loaded] == [r["data"] for r in records]
+    units = read_units("image_guidance", root=folder)
+    series = {(u.estimator, u.knobs, u.budget) for u in units}
+    # tuned st and redge at every budget, the authors' two at the headline budget, the
+    # unguided sampler at every budget
+    assert len(series) == 2 * len(proto.budgets) + 2 + len(proto.budgets)
+    assert {u.unit for u in units} == {f"img{i:03d}" for i in range(proto.n_eval)}
+    row = next(r for r in summary_module.read_summary("image_guidance", root=folder)
+               if r.estimator == "st" and r.metric == "objective")
+    st = next(r for r in records if r["config"]["kind"] == "eval"
+              and r["data"]["estimator"] == "st")["data"]["budgets"][str(row.budget)]
+    assert row.mean == pytest.approx(sum(st["objective"]) / len(st["objective"]))
+    assert st["objective"][0] == pytest.approx(
+        proto.reward_scale * st["reward"][0] - st["kl"][0], rel=1e-5, abs=1e-4)
 
 
-def test_a_run_of_every_estimator_times_them_interleaved(models, tmp_path):
-    proto = experiment.protocol("full", smoke=True)
-    proto = replace(proto, grids={"st": [{}], "redge": proto.grids["redge"]})
-    records = experiment.run(proto, models=models, out=tmp_path)
-    assert (tmp_path / "full-smoke_timing.json").is_file()
-    # ms per step comes from the interleaved timing stage, one value per estimator
-    timing = next(r for r in records if r["config"]["kind"] == "timing")["data"]["timing_ms"]
-    assert set(timing) == {"st", "redge"} and all(v > 0 for v in timing.values())
-    summary = experiment.summarise(records)
-    assert {r["estimator"]: r["ms_per_inner_step"] for r in summary["table"]
-            if r["estimator"] != "unguided"} == timing
-    assert {r["ms_source"] for r in summary["table"]} == {"interleaved"}
-    rows = summary_module.read_summary("image_guidance", root=tmp_path)
-    assert {r.estimator: r.mean for r in rows if r.metric == "ms_per_step"} == pytest.approx(
-        timing, rel=1e-4)
+def test_smoke_verdicts_recompute_from_units_by_a_paired_t_test(smoke_run):
+    from scipy import stats
+
+    proto, folder, _, _ = smoke_run
+    units = read_units("image_guidance", root=folder)
+    verdicts = read_verdicts("image_guidance", root=folder)
+    assert {v.metric for v in verdicts} == {"objective", "judge_hit"}
+    assert {v.budget for v in verdicts if v.metric == "judge_hit"} == {proto.headline_budget}
+    heads = [v for v in verdicts if v.headline]
+    assert heads and {v.budget for v in heads} == {proto.headline_budget}
+    assert all(v.margin == experiment.MARGINS[v.metric][0] for v in verdicts)
+
+    def values(name, v):
+        base, _, knobs = name.partition("[")
+        found = {(u.estimator, u.knobs) for u in units if u.estimator == base
+                 and u.metric == v.metric and u.budget == v.budget
+                 and (not knobs or u.knobs == knobs[:-1])}
+        assert len(found) == 1, (name, found)
+        return {(u.seed, u.unit): u.value for u in units if (u.estimator, u.knobs) in found
+                and u.metric == v.metric and u.budget == v.budget}
+
+    checked = 0
+    for v in heads:
+        a, b = values(v.estimator, v), values(v.rival, v)
+        keys = sorted(set(a) & set(b))
+        assert len(keys) == v.n_units == proto.n_eval
+        x, y = [a[k] for k in keys], [b[k] for k in keys]
+        d = [p - q for p, q in zip(x, y, strict=True)]
+        assert v.diff == pytest.approx(sum(d) / len(d), abs=1e-9)
+        if len(set(d)) > 1:
+            test = stats.ttest_rel(x, y)
+            low, high = test.confidence_interval(0.95)
+            assert (v.ci_low, v.ci_high) == pytest.approx((low, high), rel=1e-9, abs=1e-9)
+            assert v.p_value == pytest.approx(test.pvalue, rel=1e-9, abs=1e-12)
+            checked += 1
+        assert v.p_holm >= v.p_value - 1e-12
+    assert checked >= 1
 
 
-def test_experiment_refuses_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="t_1"):
-        experiment.Protocol(scale="x", grids={"redge": [{"t_1": 0.0}]})
-    with pytest.raises(ValueError, match="knob"):
-        experiment.Protocol(scale="x", grids={"st": [{"tau": 1.0}]})
+def test_smoke_tuning_is_equal_and_on_images_disjoint_from_evaluation(smoke_run):
+    proto, folder, records, seen = smoke_run
+    rows = read_tuning("image_guidance", root=folder)
+    assert {r.estimator for r in rows} == {"st", "redge"}
+    assert {(r.n_configs, r.n_runs) for r in rows} == {(proto.n_configs, proto.n_tune)}
+    assert all("lr" in r.knobs_tuned.split(";") for r in rows)
+    assert next(r for r in rows if r.estimator == "st").knobs_tuned == "lr"
+    for record in records:
+        if record["config"]["kind"] == "tune":
+            data = record["data"]
+            means = [m["objective"] for m in data["means"]]
+            assert data["chosen"] == data["configs"][means.index(max(means))]
+            assert next(r for r in rows if r.estimator == data["estimator"]).chosen == (
+                summary_module.knob_string(data["chosen"]))
+    streams = {}
+    for caller, n_images, seed in seen:
+        streams.setdefault(caller, set()).add((n_images, seed))
+    # tuning images: stream seed + 1; evaluation (tuned, authors', unguided): stream seed
+    assert streams["run_tuning"] == {(proto.n_tune, 1)}
+    assert streams["run_evaluation"] == streams["run_fixed"] == {(proto.n_eval, 0)}
+
+
+def test_projection_and_bad_input(models, tmp_path):
+    full = experiment.protocol("full")
+    assert full.n_eval >= 100 and full.n_tune >= 30 and full.budgets == (5, 10, 20)
+    estimate = experiment.measure_throughput(experiment.protocol("full", smoke=True),
+                                             device="cpu", models=models, rows=10)
+    assert {"tuning", "evaluation", "fixed", "total"} <= set(estimate)
+    assert estimate["total"] == pytest.approx(
+        sum(estimate[k] for k in ("tuning", "evaluation", "fixed", "timing")))
+    assert experiment.write_summary_csv(tmp_path, "full-smoke") is None  # nothing stored
+    with pytest.raises(ValueError, match="budgets"):
+        experiment.Protocol(scale="x", budgets=(10, 5))
+    with pytest.raises(ValueError, match="n_eval"):
+        experiment.Protocol(scale="x", n_eval=15)
+    with pytest.raises(ValueError, match="lr"):
+        guide_configs(models, [SamplerConfig("st", {}, 0.0, 1)], source=torch.arange(2),
+                      seed=0)
     with pytest.raises(SystemExit):
         experiment.main(["--scale", "small", "--estimators", "st,nope", "--out", str(tmp_path)])
 
@@ -307,18 +412,3 @@ def test_training_script_smoke(tmp_path):
         train_script.main(["--smoke"])  # would overwrite the stored models
     with pytest.raises(FileNotFoundError, match="train_image_models"):
         load_image_models(tmp_path / "missing")
-
-
-def test_runner_hooks_project_and_rewrite_the_summary(models, tmp_path):
-    proto = experiment.protocol("full", smoke=True)
-    estimate = experiment.measure_throughput(proto, device="cpu", models=models)
-    assert set(estimate) == set(proto.grids) | {"unguided", "total"}
-    assert estimate["total"] == pytest.approx(
-        sum(v for k, v in estimate.items() if k != "total"))
-    assert all(v > 0 for v in estimate.values())
-    assert experiment.write_summary_csv(tmp_path, "full-smoke") is None  # nothing stored
-    experiment.run(proto, ["st"], models=models, out=tmp_path)
-    (tmp_path / "summary.csv").unlink()
-    assert experiment.write_summary_csv(tmp_path, "full-smoke") == tmp_path / "summary.csv"
-    rows = summary_module.read_summary("image_guidance", root=tmp_path)
-    assert {r.setting for r in rows} == {"full-smoke"}  # st has no knob to tune

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ __all__ = [
     "DigitMLP",
     "GuidanceRun",
     "ImageModels",
+    "SamplerConfig",
     "VQDecoder",
     "accuracy",
     "cfg_log_probs",
@@ -73,6 +75,7 @@ __all__ = [
     "code_usage",
     "encode",
     "fit_codebook",
+    "guide_configs",
     "guide_images",
     "guided_remdm_sample",
     "image_grid",
@@ -370,13 +373,8 @@ def remdm_bridge(x: torch.Tensor, draw: torch.Tensor, alpha_t: float, alpha_s: f
     cells stay); ``sigma = 1`` keeps a revealed cell only with probability ``alpha_s``, so early
     choices are revisited (the authors' setting).
     """
-    masked = x == mask_id
-    stay_masked = (1 - sigma) * (1 - alpha_s) / max(1 - alpha_t, 1e-12) + sigma * (1 - alpha_s)
     u = torch.rand(x.shape, generator=generator, device=x.device)
-    remask = ~masked & (u < sigma * (1 - alpha_s))
-    reveal = masked & (u >= stay_masked)
-    out = torch.where(reveal, draw, x)
-    return out.masked_fill(remask, mask_id)
+    return _bridge(x, draw, u, alpha_t, alpha_s, sigma, mask_id)
 
 
 def cfg_log_probs(prior: MaskedDenoiser, x: torch.Tensor, cond: torch.Tensor,
@@ -543,3 +541,146 @@ def guide_images(models: ImageModels, estimator: str, *, n_per_class: int, n_inn
                  "judge_source": (judge_top == source).float().cpu()}
     return GuidanceRun(tokens.cpu(), source.cpu(), target.cpu(), per_image,
                        float(info["seconds"]))
+
+
+# ------------------------------------------------------------------ many configurations at once
+@dataclass(frozen=True)
+class SamplerConfig:
+    """One configuration of :func:`guide_configs`: estimator, its knobs, Adam's learning rate
+    and the number ``n_inner`` of Adam steps per move (0: the unguided sampler)."""
+
+    estimator: str
+    knobs: dict[str, Any]
+    lr: float
+    n_inner: int
+
+
+def _noise_seed(seed: int, config: SamplerConfig) -> int:
+    """A seed of the estimator's own noise that depends only on ``seed`` and the configuration
+    (so a configuration's images do not change with the others run beside it)."""
+    text = f"{seed}|{config.estimator}|{sorted(config.knobs.items())}|{config.lr!r}"
+    return zlib.crc32(text.encode()) + 2**32 * (seed % 1024)
+
+
+def guide_configs(models: ImageModels, configs: list[SamplerConfig], *, source: torch.Tensor,
+                  seed: int, n_steps: int = 20, lam: float = 1.0, reward_scale: float = 1.0,
+                  sigma: float = 1.0, cfg_weight: float = 3.0,
+                  shift: int = 1) -> dict[str, torch.Tensor]:
+    """The sampler of :func:`guided_remdm_sample` for several configurations side by side.
+
+    Every configuration gets its own copy of the ``B`` requests (prior class ``source[b]``,
+    reward class ``source[b] + shift``): one batch of ``C * B`` rows, configuration-major. Adam
+    acts on every logit separately and the loss is a sum over rows, so rows do not interact; a
+    row stops after its configuration's ``n_inner`` steps (only active rows are computed), so a
+    batch costs the sum of its budgets. Adam is written out (:func:`_adam_update`) to take one
+    learning rate per row.
+
+    The randomness of a move (which cells are revealed or remasked, and the code drawn from
+    ``Cat(softmax phi)`` by inverse transform) uses one uniform per request and cell, shared by
+    every configuration: the ``C`` copies of a request see common random numbers, which makes
+    paired differences between configurations less noisy. The estimator's own noise comes from
+    one generator per configuration, seeded from ``seed`` and the configuration alone.
+
+    Returns per row (``(C * B,)`` tensors): ``reward`` (``log p_reward(target | image)``),
+    ``kl`` (as in :func:`guided_remdm_sample`), ``reward_hit``, ``judge_hit``, ``judge_source``,
+    and ``tokens`` ``(C * B, 49)``; ``seconds`` (0-d).
+    """
+    if not configs or not all(isinstance(c, SamplerConfig) for c in configs):
+        raise ValueError("configs must be a non-empty list of SamplerConfig")
+    samplers = [make_estimator(c.estimator, **c.knobs) for c in configs]
+    for i, c in enumerate(configs):
+        check_int(c.n_inner, f"configs[{i}].n_inner", 0)
+        check_real(c.lr, f"configs[{i}].lr", minimum=0.0, strict=True)
+    n_steps = check_int(n_steps, "n_steps", 2)
+    seed = check_int(seed, "seed", 0)
+    sigma = check_real(sigma, "sigma", minimum=0.0)
+    if sigma > 1:
+        raise ValueError(f"sigma must lie in [0, 1], got {sigma}")
+    prior = models.prior
+    dev = next(prior.parameters()).device
+    source = source.to(dev).long()
+    n_req, n_conf = len(source), len(configs)
+    # rows sorted by decreasing budget, so that the rows still optimising are a prefix
+    order = sorted(range(n_conf), key=lambda c: -configs[c].n_inner)
+    cond = source.repeat(n_conf)
+    target = steering_targets(cond, shift)
+    lr = torch.cat([torch.full((n_req,), float(configs[c].lr), device=dev) for c in order])
+    budgets = [configs[c].n_inner for c in order]
+    noise = [torch.Generator(device=dev).manual_seed(_noise_seed(seed, configs[c]))
+             for c in order]
+    shared = torch.Generator(device=dev).manual_seed(seed)
+    alphas = linear_schedule(n_steps).tolist()
+    rows = n_conf * n_req
+    x = torch.full((rows, SEQ_LEN), prior.mask_id, dtype=torch.long, device=dev)
+    kl_total = torch.zeros(rows, device=dev)
+    start = time.perf_counter()
+    for j in range(n_steps - 1):
+        masked = x == prior.mask_id
+        with torch.no_grad():
+            ell = cfg_log_probs(prior, x, cond, cfg_weight).float()
+        phi = ell.clone()
+        if budgets[0] > 0:
+            keep = masked[..., None]
+            revealed = F.one_hot(x.clamp(max=N_CODES - 1), N_CODES).float()
+            m, v = torch.zeros_like(phi), torch.zeros_like(phi)
+            for step in range(1, budgets[0] + 1):
+                n_active = sum(b >= step for b in budgets)
+                a = n_active * n_req
+                p = phi[:a].detach().requires_grad_(True)
+                hard = torch.cat([samplers[order[i]](p[i * n_req:(i + 1) * n_req], hard=True,
+                                                     generator=noise[i])
+                                  for i in range(n_active)])
+                sample = torch.where(keep[:a], hard, revealed[:a])
+                reward = _log_prob(models, sample, target[:a])
+                kl = (kl_to_prior(p, ell[:a]) * keep[:a, :, 0].float()).sum(-1)
+                (grad,) = torch.autograd.grad((lam * kl - reward_scale * reward).sum(), p)
+                with torch.no_grad():
+                    _adam_update(phi[:a], grad, m[:a], v[:a], lr[:a], step)
+        with torch.no_grad():
+            kl_total += (kl_to_prior(phi, ell) * masked).sum(-1).clamp(min=0.0)
+            u = torch.rand((2, n_req, SEQ_LEN), generator=shared, device=dev).repeat(1, n_conf, 1)
+            cdf = torch.softmax(phi, -1).cumsum(-1)
+            draw = torch.searchsorted(cdf, (u[0] * cdf[..., -1])[..., None]).squeeze(-1)
+            x = _bridge(x, draw.clamp(max=N_CODES - 1), u[1], alphas[j], alphas[j + 1], sigma,
+                        prior.mask_id)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        pixels = models.decoder(F.one_hot(x, N_CODES).float())
+        log_probs = F.log_softmax(models.reward(pixels), -1)
+        judge_top = models.judge(pixels).argmax(-1)
+    out = {"reward": log_probs.gather(-1, target[:, None])[:, 0],
+           "kl": kl_total / (n_steps - 1),
+           "reward_hit": (log_probs.argmax(-1) == target).float(),
+           "judge_hit": (judge_top == target).float(),
+           "judge_source": (judge_top == cond).float(), "tokens": x}
+    # back to the order of ``configs``
+    back = torch.cat([torch.arange(order.index(c) * n_req, (order.index(c) + 1) * n_req,
+                                   device=dev) for c in range(n_conf)])
+    result = {k: t[back].cpu() for k, t in out.items()}
+    result["seconds"] = torch.tensor(seconds)
+    return result
+
+
+def _adam_update(param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+                 lr: torch.Tensor, step: int, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+    """One step of :class:`torch.optim.Adam` (its defaults) in place, with one learning rate per
+    row: ``lr`` has shape ``(rows,)``."""
+    b1, b2 = betas
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(eps)
+    scale = (lr / (1 - b1 ** step)).reshape(-1, *([1] * (param.dim() - 1)))
+    param.sub_(scale * m / denom)
+
+
+def _bridge(x: torch.Tensor, draw: torch.Tensor, u: torch.Tensor, alpha_t: float,
+            alpha_s: float, sigma: float, mask_id: int) -> torch.Tensor:
+    """:func:`remdm_bridge` with its uniforms ``u`` given (shared between configurations)."""
+    masked = x == mask_id
+    stay_masked = (1 - sigma) * (1 - alpha_s) / max(1 - alpha_t, 1e-12) + sigma * (1 - alpha_s)
+    remask = ~masked & (u < sigma * (1 - alpha_s))
+    reveal = masked & (u >= stay_masked)
+    return torch.where(reveal, draw, x).masked_fill(remask, mask_id)
