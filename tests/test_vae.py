@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -221,30 +221,6 @@ def test_step_timing_reports_every_estimator() -> None:
     assert set(seconds) == {"st", "redge"} and all(s > 0 for s in seconds.values())
 
 
-def test_experiment_smoke_run_resumes_and_summarises(tmp_path) -> None:
-    proto = experiment.protocol("small", smoke=True)
-    records = experiment.run(proto, ["st", "redge"], out=tmp_path)
-    names = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert names == ["small-smoke_binary12_main.json", "small-smoke_cost.json"]
-    stored = json.loads((tmp_path / names[0]).read_text())
-    assert stored["config"]["n_latent"] == 12 and stored["metadata"]["device"] == "cpu"
-    again = experiment.run(proto, ["st", "redge"], out=tmp_path)
-    assert json.dumps([r["data"] for r in again]) == json.dumps([r["data"] for r in records])
-    summary = experiment.summarise(again)
-    rows = summary["main"]["binary12"]["rows"]
-    assert [r["estimator"] for r in rows] == ["st", "redge"]
-    metrics = stored["data"]["metrics"]
-    for i in range(len(metrics["test_iw_nll"])):
-        slack = 4 * metrics["se_test_iw_minus_exact"][i]
-        assert metrics["test_exact_nll"][i] <= metrics["test_iw_nll"][i] + slack
-    assert summary["cost"]["ratio_to_st"]["st"] == 1.0
-    images = stored["data"]["images"]
-    pictures = experiment.decode_images(images["reconstructions"], tuple(images["shape"]))
-    assert pictures.shape == (2, 3, 28, 28) and 0 <= pictures.min() <= pictures.max() <= 1
-    with pytest.raises(ValueError, match="different configuration"):
-        experiment.run(proto, ["st", "redge"], out=tmp_path, seed=1)
-
-
 def test_paired_replicates_share_weights_and_batches_but_not_the_estimator() -> None:
     members = [vae.Member("st", {}, 0), vae.Member("st", {}, 1), vae.Member("gumbel", {}, 0),
                vae.Member("gumbel", {}, 1)]
@@ -277,43 +253,6 @@ def test_best_validation_test_elbo_reads_the_right_evaluation() -> None:
                     valid_neg_elbo=torch.zeros(1, 0), seconds=0.0).at_best_validation()
 
 
-def test_summary_csv_rows_and_paired_verdicts(tmp_path) -> None:
-    from scipy import stats
-
-    from redge_mini.book.experiments.summary import read_summary
-
-    proto = replace(experiment.protocol("small", smoke=True), n_seeds=3)
-    experiment.run(proto, ["st", "redge"], out=tmp_path)
-    assert experiment.main(["--smoke", "--scale", "small", "--summarise",
-                            "--out", str(tmp_path)]) == 0
-    rows = read_summary("vae", root=tmp_path)
-    stored = json.loads((tmp_path / "small-smoke_binary12_main.json").read_text())
-    metrics, members = stored["data"]["metrics"], stored["data"]["members"]
-    redge = [i for i, m in enumerate(members) if m["estimator"] == "redge"]
-    row = next(r for r in rows if r.estimator == "redge" and r.metric == "train_neg_elbo")
-    values = [metrics["train_neg_elbo_exact"][i] for i in redge]
-    assert row.n_seeds == 3 and row.mean == pytest.approx(sum(values) / 3)
-    half = stats.t.ppf(0.975, 2) * stats.sem(values)
-    assert row.ci_low == pytest.approx(row.mean - half)
-    assert row.budget == proto.n_epochs * (proto.n_train // proto.batch_size)
-    gap = next(r for r in rows if r.estimator == "redge" and r.metric == "gap")
-    # The stored metrics are rounded to 5 significant digits (about 0.01 nats here).
-    assert gap.mean == pytest.approx(
-        sum(metrics["test_neg_elbo"][i] - metrics["train_neg_elbo_exact"][i] for i in redge) / 3,
-        abs=0.02)
-    assert {r.metric for r in rows} >= {"train_neg_elbo", "test_neg_elbo_best_valid",
-                                        "ms_per_step", "gap"}
-    table = experiment.summarise(experiment.load_records(tmp_path, proto.scale))
-    verdict = table["main"]["binary12"]["verdicts"][("train_neg_elbo_exact", "redge")]
-    assert verdict["paired"] and verdict["rival"] == "st"
-    st = [metrics["train_neg_elbo_exact"][i] for i, m in enumerate(members)
-          if m["estimator"] == "st"]
-    p_value = stats.ttest_rel(values, st).pvalue
-    expected = "ties" if p_value >= 0.05 else ("wins" if sum(values) < sum(st) else "loses")
-    assert verdict["verdict"] == expected
-    assert "| budget |" in experiment.protocol_table(experiment.protocol("full"))
-
-
 def test_experiment_cli_refuses_bad_input(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         experiment.main(["--smoke", "--estimators", "st,reinforce"])
@@ -331,28 +270,139 @@ def test_training_stops_when_asked() -> None:
         vae.train(model, [vae.Member("st")], torch.zeros(8, 6), stop=lambda: True)
 
 
-def test_tuning_grows_past_an_edge_choice_and_the_summary_merges_the_rounds() -> None:
-    members = [{"estimator": "gumbel", "knobs": {"tau": 0.5}},
-               {"estimator": "gumbel", "knobs": {"tau": 1.0}},
-               {"estimator": "redge", "knobs": {"n_steps": 3, "t_1": 0.5}},
-               {"estimator": "redge", "knobs": {"n_steps": 5, "t_1": 0.5}}]
-    tune = {"members": members, "valid_neg_elbo": [100.0, 101.0, 99.0, 98.0]}
-    chosen, points = experiment.choose_grown([tune], ["gumbel", "redge"])
-    assert chosen == {"gumbel": {"tau": 0.5}, "redge": {"n_steps": 5, "t_1": 0.5}}
-    assert points == {"gumbel": [{"tau": 0.1667}], "redge": [{"n_steps": 9, "t_1": 0.5}]}
-    grow = {"members": [{"estimator": "gumbel", "knobs": {"tau": 0.1667}},
-                        {"estimator": "redge", "knobs": {"n_steps": 9, "t_1": 0.5}}],
-            "valid_neg_elbo": [102.0, 97.0]}
-    chosen, points = experiment.choose_grown([tune, grow], ["gumbel", "redge"])
-    assert chosen == {"gumbel": {"tau": 0.5}, "redge": {"n_steps": 9, "t_1": 0.5}}
-    assert points == {"redge": [{"n_steps": 17, "t_1": 0.5}]}  # still on the top edge
-    # summarise joins the growth rounds to the tuning stage
-    config = {"scale": "x", "latents": "binary12"}
-    records = [{"name": "x_binary12_tune", "config": {**config, "stage": "tune"},
-                "data": {**tune, "chosen": {"gumbel": {"tau": 0.5},
-                                            "redge": {"n_steps": 5, "t_1": 0.5}}}},
-               {"name": "x_binary12_grow1", "config": {**config, "stage": "grow"},
-                "data": grow}]
-    merged = experiment.summarise(records)["tune"]["binary12"]
-    assert merged["valid_neg_elbo"] == [100.0, 101.0, 99.0, 98.0, 102.0, 97.0]
-    assert merged["extended"] == grow["members"] and merged["chosen"] == chosen
+def test_ensemble_adam_follows_torch_adam_per_model() -> None:
+    """Model r of EnsembleAdam takes torch.optim.Adam's steps at its own lr[r]."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 5, dtype=torch.float64)
+    lr = torch.tensor([1e-3, 1e-2, 3e-1], dtype=torch.float64)
+    ens = w.clone().requires_grad_()
+    opt = vae.EnsembleAdam([ens], lr)
+    singles = [w[r].clone().requires_grad_() for r in range(3)]
+    refs = [torch.optim.Adam([p], lr=float(lr[r])) for r, p in enumerate(singles)]
+    target = torch.randn(4, 5, dtype=torch.float64)
+    for _ in range(5):
+        opt.zero_grad()
+        ((ens - target) ** 3).abs().sum().backward()
+        opt.step()
+        for p, o in zip(singles, refs, strict=True):
+            o.zero_grad()
+            ((p - target) ** 3).abs().sum().backward()
+            o.step()
+    torch.testing.assert_close(ens.detach(), torch.stack([p.detach() for p in singles]))
+
+
+def test_seed_fixes_the_initial_weights_whatever_trains_beside_it() -> None:
+    config = vae.VAEConfig(n_latent=2, n_classes=2, n_pixels=6, hidden=(5,), batch_size=4,
+                           n_epochs=2, eval_every=2)
+    alone = vae.EnsembleVAE(1, config)
+    vae.initialise_by_seed(alone, [vae.Member("st", {}, 7)])
+    mixed_members = [vae.Member("gumbel", {}, 3), vae.Member("st", {}, 7, lr=1e-3)]
+    mixed = vae.EnsembleVAE(2, config)
+    vae.initialise_by_seed(mixed, mixed_members)
+    for p, q in zip(alone.parameters(), mixed.parameters(), strict=True):
+        torch.testing.assert_close(p[0], q[1])
+        assert not torch.equal(q[0], q[1])
+    with pytest.raises(ValueError, match="lr"):
+        vae.Member("st", lr=-1.0)
+
+
+SMOKE_ESTIMATORS = ["st", "gumbel", "redge"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vae")
+    proto = experiment.protocol("full", smoke=True)
+    records = experiment.run(proto, SMOKE_ESTIMATORS, out=folder, cost=False)
+    assert experiment.write_summary_csv(folder, proto.scale) is not None
+    return proto, folder, records
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_smoke_run_writes_units_verdicts_and_tuning(smoke_run) -> None:
+    from scipy import stats
+
+    proto, folder, records = smoke_run
+    names = sorted(p.name for p in folder.glob("*.json"))
+    assert names == sorted([f"full-smoke_tune_{e}.json" for e in SMOKE_ESTIMATORS]
+                           + [f"full-smoke_eval_{e}.json" for e in SMOKE_ESTIMATORS]
+                           + ["full-smoke_eval_st_authors.json"])
+    stored = json.loads((folder / "full-smoke_eval_redge.json").read_text())
+    assert stored["metadata"]["scale"] == "full-smoke"
+    assert len(stored["metadata"]["git_commit"]) == 40
+    units = read_csv(folder / "units.csv")
+    verdicts = read_csv(folder / "verdicts.csv")
+    tuning = read_csv(folder / "tuning.csv")
+    index: dict[tuple, dict] = {}
+    for u in units:
+        key = (u["setting"], u["estimator"], u["knobs"], u["metric"], u["budget"])
+        index.setdefault(key, {})[(u["seed"], u["unit"])] = float(u["value"])
+    heads = [v for v in verdicts if v["headline"] == "True"]
+    # every pair of the 3 tuned series and the authors' ST, on the headline metric
+    assert len(heads) == 6 and {v["metric"] for v in heads} == {"test_neg_elbo"}
+    assert {v["metric"] for v in verdicts} == {"test_neg_elbo", "train_neg_elbo_exact"}
+    def series(v, name):
+        est, _, knobs = name.partition("[")
+        keys = [k for k in index if k[0] == v["setting"] and k[1] == est
+                and k[3] == v["metric"] and k[4] == v["budget"]
+                and (not knobs or k[2] == knobs.rstrip("]"))]
+        assert len(keys) == 1, name
+        return index[keys[0]]
+
+    for v in heads:
+        a, b = series(v, v["estimator"]), series(v, v["rival"])
+        shared = sorted(set(a) & set(b))
+        assert len(shared) == int(v["n_units"]) == len(proto.eval_seeds)
+        test = stats.ttest_rel([a[k] for k in shared], [b[k] for k in shared])
+        assert float(v["p_value"]) == pytest.approx(test.pvalue, rel=1e-6)
+        low, high = test.confidence_interval()
+        assert float(v["ci_low"]) == pytest.approx(low, rel=1e-6)
+        assert float(v["ci_high"]) == pytest.approx(high, rel=1e-6)
+        assert float(v["margin"]) == 1.0
+    assert any(v["estimator"].startswith("st[") or v["rival"].startswith("st[")
+               for v in heads)
+    # equal tuning: the same configurations x runs for every estimator, lr tuned everywhere
+    assert sorted(t["estimator"] for t in tuning) == sorted(SMOKE_ESTIMATORS)
+    assert {int(t["n_configs"]) * int(t["n_runs"]) for t in tuning} == {
+        proto.n_configs * len(proto.tune_seeds)}
+    assert all("lr" in t["knobs_tuned"].split(";") for t in tuning)
+    # tuning seeds and evaluation seeds are disjoint
+    tune_seeds = {int(u["seed"]) for u in units if u["setting"] == "tuning"}
+    eval_seeds = {int(u["seed"]) for u in units if u["setting"] != "tuning"}
+    assert tune_seeds == set(proto.tune_seeds) and eval_seeds == set(proto.eval_seeds)
+    assert not tune_seeds & eval_seeds
+    # the evaluation runs the tuned choice
+    chosen = {t["estimator"]: t["chosen"] for t in tuning}
+    assert {u["knobs"] for u in units if u["estimator"] == "redge"
+            and u["setting"] != "tuning"} == {chosen["redge"]}
+
+
+def test_smoke_run_resumes_and_refuses_another_configuration(smoke_run) -> None:
+    proto, folder, records = smoke_run
+    again = experiment.run(proto, SMOKE_ESTIMATORS, out=folder, cost=False)
+    assert json.dumps([r["data"] for r in again]) == json.dumps([r["data"] for r in records])
+    with pytest.raises(ValueError, match="different configuration"):
+        experiment.run(proto, SMOKE_ESTIMATORS, out=folder, seed=1, cost=False)
+    images = records[-1]["data"]["images"]
+    pictures = experiment.decode_images(images["reconstructions"], (proto.n_images, 28, 28))
+    assert 0 <= pictures.min() <= pictures.max() <= 1
+
+
+def test_protocol_declares_equal_tuning_and_enough_seeds() -> None:
+    full = experiment.protocol("full")
+    assert len(full.eval_seeds) >= 10 and len(full.tune_seeds) >= 3
+    assert not set(full.eval_seeds) & set(full.tune_seeds)
+    assert full.n_train == 4000 and full.batch_size == 200
+    sizes = {len(experiment.tuning_configs(full, e)) for e in experiment.ESTIMATOR_NAMES}
+    assert sizes == {experiment.N_CONFIGS}
+    for e in experiment.ESTIMATOR_NAMES:
+        assert all("lr" in c for c in experiment.tuning_configs(full, e))
+    assert [m.name for m in experiment.METRICS if m.headline] == ["test_neg_elbo"]
+    table = experiment.protocol_table(full)
+    assert "| seeds | not known |" in table and "4,000 of the 5,000" in table
+    with pytest.raises(ValueError, match="overlap"):
+        experiment.Protocol(**{**full.__dict__, "tune_seeds": (0, 1, 2)})

@@ -42,6 +42,7 @@ from ...validation import check_int
 from . import StopCallback, TrainingInterrupted
 
 __all__ = [
+    "EnsembleAdam",
     "EnsembleLinear",
     "EnsembleVAE",
     "Member",
@@ -51,6 +52,7 @@ __all__ = [
     "evaluate",
     "exact_log_likelihood",
     "importance_weighted_bound",
+    "initialise_by_seed",
     "kl_to_uniform",
     "mean_negative_elbo",
     "negative_elbo",
@@ -124,15 +126,22 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class Member:
-    """One model of an ensemble: the estimator that trains it, its knobs and a replicate label."""
+    """One model of an ensemble: the estimator that trains it, its knobs, a replicate label
+    (the training seed, see :func:`initialise_by_seed`) and its own Adam learning rate
+    (``None``: the config's)."""
 
     estimator: str
     knobs: dict[str, float | int] = field(default_factory=dict)
     replicate: int = 0
+    lr: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "knobs", check_knobs(self.estimator, **self.knobs))
         check_int(self.replicate, "replicate", 0)
+        if self.lr is not None and (isinstance(self.lr, bool)
+                                    or not isinstance(self.lr, numbers.Real)
+                                    or not math.isfinite(self.lr) or self.lr <= 0):
+            raise ValueError(f"lr must be a positive finite number or None, got {self.lr!r}")
 
     @property
     def key(self) -> tuple[str, tuple[tuple[str, float | int], ...]]:
@@ -234,6 +243,65 @@ def share_initialisation(model: EnsembleVAE, members: Sequence[Member]) -> Ensem
     for parameter in model.parameters():
         parameter.copy_(parameter[index])
     return model
+
+
+@torch.no_grad()
+def initialise_by_seed(model: EnsembleVAE, members: Sequence[Member]) -> EnsembleVAE:
+    """Give every member the initial weights of a single VAE built from its seed alone.
+
+    Member ``i`` gets the weights of ``EnsembleVAE(1, config)`` drawn from a generator seeded
+    with ``members[i].replicate``: the same seed gives the same network in every ensemble,
+    whatever else trains beside it (with ``train(..., order_seed=...)`` the mini-batch order is
+    a function of the seed too), so runs of one seed are paired across stages and estimators.
+    """
+    if len(members) != model.n_models:
+        raise ValueError(f"members has {len(members)} entries for {model.n_models} models")
+    device = next(model.parameters()).device
+    for seed in sorted({m.replicate for m in members}):
+        single = EnsembleVAE(1, model.config, device=device,
+                             generator=torch.Generator(device=device).manual_seed(seed))
+        rows = torch.tensor([i for i, m in enumerate(members) if m.replicate == seed],
+                            device=device)
+        for target, source in zip(model.parameters(), single.parameters(), strict=True):
+            target[rows] = source.expand(len(rows), *source.shape[1:])
+    return model
+
+
+class EnsembleAdam:
+    """Adam (:class:`torch.optim.Adam`'s update, no weight decay) with one learning rate per
+    model of an ensemble: ``lr`` is an ``(R,)`` tensor and every parameter has ``R`` leading
+    rows. Adam acts elementwise, so model ``r`` follows Adam at ``lr[r]`` exactly."""
+
+    def __init__(self, params: Sequence[torch.Tensor], lr: torch.Tensor,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = list(params)
+        if lr.dim() != 1 or any(p.shape[0] != lr.shape[0] for p in self.params):
+            raise ValueError(f"lr must be a (R,) tensor with R = the parameters' first dim; got "
+                             f"{tuple(lr.shape)}")
+        self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self) -> None:
+        """Drop the gradients."""
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step of every model."""
+        self.t += 1
+        b1, b2 = self.betas
+        root_bc2 = math.sqrt(1 - b2**self.t)
+        # lr m_hat / (sqrt(v_hat) + eps) = (lr root_bc2 / bc1) m / (sqrt(v) + eps root_bc2)
+        step_size = self.lr * (root_bc2 / (1 - b1**self.t))
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
+            g = p.grad
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = v.sqrt().add_(self.eps * root_bc2)
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            p.addcdiv_(m * step_size.view(shape), denom, value=-1.0)
 
 
 def epoch_order(replicate: torch.Tensor, n_data: int, generator: torch.Generator | None = None,
@@ -387,13 +455,15 @@ def train(
     monitor: int = 1000,
     progress: bool = False,
     stop: StopCallback | None = None,
+    order_seed: int | None = None,
 ) -> History:
     """Train every model of ``model`` with its member's estimator; return the :class:`History`.
 
     Every epoch draws one random permutation of ``x_train`` per replicate label (members with
     the same :attr:`Member.replicate` see the same mini-batches; the last incomplete batch is
-    dropped); each model draws its latent sample from its estimator and takes one Adam step on
-    its mean single-sample ``-ELBO``. Every ``config.eval_every`` epochs (and after the last)
+    dropped); each model draws its latent sample from its estimator and takes one Adam step
+    (:class:`EnsembleAdam`, at the member's own ``lr`` or the config's) on its mean
+    single-sample ``-ELBO``. Every ``config.eval_every`` epochs (and after the last)
     the exact-sample ``-ELBO`` on ``x_valid``, on ``x_test`` and on the first ``monitor``
     training images is recorded.
 
@@ -410,6 +480,9 @@ def train(
         progress: show a ``tqdm`` progress bar over epochs.
         stop: checked before every epoch; when it returns True training is abandoned by raising
             :class:`~redge_mini.book.tasks.TrainingInterrupted`.
+        order_seed: when given, the permutations of replicate label ``r`` come from a generator
+            of their own seeded with ``order_seed * 2**20 + r``: the mini-batch order is then a
+            function of the seed alone, the same in every ensemble (else from ``generator``).
     """
     config = model.config
     if len(members) != model.n_models:
@@ -425,17 +498,25 @@ def train(
     if n_batches < 1:
         raise ValueError(f"batch_size={batch} exceeds the {n_data} training images")
     device = x_train.device
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+    lr = torch.tensor([config.lr if m.lr is None else m.lr for m in members], device=device)
+    optimiser = EnsembleAdam(list(model.parameters()), lr)
     groups = _groups(members)
     replicate = torch.tensor([m.replicate for m in members], device=device)
     n_orders = int(replicate.max()) + 1
+    labels = sorted({m.replicate for m in members})
+    streams = ({r: torch.Generator().manual_seed(order_seed * 2**20 + r) for r in labels}
+               if order_seed is not None else {})
     losses, evals = [], []
     eval_epochs: list[int] = []
     start = time.perf_counter()
     for epoch in tqdm(range(1, n_epochs + 1), disable=not progress, desc="VAE", leave=False):
         if stop is not None and stop():
             raise TrainingInterrupted(f"VAE training stopped before epoch {epoch}")
-        order = epoch_order(replicate, n_data, generator, n_orders)
+        if streams:
+            rows = {r: torch.randperm(n_data, generator=g).to(device) for r, g in streams.items()}
+            order = torch.stack([rows[m.replicate] for m in members])
+        else:
+            order = epoch_order(replicate, n_data, generator, n_orders)
         epoch_loss = torch.zeros(n_models, device=device)
         for b in range(n_batches):
             index = order[:, b * batch:(b + 1) * batch]
@@ -443,7 +524,7 @@ def train(
             logits = model.encode(xb)
             z = _sample_groups(logits, groups, generator)
             loss = negative_elbo(model, xb, z, logits).mean(dim=1)  # (R,)
-            optimiser.zero_grad(set_to_none=True)
+            optimiser.zero_grad()
             loss.sum().backward()
             optimiser.step()
             epoch_loss += loss.detach()
