@@ -19,6 +19,7 @@ from redge_mini.book.experiments import (
     parse_estimators,
 )
 from redge_mini.book.experiments import polyprog as experiment
+from redge_mini.book.experiments.summary import knob_string
 from redge_mini.book.tasks.polyprog import (
     PolyProgConfig,
     exact_objective,
@@ -159,125 +160,155 @@ def test_bad_input_is_refused_with_the_argument_named() -> None:
         PolyProgConfig(n_iters=0)
 
 
-def test_experiment_writes_resumes_and_summarises(tmp_path) -> None:
+def _smoke(tmp_path, estimators=None):
     proto = experiment.protocol("small", smoke=True)
-    records = experiment.run(proto, ["st", "redge", "reinforce"], out=tmp_path)
-    files = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert files == ["small-smoke_redge.json", "small-smoke_reinforce.json", "small-smoke_st.json",
-                     "small-smoke_tune_redge.json"]
-    stored = json.loads((tmp_path / "small-smoke_redge.json").read_text())
-    assert stored["config"]["estimator"] == "redge" and "torch" in stored["metadata"]
-    tune = json.loads((tmp_path / "small-smoke_tune_redge.json").read_text())["data"]
-    # The main stage runs, for every p, the grid value with the lowest mean tuning gap.
-    for i, knobs in enumerate(stored["config"]["chosen"]):
-        means = [sum(runs[i]) / len(runs[i]) for runs in tune["final_gap"]]
-        assert knobs == tune["knob_values"][means.index(min(means))]
-        assert stored["data"]["per_p"][i]["knobs"] == knobs
-    mtime = (tmp_path / "small-smoke_st.json").stat().st_mtime_ns
-    again = experiment.run(proto, ["st", "redge", "reinforce"], out=tmp_path)
-    assert (tmp_path / "small-smoke_st.json").stat().st_mtime_ns == mtime
+    records = experiment.run(proto, estimators, out=tmp_path)
+    return proto, records
+
+
+def test_experiment_writes_the_four_tables_and_verdicts_recompute_from_units(tmp_path) -> None:
+    import csv
+
+    from scipy import stats
+
+    proto, records = _smoke(tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"units.csv", "summary.csv", "verdicts.csv", "tuning.csv"} <= names
+    assert all(r["metadata"].get("git_commit") is not None for r in records)
+    units = list(csv.DictReader((tmp_path / "units.csv").open()))
+    verdicts = list(csv.DictReader((tmp_path / "verdicts.csv").open()))
+    series: dict = {}
+    for u in units:
+        key = (u["setting"], u["estimator"], u["knobs"], u["metric"], u["budget"])
+        series.setdefault(key, {})[(u["seed"], u["unit"])] = float(u["value"])
+
+    def find(name, v):
+        base, _, knobs = name.partition("[")
+        keys = [k for k in series if k[0] == v["setting"] and k[1] == base
+                and k[3] == v["metric"] and k[4] == v["budget"]
+                and (not knobs or k[2] == knobs[:-1])]
+        assert len(keys) == 1, (name, keys)
+        return series[keys[0]]
+
+    assert verdicts and all(v["metric"] == "final_gap" and v["headline"] == "True"
+                            for v in verdicts)
+    for v in verdicts:
+        a, b = find(v["estimator"], v), find(v["rival"], v)
+        shared = sorted(set(a) & set(b))
+        assert len(shared) == int(v["n_units"]) == len(proto.eval_seeds)
+        x, y = [a[k] for k in shared], [b[k] for k in shared]
+        assert float(v["diff"]) == pytest.approx(sum(x) / len(x) - sum(y) / len(y), abs=1e-12)
+        if any(xi != yi for xi, yi in zip(x, y, strict=True)) and len(set(
+                xi - yi for xi, yi in zip(x, y, strict=True))) > 1:
+            test = stats.ttest_rel(x, y)
+            low, high = test.confidence_interval(0.95)
+            assert float(v["p_value"]) == pytest.approx(test.pvalue, rel=1e-6)
+            assert (float(v["ci_low"]), float(v["ci_high"])) == pytest.approx((low, high))
+        assert float(v["p_holm"]) >= float(v["p_value"]) - 1e-12
+        assert float(v["margin"]) == experiment.HEADLINE.margin
+    # every estimator has a tuned series and (where the authors give one) their own per p
+    for estimator in proto.estimators:
+        for p in proto.config.powers:
+            knobs = {u["knobs"] for u in units if u["estimator"] == estimator
+                     and u["setting"] == f"p={p:g}" and u["metric"] == "final_gap"}
+            if estimator in experiment.AUTHOR_KNOBS:
+                assert knob_string(experiment.AUTHOR_KNOBS[estimator]) in knobs
+            assert 1 <= len(knobs) <= 2 and all("lr=" in k for k in knobs)
+
+
+def test_tuning_is_equal_and_disjoint_from_evaluation(tmp_path) -> None:
+    from redge_mini.book.experiments.verdicts import read_tuning, read_units
+
+    proto, records = _smoke(tmp_path)
+    rows = read_tuning("polyprog", root=tmp_path)
+    assert {r.estimator for r in rows} == set(proto.estimators)
+    assert {(r.n_configs, r.n_runs) for r in rows} == {(proto.n_configs, len(proto.tune_seeds))}
+    assert all(r.knobs_tuned.split(";").count("lr") == 1 for r in rows)
+    units = read_units("polyprog", root=tmp_path)
+    tune_seeds = {u.seed for u in units if u.metric == "tune_final_gap"}
+    eval_seeds = {u.seed for u in units if u.metric == "final_gap"}
+    assert tune_seeds == set(proto.tune_seeds) and eval_seeds == set(proto.eval_seeds)
+    assert not tune_seeds & eval_seeds
+    # the choice per p is the configuration with the lowest mean tuning gap
+    for record in records:
+        if record["config"]["stage"] != "tune":
+            continue
+        data = record["data"]
+        for i, choice in enumerate(data["chosen"]):
+            means = [sum(runs[i]) / len(runs[i]) for runs in data["final_gap"]]
+            assert choice == data["configs"][means.index(min(means))]
+    # the full protocol: >= 10 evaluation and >= 3 tuning seeds, the same n for everyone
+    full = experiment.protocol("full")
+    assert len(full.eval_seeds) >= 10 and len(full.tune_seeds) >= 3
+    assert not set(full.eval_seeds) & set(full.tune_seeds)
+    sizes = {e: len(full.configs(e)) for e in full.estimators}
+    assert set(sizes.values()) == {experiment.N_CONFIGS}
+    for estimator, author in experiment.AUTHOR_KNOBS.items():
+        assert full.configs(estimator)[0] == author
+    with pytest.raises(ValueError, match="disjoint"):
+        replace(full, tune_seeds=(0, 1, 2))
+
+
+def test_a_rerun_resumes_from_the_stored_records(tmp_path) -> None:
+    proto, records = _smoke(tmp_path, ["st", "redge"])
+    name = tmp_path / f"{proto.scale}_eval_st.json"
+    mtime = name.stat().st_mtime_ns
+    again = experiment.run(proto, ["st", "redge"], out=tmp_path)
+    assert name.stat().st_mtime_ns == mtime
     assert json.dumps([r["data"] for r in again]) == json.dumps([r["data"] for r in records])
-    summary = experiment.summarise(again)
-    assert {row["estimator"] for row in summary["rows"]} == {"st", "redge", "reinforce"}
-    assert all(row["gap_low"] <= row["gap_mean"] <= row["gap_high"] for row in summary["rows"])
-    assert all(row["n_eval"] == proto.config.n_runs for row in summary["rows"])
-    assert {v["verdict"] for v in summary["verdicts"].values()} <= {"wins", "ties", "loses"}
-    with pytest.raises(ValueError, match="different configuration"):
-        experiment.run(proto, ["st"], out=tmp_path, seed=5)
+    stored = json.loads(name.read_text())
+    assert stored["config"]["scale"] == stored["metadata"]["scale"] == proto.scale
+    # the tables of a live (unsaved) run equal those written from the stored files
+    live = experiment.run(proto, ["st", "redge"], out=tmp_path / "none", save=False)
+    table = experiment.tables(live)
+    from redge_mini.book.experiments.verdicts import read_units
+    assert set(table["units"]) == set(read_units("polyprog", root=tmp_path))
+    assert experiment.write_tables(tmp_path / "empty", proto.scale) is None
 
 
-def test_a_run_of_every_estimator_times_one_step_of_each(tmp_path) -> None:
-    from redge_mini.book.experiments.summary import read_summary
-
+def test_protocol_table_and_throughput_projection() -> None:
+    table = experiment.protocol_table(experiment.protocol("full"))
+    assert table.count("\n") >= 10 and "**differs**" in table and "128" in table
     proto = experiment.protocol("small", smoke=True)
-    proto = replace(proto, grids={"st": [{}], "reinforce": [{}]})
-    records = experiment.run(proto, out=tmp_path)
-    timing = next(r for r in records if r["config"]["stage"] == "timing")
-    assert set(timing["data"]["timing_ms"]) == {"st", "reinforce"}
-    assert timing["data"]["p"] == proto.config.powers[len(proto.config.powers) // 2]
-    experiment.write_summary_csv(tmp_path, proto.scale)
-    rows = [r for r in read_summary("polyprog", root=tmp_path) if r.metric == "ms_per_step"]
-    assert {r.estimator: r.mean for r in rows} == pytest.approx(timing["data"]["timing_ms"],
-                                                              rel=1e-4)
-    assert {row["estimator"] for row in experiment.summarise(records)["rows"]} == {
-        "st", "reinforce"}
+    projected = experiment.measure_throughput(proto, n_iters=1)
+    assert set(projected) == {*proto.estimators, "total"}
+    assert projected["total"] == pytest.approx(sum(v for k, v in projected.items()
+                                                   if k != "total"))
 
 
-def test_summary_csv_from_stored_files_matches_the_records(tmp_path) -> None:
-    from scipy import stats
+def test_adam_with_one_learning_rate_per_problem_matches_torch() -> None:
+    from redge_mini.book.tasks.polyprog import _adam_step
 
-    from redge_mini.book.experiments.summary import read_summary
-
-    proto = experiment.protocol("small", smoke=True)
-    experiment.run(proto, ["st", "gumbel"], out=tmp_path)
-    assert experiment.write_summary_csv(tmp_path, "none") is None
-    experiment.write_summary_csv(tmp_path, proto.scale)
-    rows = read_summary("polyprog", root=tmp_path)
-    main = json.loads((tmp_path / "small-smoke_gumbel.json").read_text())["data"]["per_p"][0]
-    row = next(r for r in rows if r.estimator == "gumbel" and r.metric == "final_gap"
-               and r.setting == f"p={main['p']:g}")
-    values = main["final_gap"]
-    mean = sum(values) / len(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
-    assert (row.n_seeds, row.budget) == (len(values), proto.config.n_iters)
-    assert row.mean == pytest.approx(mean) and row.ci_high == pytest.approx(mean + half)
-    assert row.knobs == f"tau={main['knobs']['tau']:g}"
-    tuning = [r for r in rows if r.metric == "tune_final_gap"]
-    assert len(tuning) == len(proto.grids["gumbel"]) * len(proto.config.powers)
-    assert {r.budget for r in tuning} == {proto.tune_iters}
-    # The command-line --summarise writes the same file from the stored records alone.
-    (tmp_path / "summary.csv").unlink()
-    assert experiment.main(["--smoke", "--scale", "small", "--summarise",
-                            "--out", str(tmp_path)]) == 0
-    assert read_summary("polyprog", root=tmp_path) == rows
+    gen = torch.Generator().manual_seed(0)
+    grads = torch.randn(5, 2, 3, generator=gen)
+    lrs = torch.tensor([0.1, 0.01]).view(2, 1)
+    ours = torch.zeros(2, 3)
+    m, v = torch.zeros_like(ours), torch.zeros_like(ours)
+    for step, g in enumerate(grads, start=1):
+        _adam_step(ours, g, m, v, lrs, step)
+    for i, lr in enumerate((0.1, 0.01)):
+        theirs = torch.zeros(3, requires_grad=True)
+        adam = torch.optim.Adam([theirs], lr=lr)
+        for g in grads:
+            theirs.grad = g[i].clone()
+            adam.step()
+        torch.testing.assert_close(ours[i], theirs.detach())
 
 
-def test_records_of_the_earlier_one_stage_protocol_are_summarised() -> None:
-    gaps = [[[0.5, 0.4, 0.3, 0.2, 0.1]], [[0.05, 0.06, 0.01, 0.02, 0.03]]]   # (G, P, R)
-    record = {"config": {"scale": "full", "n_select": 2, "n_iters": 1000},
-              "metadata": {"device_name": "gpu"},
-              "data": {"estimator": "gumbel", "knob_values": [{"tau": 1.0}, {"tau": 0.1}],
-                       "powers": [2.0], "steps": [0, 1000], "final_gap": gaps,
-                       "final_prob": gaps, "initial_gap": [0.5],
-                       "curve_mean": [[[0.5, 0.1]], [[0.5, 0.02]]],
-                       "curve_se": [[[0.0, 0.1]], [[0.0, 0.01]]]}}
-    (row,) = experiment.summarise([record])["rows"]
-    assert row["knobs"] == {"tau": 0.1} and row["n_eval"] == 3      # runs 3-5 of tau = 0.1
-    assert row["gap_mean"] == pytest.approx(0.02) and row["budget"] == 1000
-    assert row["at_edge"]
-    metrics = {(r.metric, r.n_seeds) for r in experiment.summary_rows([record])}
-    assert metrics == {("final_gap", 3), ("final_mean_q", 3), ("tune_final_gap", 2)}
+def test_optimise_problems_runs_each_problem_at_its_own_p_and_lr() -> None:
+    from redge_mini.book.tasks.polyprog import Problem, optimise_problems
 
-
-def test_full_grids_extend_past_the_authors_and_cover_the_required_axes() -> None:
-    grids = experiment.protocol("full").grids
-    for name in ("redge", "redge_cov", "reindge"):
-        t_values = {k["t_1"] for k in grids[name]}
-        assert {0.1, 0.3, 0.5, 0.7, 0.9} <= t_values
-        assert {k["n_steps"] for k in grids[name]} == {3, 5, 9}
-        author = experiment.AUTHOR_KNOBS[name]["t_1"]
-        assert min(t_values) < author < max(t_values) or author == 0.1 and min(t_values) < 0.1
-    taus = sorted(k["tau"] for k in grids["gumbel"])
-    assert taus[0] < 0.02 < taus[-1]
-    table = experiment.protocol_table(experiment.protocol("small"))
-    assert table.count("\n") >= 10 and "**differs**" in table
-
-
-def test_welch_verdict_agrees_with_scipy_and_respects_the_tolerance() -> None:
-    from scipy import stats
-
-    from redge_mini.book.experiments import welch_verdict
-
-    a, b = [1.0, 1.1, 0.9, 1.05, 0.95], [2.0, 2.2, 1.8, 2.1, 1.9]
-    assert stats.ttest_ind(a, b, equal_var=False).pvalue < 0.05
-    assert welch_verdict(a, b) == "wins" and welch_verdict(b, a) == "loses"
-    assert welch_verdict(a, b, lower_is_better=False) == "loses"
-    noisy = [0.0, 3.0, -2.0, 4.0, 1.0]
-    assert stats.ttest_ind(a, noisy, equal_var=False).pvalue > 0.05
-    assert welch_verdict(a, noisy) == "ties"
-    assert welch_verdict([1e-9] * 3, [2e-9] * 3, tolerance=1e-6) == "ties"
-    with pytest.raises(ValueError, match="two seeds"):
-        welch_verdict([1.0], [2.0, 3.0])
+    config = PolyProgConfig(n_vars=8, n_samples=8, n_iters=20, n_runs=2, record_every=10)
+    problems = [Problem({"t_1": 0.5, "lr": 0.2}, 2.0), Problem({"t_1": 0.3}, 3.0),
+                Problem({"t_1": 0.5, "lr": 1e-6}, 1.5)]
+    steps, gaps, probs = optimise_problems("redge", problems, config, seed=0)
+    assert steps.tolist() == [0, 10, 20] and gaps.shape == (3, 2, 3) and probs.shape == (3, 2)
+    for i, p in enumerate((2.0, 3.0, 1.5)):       # the starting gap tells the exponent
+        assert float(gaps[i, 0, 0]) == pytest.approx(((1 - C) ** p - C**p) / 2, rel=1e-6)
+    assert float(gaps[2, :, -1].min()) > 0.999 * float(gaps[2, 0, 0])   # lr 1e-6: no move
+    assert float(gaps[0, :, -1].max()) < float(gaps[0, 0, 0])
+    with pytest.raises(ValueError, match="lr"):
+        optimise_problems("st", [Problem({"lr": -1.0}, 2.0)], config)
 
 
 def test_experiment_cli_refuses_bad_input(tmp_path, capsys) -> None:

@@ -37,10 +37,12 @@ from . import StopCallback, TrainingInterrupted
 __all__ = [
     "PolyProgConfig",
     "PolyProgRun",
+    "Problem",
     "exact_objective",
     "objective",
     "optimality_gap",
     "optimise",
+    "optimise_problems",
     "optimum",
     "st_stationary_prob",
 ]
@@ -204,7 +206,11 @@ def _check_estimator(estimator: object) -> str:
 def normalise_grid(
     estimator: str, knob_values: Sequence[dict[str, float | int]] | None
 ) -> tuple[dict[str, float | int], ...]:
-    """Validate a list of knob settings for ``estimator`` (``None``: the defaults only)."""
+    """Validate a list of knob settings for ``estimator`` (``None``: the defaults only).
+
+    An entry may also set ``lr``, the Adam learning rate of that setting (a positive number);
+    it is kept as given and is not filled in when absent.
+    """
     estimator = _check_estimator(estimator)
     if knob_values is None:
         knob_values = [{}]
@@ -214,8 +220,124 @@ def normalise_grid(
     for knobs in knob_values:
         if not isinstance(knobs, dict):
             raise TypeError(f"every entry of knob_values must be a dict, got {knobs!r}")
-        out.append(check_knobs(estimator, **knobs))
+        knobs = dict(knobs)
+        lr = knobs.pop("lr", None)
+        checked = check_knobs(estimator, **knobs)
+        if lr is not None:
+            if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (
+                    math.isfinite(lr) and lr > 0):
+                raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+            checked["lr"] = float(lr)
+        out.append(checked)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One series of :func:`optimise_problems`: an estimator setting (knobs, ``lr`` included)
+    on the exponent ``p``; ``config.n_runs`` replicate runs of it are optimised."""
+
+    knobs: dict[str, float | int]
+    p: float
+
+
+def _adam_step(param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+               lr: torch.Tensor, step: int, betas: tuple[float, float] = (0.9, 0.999),
+               eps: float = 1e-8) -> None:
+    """One step of Adam (the update of :class:`torch.optim.Adam` with its defaults), in place,
+    with ``lr`` a tensor broadcast against ``param`` (one learning rate per problem)."""
+    b1, b2 = betas
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = (v / (1 - b2**step)).sqrt_().add_(eps)
+    param.sub_(lr * (m / (1 - b1**step)) / denom)
+
+
+def optimise_problems(
+    estimator: str,
+    problems: Sequence[Problem],
+    config: PolyProgConfig | None = None,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    stop: StopCallback | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minimise the objective for every problem, ``config.n_runs`` replicate runs each, at once.
+
+    The logits of all problems form one tensor ``(N, R, L, 2)`` starting at 0. At each step,
+    problems with the same knobs (apart from ``lr``) are one contiguous slice and one call of
+    the estimator's surrogate loss (``config.n_samples`` draws per run, the Monte-Carlo mean of
+    :func:`objective` at each problem's ``p``); Adam then updates every logit with its own
+    problem's learning rate (default ``config.lr``). Adam acts elementwise and the summed loss
+    separates, so each run follows the trajectory it would follow alone given its random
+    draws, which all come from one generator seeded with ``seed``.
+
+    Returns ``(steps (T,), gaps (N, R, T), final_probs (N, R))`` on the CPU.
+    """
+    estimator = _check_estimator(estimator)
+    config = PolyProgConfig() if config is None else config
+    if not isinstance(config, PolyProgConfig):
+        raise TypeError(f"config must be a PolyProgConfig, got {type(config).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if isinstance(problems, Problem) or not isinstance(problems, Sequence) or not problems:
+        raise TypeError("problems must be a non-empty list of Problem")
+    grid = normalise_grid(estimator, [dict(pr.knobs) for pr in problems])
+    powers_list = [_check_power(pr.p, "p") for pr in problems]
+    device = torch.device("cpu") if device is None else torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    # every estimator's surrogate loss says how many samples it needs (RLOO: 2)
+    check_int(config.n_samples, "n_samples", get_spec(estimator).min_samples)
+
+    # group problems by their estimator knobs (without lr) into contiguous slices
+    def key(knobs: dict[str, float | int]) -> tuple:
+        return tuple(sorted((k, v) for k, v in knobs.items() if k != "lr"))
+
+    keys: list[tuple] = []
+    for knobs in grid:
+        if key(knobs) not in keys:
+            keys.append(key(knobs))
+    order = sorted(range(len(grid)), key=lambda i: keys.index(key(grid[i])))
+    slices, start = [], 0
+    for k in keys:
+        size = sum(1 for i in order if key(grid[i]) == k)
+        slices.append((slice(start, start + size), make_loss(estimator, **dict(k))))
+        start += size
+
+    n, runs = len(grid), config.n_runs
+    logits = torch.zeros(n, runs, config.n_vars, 2, device=device, requires_grad=True)
+    powers = torch.tensor([powers_list[i] for i in order], dtype=torch.float32,
+                          device=device).view(n, 1)
+    lr = torch.tensor([float(grid[i].get("lr", config.lr)) for i in order],
+                      dtype=torch.float32, device=device).view(n, 1, 1, 1)
+    m, v = torch.zeros_like(logits), torch.zeros_like(logits)
+    c, n_samples = config.c, config.n_samples
+    p_runs = powers.expand(n, runs)
+
+    records, steps = [], []
+    with torch.no_grad():
+        records.append(optimality_gap(logits, c, p_runs))
+    steps.append(0)
+    for step in tqdm(range(1, config.n_iters + 1), disable=not progress,
+                     desc=f"polyprog {estimator}", leave=False):
+        if stop is not None and step % 50 == 0 and stop():
+            raise TrainingInterrupted(f"polyprog {estimator} stopped at step {step}")
+        loss = sum(loss_fn(lambda x, p=powers[s]: objective(x, c, p), logits[s], n_samples,
+                           generator=generator).sum() for s, loss_fn in slices)
+        (grad,) = torch.autograd.grad(loss, logits)
+        with torch.no_grad():
+            _adam_step(logits, grad, m, v, lr, step)
+        if step % config.record_every == 0 or step == config.n_iters:
+            with torch.no_grad():
+                records.append(optimality_gap(logits, c, p_runs))
+            steps.append(step)
+    with torch.no_grad():
+        final_probs = torch.softmax(logits, dim=-1)[..., 1].mean(dim=-1)
+    inverse = torch.empty(n, dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(n)
+    return (torch.tensor(steps), torch.stack(records, dim=-1)[inverse].cpu(),
+            final_probs[inverse].cpu())
 
 
 def optimise(
@@ -230,16 +352,16 @@ def optimise(
 ) -> PolyProgRun:
     """Minimise the polynomial programming objective with Adam and one estimator.
 
-    Every combination of knob setting, exponent and replicate run is optimised in the same
-    batch: logits of shape ``(G, P, R, L, 2)``, all starting at 0. At each step the estimator
-    draws ``config.n_samples`` samples per problem, the loss is the Monte-Carlo mean of
-    :func:`objective`, and Adam updates the logits. ``"reinforce"`` uses the score function with a
-    leave-one-out baseline over the same number of samples.
+    Every combination of knob setting (which may set its own ``lr``), exponent of
+    ``config.powers`` and replicate run is optimised in the same batch
+    (:func:`optimise_problems`), all logits starting at 0. ``"reinforce"`` uses the score
+    function with a leave-one-out baseline over the same number of samples.
 
     Args:
         estimator: a name of :data:`ESTIMATOR_NAMES`.
-        knob_values: knob settings (e.g. ``[{"t_1": 0.1}, {"t_1": 0.5}]``); defaults when None.
-        config: the protocol (default :class:`PolyProgConfig()`, the full-scale one).
+        knob_values: knob settings (e.g. ``[{"t_1": 0.1}, {"t_1": 0.5, "lr": 0.1}]``);
+            defaults when None.
+        config: the protocol (default :class:`PolyProgConfig()`, the authors' problem).
         seed: seed of the generator every random draw comes from.
         device: where to compute (default CPU).
         progress: show a ``tqdm`` progress bar.
@@ -254,51 +376,15 @@ def optimise(
     config = PolyProgConfig() if config is None else config
     if not isinstance(config, PolyProgConfig):
         raise TypeError(f"config must be a PolyProgConfig, got {type(config).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    device = torch.device("cpu") if device is None else torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    # every estimator's surrogate loss says how many samples it needs (RLOO: 2)
-    check_int(config.n_samples, "n_samples", get_spec(estimator).min_samples)
-
-    n_grid, n_pow = len(grid), len(config.powers)
-    shape = (n_grid, n_pow, config.n_runs, config.n_vars, 2)
-    logits = torch.zeros(shape, device=device, requires_grad=True)
-    powers = torch.tensor(config.powers, dtype=torch.float32, device=device)
-    p_runs = powers.view(1, n_pow, 1).expand(n_grid, n_pow, config.n_runs)
-    losses = [make_loss(estimator, **knobs) for knobs in grid]
-    optimiser = torch.optim.Adam([logits], lr=config.lr)
-    c, n_samples = config.c, config.n_samples
-
-    def loss_of(g: int) -> torch.Tensor:
-        # the surrogate loss of any estimator: mean over n_samples draws (S, P, R, L, 2) of f
-        p = powers.view(1, n_pow, 1)                            # against (S, P, R)
-        return losses[g](lambda x: objective(x, c, p), logits[g], n_samples,
-                         generator=generator).sum()
-
-    records, steps = [], []
-    with torch.no_grad():
-        records.append(optimality_gap(logits, c, p_runs))
-    steps.append(0)
-    for step in tqdm(range(1, config.n_iters + 1), disable=not progress,
-                     desc=f"polyprog {estimator}", leave=False):
-        if stop is not None and step % 50 == 0 and stop():
-            raise TrainingInterrupted(f"polyprog {estimator} stopped at step {step}")
-        optimiser.zero_grad(set_to_none=True)
-        loss = sum(loss_of(g) for g in range(n_grid))
-        loss.backward()
-        optimiser.step()
-        if step % config.record_every == 0 or step == config.n_iters:
-            with torch.no_grad():
-                records.append(optimality_gap(logits, c, p_runs))
-            steps.append(step)
-    with torch.no_grad():
-        final_probs = torch.softmax(logits, dim=-1)[..., 1].mean(dim=-1)
+    problems = [Problem(knobs, p) for knobs in grid for p in config.powers]
+    steps, gaps, probs = optimise_problems(estimator, problems, config, seed=seed,
+                                           device=device, progress=progress, stop=stop)
+    shape = (len(grid), len(config.powers), config.n_runs)
     return PolyProgRun(
         estimator=estimator,
         knob_values=grid,
         powers=tuple(float(p) for p in config.powers),
-        steps=torch.tensor(steps),
-        gaps=torch.stack(records, dim=-1).cpu(),
-        final_probs=final_probs.cpu(),
+        steps=steps,
+        gaps=gaps.reshape(*shape, -1),
+        final_probs=probs.reshape(shape),
     )
