@@ -182,37 +182,3 @@ def test_batched_mixes_estimators_and_keeps_rows_apart() -> None:
     with pytest.raises(TypeError, match="GuidanceConfig"):
         guide_batched(tiny(), count_not_zero, [("st", 1)], n_unmask_steps=1, lam=1.0, lr=0.1,
                       generator=None, n=2)
-
-
-def test_experiment_script_runs_resumes_and_writes_a_summary(tmp_path) -> None:
-    from redge_mini.book.experiments import mdm_guidance as e4
-    from redge_mini.book.experiments.summary import read_summary
-
-    args = ["--smoke", "--out", str(tmp_path), "--estimators", "st,redge", "--device", "cpu"]
-    assert e4.main(args) == 0
-    names = sorted(p.stem for p in tmp_path.glob("*.json"))
-    assert names == ["small-smoke_main_redge", "small-smoke_main_st", "small-smoke_timing",
-                     "small-smoke_tune_redge", "small-smoke_tune_st", "small-smoke_unguided"]
-    stamp = (tmp_path / "small-smoke_main_st.json").stat().st_mtime_ns
-    assert e4.main(args) == 0  # resumed: nothing recomputed
-    assert (tmp_path / "small-smoke_main_st.json").stat().st_mtime_ns == stamp
-    proto = e4.protocol("small", smoke=True)
-    summary = e4.summarise(e4.run(proto, ["st", "redge"], out=tmp_path))
-    assert set(summary["chosen"]) == {"st", "redge"}
-    assert summary["chosen"]["redge"]["knobs"] in proto.grids["redge"]
-    assert {v["rival"] for v in summary["verdicts"].values()} == {"st"}
-    rows = read_summary("mdm_guidance", tmp_path)
-    assert {r.setting for r in rows} == {"weak", "strong", "tune_weak", "timing"}
-    timing = [r for r in rows if r.setting == "timing"]
-    assert {r.estimator for r in timing} == {"st", "redge"}
-    assert all(r.metric == "ms_per_step" and r.n_seeds == 1 and r.mean > 0 for r in timing)
-    assert {r.budget for r in rows if r.estimator == "redge" and r.setting == "weak"} == set(
-        proto.n_inner)
-    assert all(r.n_seeds == proto.n_seeds for r in rows
-               if not r.setting.startswith("tune") and r.setting != "timing")
-    assert all(r.ci_low <= r.mean <= r.ci_high for r in rows)
-    projected = e4.measure_throughput(proto, device="cpu")
-    assert projected["total"] >= projected["main"] > 0
-    table = e4.protocol_table(e4.protocol("full"))
-    assert all(r["reason"] for r in table if r["authors"] != r["ours"])
-    assert next(r for r in table if r["item"] == "lr")["reason"] == ""

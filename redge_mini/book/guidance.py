@@ -45,7 +45,7 @@ from redge_mini.book.masked_diffusion import MaskedDenoiser
 from redge_mini.registry import make_estimator
 from redge_mini.validation import check_generator, check_int, check_real
 
-__all__ = ["GuidanceConfig", "guide_batched", "guided_sample", "kl_to_prior"]
+__all__ = ["GuidanceConfig", "guide_batched", "guide_with_rates", "guided_sample", "kl_to_prior"]
 
 
 def kl_to_prior(phi: torch.Tensor, prior_log_probs: torch.Tensor) -> torch.Tensor:
@@ -363,3 +363,148 @@ def guided_sample(
     info["objective"] = [values[0] for values in info["objective"]]
     del info["n_rows_per_config"]
     return tokens, info
+
+
+
+def guide_with_rates(
+    model: MaskedDenoiser,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    configs: Sequence[GuidanceConfig],
+    lrs: Sequence[float],
+    *,
+    n_unmask_steps: int,
+    lam: float,
+    generator: torch.Generator | None,
+    init: torch.Tensor,
+    cond: object = None,
+    maximize: bool = False,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """:func:`guide_batched` for one model with one Adam learning rate per configuration.
+
+    Configuration ``c`` (estimator, knobs, ``n_inner``; ``model`` must be 0) optimises its copy
+    of the ``B`` rows of ``init`` with learning rate ``lrs[c]``. Adam (``betas = (0.9, 0.999)``,
+    ``eps = 1e-8``, bias-corrected, as :class:`torch.optim.Adam`) is written out with a per-row
+    learning rate, so configurations that differ in every knob, the learning rate included, share
+    one batch and one loop. Inside, the rows are laid out by decreasing ``n_inner``, so the rows
+    still optimising at an inner step are a leading slice (no gathers; a row whose budget is spent
+    is frozen). A configuration with ``n_inner = 0`` is greedy decoding. One configuration alone
+    gives what :func:`guided_sample` gives with the same seed.
+
+    Returns
+    -------
+    (tokens, info)
+        ``tokens``: ``(C * B, N)`` ids in ``[0, K)``, configuration-major (row ``c * B + b``).
+        ``info``: per row ``kl_revealed`` and ``nll_prior`` (as in :func:`guide_batched`),
+        ``seconds_total``, ``n_rows_per_config``.
+    """
+    model = _check_model(model, "model")
+    if not callable(objective):
+        raise TypeError("objective must be callable: one-hot (B, N, K) -> (B,)")
+    configs, lrs = list(configs), list(lrs)
+    if not configs:
+        raise ValueError("configs must hold at least one GuidanceConfig")
+    if len(lrs) != len(configs):
+        raise ValueError(f"lrs has {len(lrs)} entries for {len(configs)} configs")
+    lrs = [check_real(r, f"lrs[{i}]", minimum=0.0, strict=True) for i, r in enumerate(lrs)]
+    samplers: dict[tuple[str, tuple[tuple[str, Any], ...]], Callable[..., torch.Tensor]] = {}
+    keys = []
+    for c, config in enumerate(configs):
+        if not isinstance(config, GuidanceConfig):
+            raise TypeError(f"configs[{c}] must be a GuidanceConfig, got {type(config).__name__}")
+        check_int(config.n_inner, f"configs[{c}].n_inner", 0)
+        if config.model != 0:
+            raise ValueError(f"configs[{c}].model={config.model} but one model")
+        keys.append((config.estimator, tuple(sorted(config.knobs.items()))))
+        if keys[-1] not in samplers:
+            samplers[keys[-1]] = make_estimator(config.estimator, **config.knobs)
+    n_unmask_steps = check_int(n_unmask_steps, "n_unmask_steps", 1)
+    lam = check_real(lam, "lam", minimum=0.0)
+    dev = next(model.parameters()).device
+    check_generator(generator, dev)
+    x0 = model.check_tokens(init, "init").to(dev)
+    n_configs, per = len(configs), x0.shape[0]
+    index = {key: i for i, key in enumerate(samplers)}
+    order = sorted(range(n_configs), key=lambda c: (-configs[c].n_inner, index[keys[c]], c))
+    # blocks of consecutive rows (inner layout) sharing a sampler and a budget
+    blocks: list[list[Any]] = []   # [sampler, n_rows, budget]
+    for c in order:
+        budget = configs[c].n_inner
+        if blocks and blocks[-1][0] is samplers[keys[c]] and blocks[-1][2] == budget:
+            blocks[-1][1] += per
+        elif budget > 0:
+            blocks.append([samplers[keys[c]], per, budget])
+    x = x0.repeat(n_configs, 1)
+    batch = x.shape[0]
+    if isinstance(cond, torch.Tensor):
+        cond = cond.to(dev).repeat(n_configs)
+    sign = -1.0 if maximize else 1.0
+    model.eval()
+    rate = torch.tensor([lrs[c] for c in order], device=dev).repeat_interleave(per)[:, None, None]
+    max_inner = max(g.n_inner for g in configs)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    kl_revealed = torch.zeros(batch, device=dev)
+    nll_prior = torch.zeros(batch, device=dev)
+    start_all = time.perf_counter()
+    steps = range(n_unmask_steps - 1, -1, -1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="guidance", leave=False)
+    for t in steps:
+        masked = x == model.mask_id
+        with torch.no_grad():
+            prior = model(x, cond).float()
+        revealed_onehot = torch.nn.functional.one_hot(
+            x.clamp(max=model.vocab_size - 1), model.vocab_size).float()
+        weight = masked.float()
+        phi = prior.clone()
+        if max_inner > 0:
+            first_moment = torch.zeros_like(prior)
+            second_moment = torch.zeros_like(prior)
+            first_nan = torch.zeros((), dtype=torch.long, device=dev)
+            for inner in range(1, max_inner + 1):
+                live = [b for b in blocks if b[2] >= inner]
+                n = sum(b[1] for b in live)
+                leaf = phi[:n].detach().requires_grad_(True)
+                chunks = leaf.split([b[1] for b in live]) if len(live) > 1 else (leaf,)
+                hards = [b[0](chunk, generator=generator, hard=True)
+                         for b, chunk in zip(live, chunks, strict=True)]
+                hard = torch.cat(hards) if len(hards) > 1 else hards[0]
+                sequence = torch.where(masked[:n, :, None], hard, revealed_onehot[:n])
+                value = objective(sequence)
+                if not isinstance(value, torch.Tensor) or value.shape != (n,):
+                    raise ValueError(f"objective must return a tensor of shape ({n},), got "
+                                     f"{getattr(value, 'shape', type(value).__name__)}")
+                first_nan = torch.where(torch.isnan(value).any() & (first_nan == 0), inner,
+                                        first_nan)
+                kl = (kl_to_prior(leaf, prior[:n]) * weight[:n]).sum(-1)
+                (grad,) = torch.autograd.grad((sign * value + lam * kl).sum(), leaf)
+                with torch.no_grad():
+                    grad = torch.where(first_nan > 0, torch.zeros_like(grad), grad)
+                    m, v = first_moment[:n], second_moment[:n]
+                    m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    denom = (v.sqrt() / (1 - beta2**inner) ** 0.5).add_(eps)
+                    phi[:n].addcdiv_(m * (rate[:n] / (1 - beta1**inner)), denom, value=-1.0)
+            if int(first_nan):
+                raise ValueError(
+                    f"objective returned NaN at unmasking step t={t} "
+                    f"({n_unmask_steps - t} of {n_unmask_steps}), inner step {int(first_nan)}; "
+                    "guidance stopped")
+        with torch.no_grad():
+            kl_cell = kl_to_prior(phi, prior)
+            candidates = phi.argmax(-1)
+            u = torch.rand(x.shape, generator=generator, device=dev)
+            reveal = masked & (u < 1.0 / (t + 1))
+            kl_revealed += (kl_cell * reveal).sum(-1)
+            nll_prior -= (prior.gather(-1, candidates[..., None]).squeeze(-1) * reveal).sum(-1)
+            x = torch.where(reveal, candidates, x)
+    # back to configuration-major rows
+    inner_rows = torch.cat([torch.arange(c * per, (c + 1) * per, device=dev) for c in order])
+    out = torch.empty_like(x)
+    out[inner_rows] = x
+    kl_out, nll_out = torch.empty_like(kl_revealed), torch.empty_like(nll_prior)
+    kl_out[inner_rows], nll_out[inner_rows] = kl_revealed, nll_prior
+    return out, {"kl_revealed": kl_out.cpu(), "nll_prior": nll_out.cpu(),
+                 "seconds_total": time.perf_counter() - start_all, "n_rows_per_config": per}
