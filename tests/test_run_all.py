@@ -12,7 +12,7 @@ from redge_mini.book.experiments.summary import read_summary
 
 def test_runner_runs_in_order_records_the_device_and_resumes(tmp_path) -> None:
     argv = ["--smoke", "--scale", "small", "--only", "polyprog,vae", "--device", "cpu",
-            "--out", str(tmp_path)]
+            "--out", str(tmp_path), "--jobs", "2", "--threads", "1"]
     assert run_all.main(argv) == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     runs = manifest["runs"]
@@ -21,9 +21,12 @@ def test_runner_runs_in_order_records_the_device_and_resumes(tmp_path) -> None:
         assert entry["status"] == "finished" and len(entry["attempts"]) == 1
         assert entry["attempts"][0]["device"]["device"] == "cpu"
         assert entry["attempts"][0]["exit_status"] == 0
-    # The attempts ran one after the other, in the order asked for.
+    # The attempts started in the order asked for, side by side (--jobs 2), one thread each,
+    # and the manifest says so, with the commit.
     first, second = (runs[k]["attempts"][0] for k in runs)
     assert first["started"] <= second["started"]
+    assert manifest["jobs"] == 2 and first["threads"] == 1 and first["side_by_side"] == 2
+    assert len(first["git_commit"]) == 40 and manifest["total_seconds"] > 0
     assert read_summary("polyprog", root=tmp_path / "polyprog")
     assert read_summary("vae", root=tmp_path / "vae")
     stored = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json") if p.parent != tmp_path}
@@ -48,6 +51,9 @@ def test_runner_refuses_bad_input(tmp_path, capsys) -> None:
         run_all.main(["--max-minutes", "0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         run_all.main(["--device", "tpu", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        run_all.main(["--jobs", "0", "--out", str(tmp_path)])
+    assert "--jobs" in capsys.readouterr().err
 
 
 def test_device_description_names_the_device() -> None:

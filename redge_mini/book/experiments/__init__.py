@@ -7,12 +7,11 @@ the matching :mod:`redge_mini.book.tasks` module and writes small JSON result fi
 
 Shared here: the command line (:func:`parse_cli`), the run loop of resumable, deadline-bound
 stages (:class:`Stages`, built on :func:`load_or_run`), the one record type every stage stores
-(:func:`make_record`) and reading stored records back (:func:`load_records`). Intervals and
-verdicts live in :mod:`.summary` (``welch_verdict`` for independent runs, ``paired_verdict`` for
-runs that share seeds; ``welch_verdict`` is re-exported here). By convention a script also
-offers ``write_summary_csv(folder, scale)`` (regenerate ``summary.csv`` from the stored files)
-and ``measure_throughput(proto, device=...)`` (projected seconds, key ``"total"``), which
-:mod:`.run_all` calls when present.
+(:func:`make_record`) and reading stored records back (:func:`load_records`). Per-unit results
+and the one verdict rule live in :mod:`.verdicts`, the equal-budget search in :mod:`.tuning`. By
+convention a script also offers ``write_summary_csv(folder, scale)`` (regenerate ``summary.csv``
+and the other tables from the stored files) and ``measure_throughput(proto, device=...)``
+(projected seconds, key ``"total"``), which :mod:`.run_all` calls when present.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from typing import Any
 import torch
 
 from .. import runtime
-from .summary import welch_verdict
 
 __all__ = [
     "REDGE_FAMILY",
@@ -48,7 +46,6 @@ __all__ = [
     "parse_cli",
     "parse_estimators",
     "resolve_device",
-    "welch_verdict",
 ]
 
 #: The estimators built on the ReDGE sampler, compared as a group against the best other one.

@@ -7,8 +7,11 @@ Usage::
     python -m redge_mini.book.experiments.run_all --scale full --project       # time estimate
     python -m redge_mini.book.experiments.run_all --summarise                  # summary.csv only
 
-Each experiment runs in its own process (``python -m redge_mini.book.experiments.<name>``), never
-two at once, so no timing is made under contention and a crash of one does not lose the others.
+Each experiment runs in its own process (``python -m redge_mini.book.experiments.<name>``), so a
+crash of one does not lose the others; by default one after another, or ``--jobs`` side by side
+(``--jobs 2 --threads 1`` keeps both cores of a 2-core machine busy; the manifest records it, and
+a timing stage made beside another experiment can be redone alone: delete its ``*_timing.json``
+and rerun with ``--recheck``, which loads every other finished stage).
 The scripts are resumable stage by stage (a finished stage is a result file that is loaded, not
 recomputed), and this runner keeps a manifest ``<out>/manifest.json`` (by default
 ``book/results/manifest.json``): the commit (``git_commit``, ``git_dirty``), the hardware, the
@@ -43,7 +46,7 @@ from .. import runtime
 from . import resolve_device
 
 __all__ = ["EXPERIMENTS", "device_description", "main", "project", "run_experiment",
-           "summarise_all"]
+           "start_experiment", "summarise_all"]
 
 #: The experiments in the order they run (cheapest and most basic first).
 EXPERIMENTS: tuple[str, ...] = ("polyprog", "vae", "sudoku", "mdm_guidance", "image_guidance")
@@ -95,11 +98,10 @@ def _summarise_manifest(manifest: dict[str, Any]) -> None:
     manifest["total_seconds"] = round(sum(a["seconds"] for a in finished.values()), 1)
 
 
-def run_experiment(name: str, *, scale: str, device: torch.device, folder: Path,
-                   max_minutes: float | None, extra: list[str] | None = None,
-                   threads: int = DEFAULT_THREADS) -> tuple[int, float]:
-    """Run one experiment script in a child process with ``threads`` threads; return
-    ``(exit status, seconds)``."""
+def start_experiment(name: str, *, scale: str, device: torch.device, folder: Path,
+                     max_minutes: float | None, extra: list[str] | None = None,
+                     threads: int = DEFAULT_THREADS) -> subprocess.Popen[bytes]:
+    """Start one experiment script in a child process with ``threads`` threads."""
     command = [sys.executable, "-m", f"redge_mini.book.experiments.{name}", "--scale", scale,
                "--device", device.type, "--out", str(folder), "--no-progress",
                "--threads", str(threads), *(extra or [])]
@@ -107,8 +109,17 @@ def run_experiment(name: str, *, scale: str, device: torch.device, folder: Path,
         command += ["--max-minutes", f"{max_minutes:.3f}"]
     env = {**os.environ, "REDGE_SCALE": scale, "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return subprocess.Popen(command, env=env)
+
+
+def run_experiment(name: str, *, scale: str, device: torch.device, folder: Path,
+                   max_minutes: float | None, extra: list[str] | None = None,
+                   threads: int = DEFAULT_THREADS) -> tuple[int, float]:
+    """Run one experiment script in a child process with ``threads`` threads; return
+    ``(exit status, seconds)``."""
     tic = time.perf_counter()
-    status = subprocess.call(command, env=env)
+    status = start_experiment(name, scale=scale, device=device, folder=folder,
+                              max_minutes=max_minutes, extra=extra, threads=threads).wait()
     return status, time.perf_counter() - tic
 
 
@@ -165,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny sizes, same code path (passed on to every script)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help=f"CPU threads of every experiment (default {DEFAULT_THREADS})")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="experiments run side by side (default 1: one after another); "
+                        "with --jobs 2 --threads 1 both cores of a 2-core machine work")
     args = parser.parse_args(argv)
     try:
         names = EXPERIMENTS if args.only is None else tuple(
@@ -178,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     except ValueError as error:
         parser.error(str(error))
     root = args.out if args.out is not None else runtime.results_dir()
@@ -202,37 +218,60 @@ def main(argv: list[str] | None = None) -> int:
     manifest.update(scale=scale, num_threads=args.threads, hardware=device_description(device))
     start = time.perf_counter()
     unfinished = 0
+    todo: list[tuple[str, dict[str, Any]]] = []
     for name in names:
         entry = manifest["runs"].setdefault(f"{scale}/{name}", {"attempts": []})
         if entry.get("status") == "finished" and not args.recheck:
             print(f"run_all: {name} finished earlier ({entry['attempts'][-1]['started']}), "
                   "skipped", file=sys.stderr)
             continue
-        left = None
-        if args.max_minutes is not None:
-            left = args.max_minutes - (time.perf_counter() - start) / 60
-            if left <= 0:
-                print(f"run_all: --max-minutes reached before {name} (rerun to resume)",
-                      file=sys.stderr)
-                unfinished += 1
-                continue
-        started = _now()
-        print(f"run_all: {name} ({args.scale}, {device.type}) started {started}", file=sys.stderr)
-        status, seconds = run_experiment(name, scale=args.scale, device=device,
-                                         folder=root / name, max_minutes=left, extra=extra,
-                                         threads=args.threads)
+        todo.append((name, entry))
+    running: list[tuple[str, dict[str, Any], subprocess.Popen[bytes], str, float]] = []
+
+    def finish(name: str, entry: dict[str, Any], status: int, started: str,
+               seconds: float) -> None:
+        nonlocal unfinished
         entry["attempts"].append({"started": started, "seconds": round(seconds, 1),
-                                  "exit_status": status, "threads": args.threads, **git,
+                                  "exit_status": status, "threads": args.threads,
+                                  "side_by_side": args.jobs, **git,
                                   "device": device_description(device)})
         entry["status"] = "finished" if status == 0 else (
             "unfinished" if status == 3 else "failed")
         manifest["device"] = device_description(device)
+        manifest["jobs"] = args.jobs
         _summarise_manifest(manifest)
         _save_manifest(manifest_path, manifest)
         unfinished += status != 0
         print(f"run_all: {name} {entry['status']} in {seconds:.0f} s", file=sys.stderr)
         for key, outcome in summarise_all(root, scale, [name]).items():
             print(f"run_all: {key} summary: {outcome}", file=sys.stderr)
+
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            name, entry = todo.pop(0)
+            left = None
+            if args.max_minutes is not None:
+                left = args.max_minutes - (time.perf_counter() - start) / 60
+                if left <= 0:
+                    print(f"run_all: --max-minutes reached before {name} (rerun to resume)",
+                          file=sys.stderr)
+                    unfinished += 1
+                    continue
+            started = _now()
+            print(f"run_all: {name} ({args.scale}, {device.type}) started {started}",
+                  file=sys.stderr)
+            process = start_experiment(name, scale=args.scale, device=device,
+                                       folder=root / name, max_minutes=left, extra=extra,
+                                       threads=args.threads)
+            running.append((name, entry, process, started, time.perf_counter()))
+        for item in list(running):
+            name, entry, process, started, tic = item
+            status = process.poll()
+            if status is not None:
+                running.remove(item)
+                finish(name, entry, status, started, time.perf_counter() - tic)
+        if running:
+            time.sleep(0.2)
     print(f"run_all: {len(names) - unfinished}/{len(names)} experiments finished in "
           f"{time.perf_counter() - start:.0f} s; manifest {manifest_path}")
     return 0 if unfinished == 0 else 3

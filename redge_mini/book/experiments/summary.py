@@ -2,9 +2,8 @@
 
 Every experiment writes ``<results>/<experiment>/summary.csv`` with the columns
 :data:`COLUMNS`; the chapters and the synthesis chapter read these files (never hand-typed
-numbers). Intervals come from :mod:`scipy.stats` (Student's t over seeds), and comparisons between
-two estimators that share seeds (the same data, puzzles or initialisation per seed) from a paired
-t-test, so the words "wins", "ties" and "loses" are generated from the numbers.
+numbers). Intervals come from :mod:`scipy.stats` (Student's t over units). Comparisons between
+estimators are not made here: :mod:`.verdicts` computes them, by one rule, from ``units.csv``.
 """
 
 from __future__ import annotations
@@ -24,12 +23,10 @@ __all__ = [
     "ESTIMATOR_NAMES",
     "Row",
     "knob_string",
-    "paired_verdict",
     "read_summary",
     "summary_row",
     "t_interval",
     "timing_rows",
-    "welch_verdict",
     "write_summary",
 ]
 
@@ -189,67 +186,3 @@ def read_summary(experiment: str, root: str | Path | None = None) -> list[Row]:
                 )
             out.append(Row(**kwargs))
     return out
-
-
-def paired_verdict(
-    values: Sequence[float],
-    other: Sequence[float],
-    *,
-    lower_is_better: bool = True,
-    alpha: float = 0.05,
-) -> str:
-    """``"wins"``, ``"ties"`` or ``"loses"`` for ``values`` against ``other``, paired by seed.
-
-    A two-sided paired t-test (:func:`scipy.stats.ttest_rel`) at level ``alpha``; "ties" when the
-    difference is not significant (or identically zero).
-    """
-    from scipy import stats
-
-    a = [float(v) for v in values]
-    b = [float(v) for v in other]
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError("values and other must be paired sequences of at least two seeds")
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    if all(d == diffs[0] for d in diffs):
-        if diffs[0] == 0.0:
-            return "ties"
-        better = diffs[0] < 0 if lower_is_better else diffs[0] > 0
-        return "wins" if better else "loses"
-    result = stats.ttest_rel(a, b)
-    if not result.pvalue < alpha:
-        return "ties"
-    mean_diff = math.fsum(diffs) / len(diffs)
-    better = mean_diff < 0 if lower_is_better else mean_diff > 0
-    return "wins" if better else "loses"
-
-
-def welch_verdict(
-    values: Sequence[float],
-    other: Sequence[float],
-    *,
-    lower_is_better: bool = True,
-    alpha: float = 0.05,
-    tolerance: float = 0.0,
-) -> str:
-    """``"wins"``, ``"ties"`` or ``"loses"`` for two *independent* samples (no shared seeds).
-
-    Welch's two-sided t-test (:func:`scipy.stats.ttest_ind` with ``equal_var=False``) at level
-    ``alpha``; a difference of means within ``tolerance`` (e.g. two gaps at numerical zero) is a
-    tie. For seeds that share data use :func:`paired_verdict` instead.
-    """
-    from scipy import stats
-
-    a, b = [float(v) for v in values], [float(v) for v in other]
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("values and other need at least two seeds each")
-    diff = math.fsum(a) / len(a) - math.fsum(b) / len(b)
-    if abs(diff) <= tolerance:
-        return "ties"
-    if len(set(a)) == 1 and len(set(b)) == 1:
-        significant = diff != 0.0
-    else:
-        significant = bool(stats.ttest_ind(a, b, equal_var=False).pvalue < alpha)
-    if not significant:
-        return "ties"
-    better = diff < 0 if lower_is_better else diff > 0
-    return "wins" if better else "loses"
