@@ -97,3 +97,16 @@ def test_landings_costs_provenance_and_samplers(stored) -> None:
     assert syn.manifest(stored) is None
     write_summary("vae", [], root=stored / "vae")
     assert syn.load_all(stored)["vae"] == []
+
+
+def test_roles_per_setting_when_tuning_is_per_setting() -> None:
+    rows = [V.TuningRow("polyprog", "redge_cov", "lr;n_steps;t_1", 8, 3, "p=1.5: seeds",
+                        "lr=0.05;n_steps=5;t_1=0.2", False),
+            V.TuningRow("polyprog", "redge_cov", "lr;n_steps;t_1", 8, 3, "p=2: seeds",
+                        "lr=0.07;n_steps=9;t_1=0.4", True)]
+    authors = "redge_cov[lr=0.05;n_steps=5;t_1=0.2]"
+    # the search chose the authors' setting at p = 1.5 only
+    assert syn.role(authors, rows, "p=1.5") == "tuned"
+    assert syn.role(authors, rows, "p=2") == "fixed"
+    assert syn.role("redge_cov[lr=0.07;n_steps=9;t_1=0.4]", rows, "p=2") == "tuned"
+    assert syn.role(authors, rows) == "tuned"          # without a setting: any choice counts

@@ -94,24 +94,31 @@ def is_tuning(row: Row) -> bool:
     return stage(row.setting) or stage(row.metric)
 
 
-def role(name: str, tuning: Sequence[TuningRow] | None) -> str:
+def role(name: str, tuning: Sequence[TuningRow] | None, setting: str | None = None) -> str:
     """``"tuned"`` or ``"fixed"`` (the authors' setting) for a series name of verdicts.csv.
 
     A plain name is the estimator's only series. A name ``est[knobs]`` is tuned when ``knobs``
     is a choice that ``tuning.csv`` records for ``est``, else a fixed setting shown beside it.
+    Where an experiment tunes per setting (its ``tuned_on`` starts with ``"<setting>:"``, as
+    polynomial programming does per exponent), only the choice for ``setting`` counts: the
+    authors' setting chosen at one exponent is not the tuned series at another.
     """
     base, _, rest = name.partition("[")
     if not rest:
         return "tuned"
     knobs = rest[:-1]
-    chosen = {t.chosen for t in tuning or () if t.estimator == base}
-    return "tuned" if knobs in chosen else "fixed"
+    rows = [t for t in tuning or () if t.estimator == base]
+    if setting is not None:
+        here = [t for t in rows if t.tuned_on.startswith(f"{setting}:")]
+        rows = here or rows
+    return "tuned" if knobs in {t.chosen for t in rows} else "fixed"
 
 
 def tuned_headline(rows: Iterable[Cited], tuning: Sequence[TuningRow] | None) -> list[Cited]:
     """The headline rows that compare two tuned series (the authors' fixed settings aside)."""
-    return [c for c in rows if c.verdict.headline and role(c.verdict.estimator, tuning) == "tuned"
-            and role(c.verdict.rival, tuning) == "tuned"]
+    return [c for c in rows if c.verdict.headline
+            and role(c.verdict.estimator, tuning, c.verdict.setting) == "tuned"
+            and role(c.verdict.rival, tuning, c.verdict.setting) == "tuned"]
 
 
 def member_counts(verdicts: dict[str, list[Cited] | None],
