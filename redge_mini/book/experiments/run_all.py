@@ -45,7 +45,7 @@ import torch
 from .. import runtime
 from . import resolve_device
 
-__all__ = ["EXPERIMENTS", "device_description", "main", "project", "run_experiment",
+__all__ = ["EXPERIMENTS", "device_description", "main", "project",
            "start_experiment", "summarise_all"]
 
 #: The experiments in the order they run (cheapest and most basic first).
@@ -110,17 +110,6 @@ def start_experiment(name: str, *, scale: str, device: torch.device, folder: Pat
     env = {**os.environ, "REDGE_SCALE": scale, "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return subprocess.Popen(command, env=env)
-
-
-def run_experiment(name: str, *, scale: str, device: torch.device, folder: Path,
-                   max_minutes: float | None, extra: list[str] | None = None,
-                   threads: int = DEFAULT_THREADS) -> tuple[int, float]:
-    """Run one experiment script in a child process with ``threads`` threads; return
-    ``(exit status, seconds)``."""
-    tic = time.perf_counter()
-    status = start_experiment(name, scale=scale, device=device, folder=folder,
-                              max_minutes=max_minutes, extra=extra, threads=threads).wait()
-    return status, time.perf_counter() - tic
 
 
 def summarise_all(root: Path, scale: str, names: list[str]) -> dict[str, str]:

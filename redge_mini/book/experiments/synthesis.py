@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from .. import runtime
+from . import REDGE_FAMILY
 from .summary import Row, read_summary
 from .verdicts import TuningRow, Verdict, read_tuning, read_verdicts
 
 __all__ = ["EXPERIMENTS", "FAMILY", "RIVALS", "Cited", "advice", "costs", "is_tuning",
-           "load_all", "load_tuning", "load_verdicts", "member_counts", "provenance", "role",
-           "samplers", "t1_landings", "tuned_headline"]
+           "load_all", "load_tuning", "load_verdicts", "manifest", "member_counts", "provenance",
+           "role", "samplers", "t1_landings", "tuned_headline"]
 
 #: The five experiments, in book order.
 EXPERIMENTS: tuple[str, ...] = ("polyprog", "vae", "sudoku", "mdm_guidance", "image_guidance")
 #: The ReDGE family, each member judged on its own (never "the best of the three").
-FAMILY: tuple[str, ...] = ("redge", "redge_cov", "reindge")
+FAMILY: tuple[str, ...] = REDGE_FAMILY
 #: Rivals in the order the tables show them.
 RIVALS: tuple[str, ...] = ("st", "gumbel", "reinmax", "reinforce", "unguided", *FAMILY)
 
@@ -263,5 +264,3 @@ def manifest(root: str | Path | None = None) -> dict[str, Any] | None:
         return None
     return json.loads(path.read_text(encoding="utf-8"))
 
-
-__all__.append("manifest")

@@ -37,6 +37,7 @@ from typing import Any
 
 from ...registry import ALL_ESTIMATORS
 from .. import runtime
+from . import REDGE_FAMILY
 from .summary import Row, knob_string, t_interval
 
 __all__ = [
@@ -54,10 +55,12 @@ __all__ = [
     "read_tuning",
     "read_units",
     "read_verdicts",
+    "select",
     "series_name",
     "summary_from_units",
     "units_from_values",
     "verdicts_from_units",
+    "write_results",
     "write_tuning",
     "write_units",
     "write_verdicts",
@@ -75,10 +78,10 @@ VERDICT_COLUMNS: tuple[str, ...] = (
 TUNING_COLUMNS: tuple[str, ...] = ("experiment", "estimator", "knobs_tuned", "n_configs",
                                    "n_runs", "tuned_on", "chosen", "on_edge")
 
-#: The estimators built on ReDGE's sampler: in a pair with one of them, it is the ``estimator``.
-FAMILY: tuple[str, ...] = ("redge", "redge_cov", "reindge")
-#: Order of the ``estimator`` / ``rival`` columns: the family first, then the registry's order.
-_ORDER: tuple[str, ...] = (*FAMILY, *(n for n in ALL_ESTIMATORS if n not in FAMILY), "unguided")
+#: Order of the ``estimator`` / ``rival`` columns: the ReDGE family first (in a pair with one of
+#: them, it is the ``estimator``), then the registry's order.
+_ORDER: tuple[str, ...] = (*REDGE_FAMILY,
+                           *(n for n in ALL_ESTIMATORS if n not in REDGE_FAMILY), "unguided")
 
 
 @dataclass(frozen=True)
@@ -427,8 +430,6 @@ def select(verdicts: Iterable[Verdict], **where: Any) -> list[Verdict]:
     return [v for v in verdicts if all(getattr(v, k) == x for k, x in where.items())]
 
 
-__all__.append("select")
-
 
 def write_results(experiment: str, units: Sequence[Unit], metrics: Sequence[Metric],
                   tuning: Sequence[TuningRow], *, extra_rows: Sequence[Row] = (),
@@ -446,5 +447,3 @@ def write_results(experiment: str, units: Sequence[Unit], metrics: Sequence[Metr
     write_tuning(experiment, tuning, root)
     return verdicts
 
-
-__all__.append("write_results")
