@@ -1,4 +1,4 @@
-"""Checks of the image-guidance stand-in (redge_mini.book.tasks.image_guidance, chapter 10).
+"""Checks of the image-guidance stand-in (redge_mini.book.tasks.image_guidance, chapter 11).
 
 Independent references: the patch grid against explicit slicing, the ReMDM bridge against its
 closed-form transition probabilities (Monte Carlo with binomial tolerances), the decoder against

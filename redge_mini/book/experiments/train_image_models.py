@@ -1,4 +1,4 @@
-"""Train and store the models of the image-guidance stand-in (chapter 10) from scratch.
+"""Train and store the models of the image-guidance stand-in (chapter 11) from scratch.
 
     python -m redge_mini.book.experiments.train_image_models            # about 3-4 min, 1 thread
     python -m redge_mini.book.experiments.train_image_models --smoke --out /tmp/m   # seconds
