@@ -2,7 +2,9 @@
 #   make book   install into .venv, build the site into _build/html executing every chapter, with
 #               the wheel and stored results that downloaded notebooks install, and the book's PDF
 #   make test   install into .venv, then lint, unit tests, nbval, strict book build, browser
-#               check, a downloaded notebook run in a fresh environment, timing table
+#               check, a downloaded notebook run in a fresh environment, the chapters in
+#               JupyterLab, timing table
+#   make lab    install into .venv, then open JupyterLab on the chapters (.md opens as a notebook)
 # Needs only Python 3.11 and pip (and Chromium for the PDF and the browser check: .ci/run).
 # PYTHON picks the interpreter that creates the venv.
 
@@ -18,7 +20,7 @@ NBVAL_CELL_TIMEOUT ?= 300
 export NBVAL_CELL_TIMEOUT
 
 .PHONY: book test install lint unit nbval build-strict site-extras pdf browser-check \
-	downloaded-notebook exec-table clean
+	downloaded-notebook lab lab-settings lab-check exec-table clean
 
 book: install
 	$(BIN)/jupyter-book build $(JB_FLAGS) .
@@ -32,6 +34,7 @@ test: install
 	$(MAKE) --no-print-directory build-strict
 	$(MAKE) --no-print-directory browser-check
 	$(MAKE) --no-print-directory downloaded-notebook
+	$(MAKE) --no-print-directory lab-check
 	$(MAKE) --no-print-directory exec-table
 
 install: $(STAMP)
@@ -80,6 +83,25 @@ browser-check:
 # outside the repository: its first cell installs redge_mini from the site's wheel.
 downloaded-notebook:
 	$(PY) scripts/check_downloaded_notebook.py _build/html chapters/00_how_to_use
+
+# JupyterLab on the chapters: double-clicking a chapter's .md opens it as a notebook (Jupytext),
+# by the project's settings lab/overrides.json, copied into the environment's JupyterLab.
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.d/redge-book.json
+
+lab-settings: install
+	mkdir -p $(dir $(LAB_OVERRIDES))
+	cp lab/overrides.json $(LAB_OVERRIDES)
+
+lab: lab-settings
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/chapters \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Two chapters opened in JupyterLab (from .venv, on localhost) in headless Chromium: a double
+# click opens each as a notebook, Run All, then it fails on a cell error, raw MyST, a missing
+# figure, a widget that does not render, a slider (live figure or ipywidgets) that does not
+# redraw from keyboard and mouse (scripts/lab_check.py; screenshots in _build/lab/).
+lab-check: lab-settings
+	$(PY) scripts/lab_check.py
 
 exec-table:
 	$(PY) scripts/exec_table.py

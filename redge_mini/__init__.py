@@ -29,6 +29,8 @@ from .registry import (
     get_spec,
     make_estimator,
     make_loss,
+    register,
+    unregister,
 )
 from .score_function import reinforce_loss
 from .validation import get_validate_args, set_validate_args
@@ -57,8 +59,10 @@ __all__ = [
     "redge_cov",
     "reindge",
     "reinforce_loss",
+    "register",
     "reinmax",
     "sample",
     "set_validate_args",
     "st",
+    "unregister",
 ]

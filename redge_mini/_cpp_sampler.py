@@ -8,7 +8,7 @@ eight rows side by side). On small problems a ReDGE call through the PyTorch pat
 the dispatch of dozens of small operations; here each pass is one call.
 
 The source is compiled with :func:`torch.utils.cpp_extension.load` the first time a CPU tensor
-reaches :func:`redge_mini.diffusion.fused_sample` (about 30 s on 2 cores; it needs a C++
+reaches :func:`redge_mini._op.fused_sample` (about 30 s on 2 cores; it needs a C++
 compiler and ``ninja``, from the system or ``pip install ninja``) and cached in torch's
 extension folder (:func:`build_directory`) under a name that holds the torch version and a hash
 of the source, so a later process only imports it. If the build fails, one warning says why and
@@ -23,6 +23,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -95,6 +96,11 @@ def _build() -> ModuleType:
     from torch.utils import cpp_extension
 
     folder.mkdir(parents=True, exist_ok=True)
+    # the only slow step of the package: say so, once per machine and torch version
+    print(
+        f"redge_mini: building the C++ sampler into {folder} (about 30 s, once; "
+        f"{ENV_SWITCH}=0 skips it)...", file=sys.stderr, flush=True,
+    )
     return cpp_extension.load(
         name, [str(SOURCE)], extra_cflags=FLAGS, build_directory=str(folder), verbose=False
     )
@@ -135,9 +141,9 @@ def failure() -> str | None:
 
 
 def _grid(n_steps: int, t_1: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from .diffusion import _cached, time_grid
+    from .schedule import cached, time_grid
 
-    return _cached(time_grid, n_steps, t_1)
+    return cached(time_grid, n_steps, t_1)
 
 
 def _extension() -> ModuleType:
@@ -160,17 +166,21 @@ def sample(
     n_steps: int,
     t_1: float,
     variant: str = "plain",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(hard, soft)`` of ReDGE (``variant="cov"``: ReDGE-cov) for ``(rows, K)`` float32 or
-    float64 CPU logits and noise and ``rows`` uniforms (any shape). Same values as
-    :func:`redge_mini.diffusion.ddim_sample` and an inverse-CDF draw, to rounding."""
+    want_drawn: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(hard, soft, drawn)`` of ReDGE (``variant="cov"``: ReDGE-cov) for ``(rows, K)`` float32
+    or float64 CPU logits and noise and ``rows`` uniforms (any shape); ``drawn`` holds the
+    ``rows`` drawn categories (int64; None unless ``want_drawn``). Same values as
+    :func:`redge_mini.diffusion.ddim_sample` and an inverse-CDF draw, to rounding. A row whose
+    soft sample (or uniform) is NaN (non-finite logits, or every category masked) gets a NaN hard
+    row (and category 0 in ``drawn``)."""
     cov = _is_cov(variant)
     alphas, sigmas = _grid(n_steps, t_1)
-    return tuple(
-        _extension().sample(
-            logits.contiguous(), noise.contiguous(), uniform.contiguous(), alphas, sigmas, cov
-        )
+    out = _extension().sample(
+        logits.contiguous(), noise.contiguous(), uniform.contiguous(), alphas, sigmas, cov,
+        want_drawn,
     )
+    return out[0], out[1], (out[2] if want_drawn else None)
 
 
 def adjoint(
@@ -182,19 +192,35 @@ def adjoint(
     want_noise: bool,
     variant: str = "plain",
     grad_hard: torch.Tensor | None = None,
-    uniform: torch.Tensor | None = None,
+    drawn: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of ``<grad, S(logits, noise)>`` in the logits and (if asked) the noise.
 
     ReinDGE: with ``grad_hard`` (the part of ``grad`` that reached the hard sample) and the
-    ``uniform`` numbers of its draw, the logits' gradient also gets ReinMax's step at ``t_1``,
-    ``[(g . d) d - J(S)^T g] / 2`` for ``g = grad_hard``, ``d = H - S`` (plain sampler only).
+    categories ``drawn`` by the forward pass (int64, one per row), the logits' gradient also gets
+    ReinMax's step at ``t_1``, ``[(g . d) d - J(S)^T g] / 2`` for ``g = grad_hard``,
+    ``d = H - S`` (plain sampler only).
     """
     cov = _is_cov(variant)
     alphas, sigmas = _grid(n_steps, t_1)
-    reinmax = (None, None) if grad_hard is None else (grad_hard.contiguous(), uniform.contiguous())
+    reinmax = (None, None) if grad_hard is None else (grad_hard.contiguous(),
+                                                      drawn.reshape(-1).contiguous())
     out = _extension().adjoint(
         logits.contiguous(), noise.contiguous(), grad.contiguous(), alphas, sigmas, cov,
         want_noise, *reinmax,
     )
     return out[0], (out[1] if want_noise else None)
+
+
+STORE_BYTES = 1 << 22
+"""The C++ adjoint keeps every denoiser output of a block of rows (``n_steps - 1`` slots of
+``8 K`` values per thread) up to this many bytes; above, it keeps every ``seg``-th state,
+``seg = ceil(sqrt(n_steps - 1))``, and recomputes each segment from its checkpoint (the same
+values: the same operations on the same numbers), so that its scratch memory grows as
+``sqrt(n_steps) K``."""
+
+
+def set_store_bytes(value: int) -> int:
+    """Set the C++ adjoint's checkpointing threshold (bytes per thread, see
+    :data:`STORE_BYTES`); returns the previous value. For tests and memory measurements."""
+    return int(_extension().set_store_bytes(int(value)))

@@ -10,10 +10,10 @@ states: the only memory beyond the inputs is the gradients it writes) and walks 
     g_{x_j} = r_j g_{x_{j-1}} + c_j g_w,
 
 with ``w_j = logits + c_j x_j``, ``D_j = softmax(w_j)``, ``x_{j-1} = r_j x_j + b_j D_j`` (the
-derivation is in :class:`redge_mini.diffusion._FusedSampler`). State ``x_j`` is recomputed from the
+derivation is in :class:`redge_mini._op._FusedSampler`). State ``x_j`` is recomputed from the
 noise for each ``j``, ``(n_steps - 1) n_steps / 2`` softmaxes per row in all, which stays on chip.
 
-Used by :func:`redge_mini.diffusion.fused_sample` for float32 CUDA tensors; the PyTorch path is the
+Used by :func:`redge_mini._op.fused_sample` for float32 CUDA tensors; the PyTorch path is the
 reference and the fallback. With ``TRITON_INTERPRET=1`` set before Triton is imported the kernels
 run on CPU tensors through Triton's interpreter (how the tests check them without a GPU).
 Needs ``triton`` (``pip install triton``); :data:`AVAILABLE` says whether it imported.
@@ -43,7 +43,7 @@ def _coefficients(n_steps: int, t_1: float, device: torch.device) -> torch.Tenso
     """``(3, n_steps)`` float32 table of ``c_j = alpha_j / sigma_j^2``,
     ``r_j = sigma_{j-1} / sigma_j`` and ``b_j = alpha_{j-1} - r_j alpha_j`` (``r_1 = b_1 = 0``),
     cached per device: no host-to-device copy per call."""
-    from .diffusion import time_grid
+    from .schedule import time_grid
 
     alphas, sigmas = time_grid(n_steps, t_1)
     c = [0.0] + [alphas[j] / sigmas[j] ** 2 for j in range(1, n_steps)]
@@ -90,8 +90,14 @@ if AVAILABLE:
         # inversion: the first k whose cumulative sum reaches (1 - u) times the total
         cdf = tl.cumsum(soft, 0)
         level = (1.0 - tl.load(uniform_ptr + row)) * tl.max(tl.where(inside, cdf, 0.0), 0)
-        index = tl.sum(tl.where(inside & (cdf < level), 1, 0), 0)
-        tl.store(hard_ptr + base + offsets, tl.where(offsets == index, 1.0, 0.0), mask=inside)
+        # at most K - 1 whatever the uniform; a NaN soft row (non-finite logits, or every
+        # category masked) or a NaN uniform gives a NaN hard row, as on the other backends
+        index = tl.minimum(tl.sum(tl.where(inside & (cdf < level), 1, 0), 0), K - 1)
+        one_hot = tl.where(offsets == index, 1.0, 0.0)
+        # NaN exactly when the soft row (or the uniform) is
+        level = (1.0 - tl.load(uniform_ptr + row)) * tl.sum(tl.where(inside, soft, 0.0), 0)
+        tl.store(hard_ptr + base + offsets, tl.where(level == level, one_hot, float("nan")),
+                 mask=inside)
 
     @triton.jit
     def _adjoint_kernel(
@@ -146,7 +152,7 @@ def sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(hard, soft)`` of ReDGE for ``(rows, K)`` float32 logits and noise, ``(rows,)`` uniforms.
 
-    Same values as :func:`redge_mini.diffusion.fused_sample` (to float32 rounding; a hard sample
+    Same values as :func:`redge_mini._op.fused_sample` (to float32 rounding; a hard sample
     can differ only where a uniform falls within rounding of a cumulative sum).
     """
     _check(logits, noise, uniform)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch.distributions import OneHotCategorical
 
-from .estimators import KNOBS, sample, sample_categorical
+from . import registry
+from .estimators import sample_categorical
 from .validation import check_generator, get_validate_args
 
 __all__ = [
@@ -42,7 +43,8 @@ class PathwiseCategorical(OneHotCategorical):
     family only approximately (the finite DDIM grid leaves a bias, see :class:`ReDGECategorical`).
 
     Args:
-        estimator: a name of :data:`redge_mini.estimators.KNOBS` (``"st"``, ``"redge"``, ...).
+        estimator: a pathwise estimator of the registry (``"st"``, ``"redge"``, ..., or one
+            added by :func:`redge_mini.register`).
         logits: unnormalised log-probabilities ``(..., K)`` (give exactly one of ``logits`` and
             ``probs``); ``-inf`` masks a category.
         probs: probabilities ``(..., K)`` (normalised along the last dimension); 0 masks one.
@@ -64,18 +66,11 @@ class PathwiseCategorical(OneHotCategorical):
         **knobs: float | int,
     ) -> None:
         name = estimator if estimator is not None else type(self).estimator
-        if name not in KNOBS:
-            raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(KNOBS)}")
+        name = registry.check_name(name, pathwise=True)
         if (logits is None) == (probs is None):
             raise ValueError("give exactly one of logits and probs")
-        unknown = set(knobs) - set(KNOBS[name])
-        if unknown:
-            allowed = sorted(KNOBS[name]) or "none"
-            raise ValueError(f"estimator {name!r} has no knob {sorted(unknown)}; its knobs: "
-                             f"{allowed}")
         self.estimator = name
-        self.knobs = {key: spec.check(key, knobs.get(key, spec.default))
-                      for key, spec in KNOBS[name].items()}
+        self.knobs = registry.check_knobs(name, **knobs)
         if validate_args is None and not get_validate_args():
             validate_args = False
         super().__init__(probs=probs, logits=logits, validate_args=validate_args)
@@ -133,12 +128,18 @@ class PathwiseCategorical(OneHotCategorical):
         with this distribution's knobs. ``generator`` (optional) is the source of every draw.
         """
         logits = self._sampling_logits(self._extended_shape(sample_shape))
-        return sample(self.estimator, logits, generator=generator, **self.knobs).hard
+        spec = registry.get_spec(self.estimator)
+        return spec.fn(logits, hard=True, generator=generator, **self.knobs)
 
     def __repr__(self) -> str:
         knobs = "".join(f", {key}={value}" for key, value in self.knobs.items())
         return (f"{type(self).__name__}(batch_shape={tuple(self.batch_shape)}, "
                 f"K={self.event_shape[0]}{knobs})")
+
+
+_GUMBEL = registry.defaults("gumbel")  # the knobs' defaults: the registry's, not restated here
+_REINMAX = registry.defaults("reinmax")
+_REDGE = registry.defaults("redge")
 
 
 class STCategorical(PathwiseCategorical):
@@ -160,7 +161,8 @@ class GumbelSoftmaxCategorical(PathwiseCategorical):
 
     estimator = "gumbel"
 
-    def __init__(self, logits=None, probs=None, *, tau: float = 1.0, validate_args=None) -> None:
+    def __init__(self, logits=None, probs=None, *, tau: float = _GUMBEL["tau"],
+                 validate_args=None) -> None:
         super().__init__(None, logits, probs, validate_args=validate_args, tau=tau)
 
 
@@ -169,7 +171,8 @@ class ReinMaxCategorical(PathwiseCategorical):
 
     estimator = "reinmax"
 
-    def __init__(self, logits=None, probs=None, *, tau: float = 1.0, validate_args=None) -> None:
+    def __init__(self, logits=None, probs=None, *, tau: float = _REINMAX["tau"],
+                 validate_args=None) -> None:
         super().__init__(None, logits, probs, validate_args=validate_args, tau=tau)
 
 
@@ -194,8 +197,8 @@ class ReDGECategorical(PathwiseCategorical):
 
     estimator = "redge"
 
-    def __init__(self, logits=None, probs=None, *, t_1: float = 0.5, n_steps: int = 5,
-                 validate_args=None) -> None:
+    def __init__(self, logits=None, probs=None, *, t_1: float = _REDGE["t_1"],
+                 n_steps: int = _REDGE["n_steps"], validate_args=None) -> None:
         super().__init__(None, logits, probs, validate_args=validate_args, n_steps=n_steps,
                          t_1=t_1)
 

@@ -29,8 +29,9 @@ redge_cov      as redge, moment-matched reference noise      as redge
 reindge        as redge                                      trajectory + ReinMax step at ``t_1``
 =============  ============================================  =======================================
 
-The knobs, their defaults and valid ranges are in :data:`KNOBS` (the registry and the README's
-table read it).
+The knobs, their defaults and valid ranges are in the registry's one table,
+:data:`redge_mini.registry.KNOBS` (also importable from here as ``KNOBS``); every function checks
+them with :func:`redge_mini.registry.check_knobs`.
 """
 
 from __future__ import annotations
@@ -42,17 +43,10 @@ from typing import NamedTuple
 
 import torch
 
-from .diffusion import _softmax_vjp, fused_sample
-from .validation import (
-    N_STEPS,
-    REINMAX_TAU,
-    T_1,
-    TAU,
-    Knob,
-    check_generator,
-    check_logits,
-    working_dtype,
-)
+from ._op import _fused_sample
+from .diffusion import _softmax_vjp
+from .registry import ALL_ESTIMATORS, KNOBS, _bind, check_knobs, check_name
+from .validation import check_generator, check_logits, working_dtype
 
 __all__ = [
     "KNOBS",
@@ -69,15 +63,8 @@ __all__ = [
     "straight_through",
 ]
 
-KNOBS: dict[str, dict[str, Knob]] = {
-    "st": {},
-    "gumbel": {"tau": TAU},
-    "reinmax": {"tau": REINMAX_TAU},
-    "redge": {"n_steps": N_STEPS, "t_1": T_1},
-    "redge_cov": {"n_steps": N_STEPS, "t_1": T_1},
-    "reindge": {"n_steps": N_STEPS, "t_1": T_1},
-}
-"""Estimator name -> its knobs (in positional order), with default, range and kind."""
+# KNOBS (estimator name -> its knobs, in positional order, with default, range and kind) is the
+# registry's one table (redge_mini.registry.KNOBS), kept importable from here.
 
 
 class Sample(NamedTuple):
@@ -188,12 +175,21 @@ def _reinmax(work, generator, tau):
 
 
 def _diffusion(work, generator, n_steps, t_1, variant, reinmax_step):
-    noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
     uniform_shape = work.shape[:-1] + (1,)
-    uniform = torch.rand(uniform_shape, generator=generator, device=work.device, dtype=work.dtype)
+    if torch.compiler.is_compiling():
+        # the same draws as below (torch.randn and torch.rand fill with normal_ and uniform_),
+        # written so that torch.compile also takes symbolic sizes
+        contiguous = torch.contiguous_format
+        noise = torch.empty_like(work, memory_format=contiguous).normal_(generator=generator)
+        uniform = work.new_empty(uniform_shape).uniform_(generator=generator)
+    else:  # two operations instead of five: they count at small sizes
+        noise = torch.randn(work.shape, generator=generator, device=work.device,
+                            dtype=work.dtype)
+        uniform = torch.rand(uniform_shape, generator=generator, device=work.device,
+                             dtype=work.dtype)
     # ReinDGE: the trajectory's gradient plus ReinMax's step at t_1 (see fused_sample)
     variant = "reindge" if reinmax_step else variant
-    return fused_sample(work, noise, uniform, n_steps=n_steps, t_1=t_1, variant=variant)
+    return _fused_sample(work, noise, uniform, n_steps, t_1, variant)
 
 
 def _redge(work, generator, n_steps, t_1):
@@ -218,17 +214,11 @@ _KERNELS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
 }
 
 
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or name not in _KERNELS:
-        raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(_KERNELS)}")
-    return name
-
-
 def _run(
     name: str, logits: object, knobs: dict[str, object], dim: object, generator: object
 ) -> Sample:
     """Validate every argument, run estimator ``name`` along ``dim``; return ``(hard, soft)``."""
-    values = [spec.check(key, knobs[key]) for key, spec in KNOBS[name].items()]
+    values = check_knobs(name, **knobs).values()  # the registry's one check
     logits = check_logits(logits, dim=dim)
     dim = dim % logits.dim()
     generator = check_generator(generator, logits.device)
@@ -237,7 +227,7 @@ def _run(
     last = dim == logits.dim() - 1
     if not last:
         work = work.movedim(dim, -1)
-    hard, soft = _KERNELS[name](work, generator, *values)
+    hard, soft = ALL_ESTIMATORS[name].kernel(work, generator, *values)  # the registry's kernel
     if not last:
         hard, soft = hard.movedim(-1, dim), soft.movedim(-1, dim)
     if hard.dtype != logits.dtype:
@@ -266,7 +256,7 @@ def sample(
 
     ``hard`` is what ``hard=True`` returns (one-hot value, the estimator's gradient), ``soft``
     what ``hard=False`` returns, from the same random draws. Knobs by name, with the defaults of
-    :data:`KNOBS` for those not given.
+    :data:`redge_mini.registry.KNOBS` for those not given.
 
     Example:
         >>> logits = torch.zeros(4, 3, requires_grad=True)
@@ -275,13 +265,8 @@ def sample(
         >>> hard.sum(-1)
         tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>)
     """
-    name = _check_name(name)
-    unknown = set(knobs) - set(KNOBS[name])
-    if unknown:
-        allowed = sorted(KNOBS[name]) or "none"
-        raise ValueError(f"estimator {name!r} has no knob {sorted(unknown)}; its knobs: {allowed}")
-    values = {key: knobs.get(key, spec.default) for key, spec in KNOBS[name].items()}
-    return _run(name, logits, values, dim, generator)
+    name = check_name(name, kernel=True)
+    return _run(name, logits, knobs, dim, generator)
 
 
 def st(
@@ -424,3 +409,10 @@ def reindge(
     """
     out = _run("reindge", logits, {"n_steps": n_steps, "t_1": t_1}, dim, generator)
     return out.hard if _check_hard(hard) else out.soft
+
+
+# every function and its kernel, bound to the registry's row of the same name
+for _name, _fn in (("st", st), ("gumbel", gumbel_softmax), ("reinmax", reinmax), ("redge", redge),
+                   ("redge_cov", redge_cov), ("reindge", reindge)):
+    _bind(_name, fn=_fn, kernel=_KERNELS[_name])
+del _name, _fn

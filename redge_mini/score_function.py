@@ -14,12 +14,14 @@ from collections.abc import Callable
 import torch
 
 from .estimators import sample_categorical
+from .registry import BASELINE, _bind
 from .validation import check_generator, check_int, check_logits, working_dtype
 
 __all__ = ["BASELINES", "reinforce_loss", "sample_onehot"]
 
-#: Accepted values of ``reinforce_loss(baseline=...)``.
-BASELINES = ("loo", None)
+#: Accepted values of ``reinforce_loss(baseline=...)``: the choices of REINFORCE's knob
+#: ``baseline`` in the registry (:data:`redge_mini.registry.BASELINE`, default ``"loo"``).
+BASELINES = BASELINE.choices
 
 
 def sample_onehot(
@@ -56,7 +58,7 @@ def reinforce_loss(
     n_samples: int,
     *,
     generator: torch.Generator | None = None,
-    baseline: str | None = "loo",
+    baseline: str | None = BASELINE.default,
 ) -> torch.Tensor:
     """A surrogate loss whose value is the mean of ``f`` and whose gradient is REINFORCE.
 
@@ -76,8 +78,9 @@ def reinforce_loss(
         logits: Finite floating tensor ``(..., K)``, ``K >= 2``.
         n_samples: ``S``, the number of samples (``>= 2`` for the leave-one-out baseline).
         generator: Source of the draws (``None``: global RNG).
-        baseline: ``"loo"``: ``b_s`` is the mean of the other ``S − 1`` values (RLOO);
-            ``None``: ``b_s = 0`` (plain REINFORCE).
+        baseline: the estimator's knob (:data:`redge_mini.registry.BASELINE`): ``"loo"`` (the
+            default), ``b_s`` is the mean of the other ``S − 1`` values (RLOO); ``None``:
+            ``b_s = 0`` (plain REINFORCE). ``make_loss("reinforce", baseline=None)`` sets it too.
 
     Returns:
         Shape ``b`` (a scalar when ``f`` returns ``(S,)``).
@@ -87,11 +90,9 @@ def reinforce_loss(
         >>> loss = reinforce_loss(lambda x: x[..., 0].sum(-1), logits, 8)
         >>> loss.backward()
     """
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    baseline = BASELINE.check("baseline", baseline)
     minimum = 2 if baseline == "loo" else 1
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int):
-        raise TypeError(f"n_samples must be an int, got {type(n_samples).__name__}")
+    n_samples = check_int(n_samples, "n_samples", 1)
     if n_samples < minimum:
         raise ValueError(
             f"n_samples must be >= {minimum} with baseline={baseline!r}, got {n_samples}"
@@ -121,3 +122,7 @@ def reinforce_loss(
         advantage = v
     score = (advantage * log_pi).mean(0)
     return values.mean(0) + (score - score.detach()).to(values.dtype)
+
+
+# REINFORCE's row of the registry: a score-function estimator, this surrogate loss
+_bind("reinforce", score_loss=reinforce_loss)

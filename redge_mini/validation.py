@@ -63,6 +63,12 @@ def check_logits(logits: object, name: str = "logits", dim: int = -1) -> torch.T
             f"{tuple(logits.shape)}"
         )
     if _VALIDATE and logits.numel() > 0:
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"redge_mini: the checks of {name}'s values read the tensor (a host sync), which "
+                "torch.compile cannot trace; call redge_mini.set_validate_args(False) before "
+                "compiling"
+            )
         _check_logit_values(logits, name, dim)
     return logits
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import re
 import shutil
 import subprocess
@@ -166,6 +167,8 @@ def site_url(config_path: Path = REPO_ROOT / "_config.yml") -> str:
 
 
 INSTALL_CELL_MARK = "# Set-up for Colab or a fresh Jupyter"
+#: PyTorch's index of CPU-only wheels (the default index serves the CUDA build on Linux).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def install_cell(site: str | None = None) -> str:
@@ -174,30 +177,39 @@ def install_cell(site: str | None = None) -> str:
     When ``redge_mini`` cannot be imported (a downloaded notebook, Colab), it installs the wheel
     that the site publishes, with the book's extra, and unpacks the stored results into
     ``book/results`` of the working directory, where ``redge_mini.book.runtime`` looks for them.
-    Inside the repository it only asks ``importlib`` one question. ``REDGE_BOOK_DIST`` points it
-    elsewhere (the tests: a local build).
+    Where no torch is installed it first installs the CPU build from PyTorch's CPU index (an
+    unpinned ``pip install torch`` pulls the CUDA build, several GB); Colab's torch is kept. When
+    pip fails (offline, or the site unreachable) it stops with a message saying what to do:
+    ``REDGE_BOOK_DIST`` pointing at a local copy of the site's ``_static/dist``, or a clone of the
+    repository. Inside the repository it only asks ``importlib`` one question.
     """
     dist = f"{site or site_url()}/{DIST}"
     return f"""```{{code-cell}} ipython3
 :tags: [remove-cell]
 
-{INSTALL_CELL_MARK}: when redge_mini is missing, install it
-# with the book's extra, and the stored results, from the book's site. In a
-# clone of the book, where redge_mini is installed, this cell does nothing.
+{INSTALL_CELL_MARK}: install redge_mini (CPU torch
+# if missing) and the stored results from the book's site; a no-op in a clone.
 import importlib.util
 
 if importlib.util.find_spec("redge_mini") is None:
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import urllib.request
+    import os, shutil, subprocess, sys, urllib.request  # noqa: E401
 
     DIST = os.environ.get(
         "REDGE_BOOK_DIST",
         "{dist}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "--find-links", DIST, "redge_mini[book]"], check=True)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--retries", "1"]
+    try:
+        if importlib.util.find_spec("torch") is None:  # CPU build, not CUDA
+            cpu = "{TORCH_CPU_INDEX}"
+            subprocess.run(pip + ["torch", "--index-url", cpu], check=True)
+        subprocess.run(pip + ["--find-links", DIST, "redge_mini[book]"],
+                       check=True)
+    except subprocess.CalledProcessError:
+        raise RuntimeError(
+            f"pip could not install redge_mini from {{DIST}} (offline?): set "
+            "REDGE_BOOK_DIST to a folder holding the book's wheel (a built "
+            "site's _static/dist), or open the chapter in a clone of the "
+            "book's repository (make lab).") from None
     try:
         urllib.request.urlretrieve(f"{{DIST}}/results.zip", "results.zip")
         shutil.unpack_archive("results.zip", "book/results")
@@ -276,6 +288,9 @@ def _colab_to_notebook_branch(app, pagename, templatename, context, doctree) -> 
 
 
 def setup(app) -> dict:
+    # the notebooks this build executes glue their values for the pages only: no duplicate
+    # display under the cell (redge_mini.book.glue; myst-nb's kernels inherit the environment)
+    os.environ["REDGE_BOOK_BUILD"] = "1"
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", _colab_to_notebook_branch, priority=502)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

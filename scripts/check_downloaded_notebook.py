@@ -12,19 +12,22 @@ fresh environment has no redge_mini; its first cell installs the wheel that the 
 heavy dependencies (torch, numpy, matplotlib, jupyter ...) are not installed again: a ``.pth`` file
 points the new environment at links to this environment's packages, redge_mini left out. The
 check fails unless the notebook runs without error AND redge_mini was imported from the wheel
-installed into the new environment.
+installed into the new environment, and it fails before running if the wheel's ``book`` extra
+would pull Sphinx or the site's build (myst-nb, jupyter-book) or CUDA wheels.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +39,22 @@ nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                         resources={"metadata": {"path": "."}}).execute()
 nbformat.write(nb, "executed.ipynb")
 """
+
+
+#: What a downloaded notebook must not pull through redge_mini[book]: Sphinx and the site's build
+#: (myst-nb was needed only for glue), CUDA wheels.
+HEAVY = re.compile(r"^(sphinx|myst[-_]nb|myst[-_]parser|jupyter[-_]book|nvidia[-_])", re.I)
+
+
+def heavy_requirements(dist: Path) -> list[str]:
+    """The requirements of the published wheel, with its ``book`` extra, that match HEAVY."""
+    wheel = next(dist.glob("redge_mini-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(meta).decode().splitlines()
+    needs = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+    pulled = [r for r in needs if "extra ==" not in r or re.search(r"extra == .book.", r)]
+    return [r for r in pulled if HEAVY.match(r)]
 
 
 def shared_packages(dest: Path) -> Path:
@@ -77,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"downloaded notebook: {needed} is missing (build the site first)",
                   file=sys.stderr)
             return 1
+    heavy = heavy_requirements(dist)
+    if heavy:
+        print(f"downloaded notebook: redge_mini[book] would pull {heavy}", file=sys.stderr)
+        return 1
     start = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="downloaded-notebook-"))
     try:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import redge_mini
-from redge_mini import ALL_ESTIMATORS, ESTIMATORS, make_estimator, make_loss, sample
+from redge_mini import ALL_ESTIMATORS, ESTIMATORS, make_estimator, make_loss, registry, sample
 from redge_mini.estimators import KNOBS, reinmax_surrogate
 from redge_mini.registry import check_knobs, knob_table
 from redge_mini.score_function import reinforce_loss
@@ -142,11 +142,18 @@ def test_registry_lists_every_estimator_once_with_unique_styles():
     assert NAMES == ["st", "gumbel", "reinmax", "redge", "redge_cov", "reindge"]
     assert list(ALL_ESTIMATORS) == [*NAMES, "reinforce"]
     specs = list(ALL_ESTIMATORS.values())
-    for attribute in ("label", "color", "marker"):
-        values = [getattr(spec, attribute) for spec in specs]
-        assert len(set(values)) == len(values), attribute
+    labels = [spec.label for spec in specs]
+    assert len(set(labels)) == len(labels)
     for spec in specs:
-        assert spec.knobs is KNOBS.get(spec.name, spec.knobs)
+        assert spec.knobs is KNOBS[spec.name] is registry.KNOBS[spec.name]
+        assert (spec.kernel is not None) == spec.pathwise  # every built-in sampler has a kernel
+    # colours and markers are the book's (redge_mini.book.plotting), one of each per estimator
+    from redge_mini.book.plotting import ESTIMATOR_STYLES
+
+    assert set(ESTIMATOR_STYLES) == {*ALL_ESTIMATORS, "exact"}
+    for part in (0, 1):
+        values = [style[part] for style in ESTIMATOR_STYLES.values()]
+        assert len(set(values)) == len(values)
     with pytest.raises(ValueError, match="score-function"):
         make_estimator("reinforce")
 
@@ -158,7 +165,8 @@ def test_the_readme_knob_table_is_the_registrys():
     assert table is not None and table.group(1) == knob_table()
     for spec in ALL_ESTIMATORS.values():
         for key, knob in spec.knobs.items():
-            row = f"| `{spec.name}` | `{key}` | {knob.kind} | {knob.default:g} |"
+            default = f"{knob.default:g}" if knob.kind != "choice" else str(knob.default)
+            row = f"| `{spec.name}` | `{key}` | {knob.kind} | {default} |"
             assert row in readme
 
 

@@ -255,6 +255,30 @@ def test_requirements_pin_every_package_and_the_installed_torch() -> None:
     assert pins["torch"] == metadata.version("torch").split("+")[0]
 
 
+@pytest.mark.parametrize("path", chapter_files(), ids=lambda p: p.stem)
+def test_chapters_glue_through_the_package(path: Path) -> None:
+    # redge_mini.book.glue also shows the values in a notebook, and needs no Sphinx
+    text = path.read_text(encoding="utf-8")
+    assert "from myst_nb import glue" not in text, f"{path.name}: use redge_mini.book.glue"
+    if re.search(r"^glue\(", text, re.M):
+        assert "from redge_mini.book.glue import glue" in text
+
+
+def test_jupyterlab_opens_chapters_as_notebooks() -> None:
+    # make lab: the project's JupyterLab defaults, and the front end pinned with its extensions
+    import json
+
+    overrides = json.loads((REPO_ROOT / "lab" / "overrides.json").read_text())
+    viewers = overrides["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]
+    assert viewers["markdown"] == viewers["myst"] == "Jupytext Notebook"
+    pins = dict(line.split("#")[0].strip().split("==")
+                for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in line.split("#")[0])
+    for name in ("jupyterlab", "jupyterlab-myst", "jupytext"):
+        assert pins[name] == metadata.version(name), name
+    assert "lab/overrides.json" in (REPO_ROOT / "Makefile").read_text()
+
+
 # --- the offline check of built HTML ------------------------------------------------------------
 
 

@@ -215,8 +215,9 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 def test_empty_and_non_contiguous_inputs():
-    hard, soft = _cpp_sampler.sample(torch.zeros(0, 5), torch.zeros(0, 5), torch.zeros(0), 5, 0.5)
-    assert hard.shape == soft.shape == (0, 5)
+    hard, soft, drawn = _cpp_sampler.sample(torch.zeros(0, 5), torch.zeros(0, 5), torch.zeros(0),
+                                            5, 0.5)
+    assert hard.shape == soft.shape == (0, 5) and drawn.shape == (0,)
     logits, noise, uniform, weights = _inputs((6, 4), seed=5)
     t = logits.t().contiguous().t()  # same values, column-major
     assert not t.is_contiguous()
@@ -233,3 +234,33 @@ def test_the_extension_names_a_wrong_argument():
         _cpp_sampler.sample(logits, torch.zeros(3, 4), torch.zeros(2), 5, 0.5)
     with pytest.raises(RuntimeError, match="grad must have"):
         _cpp_sampler.adjoint(logits, torch.zeros(3, 4), torch.zeros(3, 5), 5, 0.5, True)
+
+
+def test_the_extension_refuses_zero_categories():
+    # was a segmentation fault (drawn index -1, grain(0) divided by zero)
+    for module_call in (
+        lambda: _cpp_sampler.sample(torch.zeros(3, 0), torch.zeros(3, 0), torch.zeros(3), 5, 0.5),
+        lambda: _cpp_sampler.adjoint(torch.zeros(3, 0), torch.zeros(3, 0), torch.zeros(3, 0), 5,
+                                     0.5, True),
+    ):
+        with pytest.raises(RuntimeError, match="at least one category"):
+            module_call()
+
+
+@pytest.mark.parametrize("variant", ["plain", "cov", "reindge"])
+@pytest.mark.parametrize("n_steps", [3, 12, 31])
+def test_checkpointed_adjoint_gives_the_same_bits(variant, n_steps):
+    """Above STORE_BYTES the adjoint recomputes segments from checkpoints: the same operations
+    on the same numbers, so bit-identical gradients (threshold 0 forces it at any size)."""
+    logits, noise, uniform, weights = _inputs((13, 7), seed=9, dtype=F32)
+    logits[2, 3] = float("-inf")
+    grads = []
+    previous = _cpp_sampler.set_store_bytes(0)
+    try:
+        for store in (0, 1 << 40):
+            _cpp_sampler.set_store_bytes(store)
+            grads.append(_run("cpp", logits, noise, uniform, weights, n_steps, variant=variant)[2:])
+    finally:
+        _cpp_sampler.set_store_bytes(previous)
+    for checkpointed, stored in zip(*grads, strict=True):
+        assert torch.equal(checkpointed, stored)

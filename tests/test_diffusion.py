@@ -1,4 +1,4 @@
-"""The fused ReDGE sampler (diffusion._FusedSampler) against autograd and finite differences.
+"""The fused ReDGE sampler (redge_mini._op._FusedSampler) against autograd and finite differences.
 
 This file checks the PyTorch path (the reference, and the fallback where the C++ extension is
 not built): every test runs with ``REDGE_MINI_CPP=0``. The C++ path is checked against it in
@@ -13,7 +13,7 @@ torch.compile(fullgraph=True), and -inf (masked) logits.
 import pytest
 import torch
 
-from redge_mini import diffusion
+from redge_mini import _op
 from redge_mini.diffusion import ddim_sample, fused_sample
 
 F64 = torch.float64
@@ -39,8 +39,8 @@ def recompute(monkeypatch):
     """Force the recomputing policy with small chunks (several chunks per call)."""
 
     def use(chunk_numel):
-        monkeypatch.setattr(diffusion, "STORE_LIMIT", 0)
-        monkeypatch.setattr(diffusion, "CHUNK_NUMEL", chunk_numel)
+        monkeypatch.setattr(_op, "STORE_LIMIT", 0)
+        monkeypatch.setattr(_op, "CHUNK_NUMEL", chunk_numel)
 
     return use
 

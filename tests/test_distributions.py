@@ -2,6 +2,7 @@
 rsample = the estimator's hard sample (same draws, same gradient), sample = an exact Gumbel-max
 draw, knobs validated by the registry. Masks: tests/test_masks.py."""
 
+import inspect
 import math
 
 import pytest
@@ -37,6 +38,17 @@ def test_one_class_per_registered_estimator():
     for name, cls in CLASSES.items():
         assert cls.estimator == name and issubclass(cls, PathwiseCategorical)
         assert set(cls(logits=torch.zeros(3)).knobs) == set(ESTIMATORS[name].knobs)
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_the_classes_defaults_are_the_registrys(name):
+    # a knob left out takes the registry's default, in the signature and in the object
+    from redge_mini.registry import defaults
+
+    signature = inspect.signature(CLASSES[name]).parameters
+    assert {k: signature[k].default for k in defaults(name)} == defaults(name)
+    assert CLASSES[name](logits=torch.zeros(3)).knobs == defaults(name)
+    assert PathwiseCategorical(name, logits=torch.zeros(3)).knobs == defaults(name)
 
 
 @pytest.mark.parametrize("name", list(CLASSES))

@@ -165,3 +165,51 @@ def test_bad_arguments_are_named():
     assert lines[1].startswith("t_1 must be")
     assert lines[2].startswith("tau must be")
     assert lines[3].startswith("noise must have")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (.ci/run installs it)")
+def test_sliders_keep_their_keys_from_notebook_shortcuts():
+    """In JupyterLab the arrows move a slider, not the notebook's cell selection.
+
+    Lumino reads keydown on the document (bubbling) and skips targets marked
+    ``data-lm-suppress-shortcuts``; a document listener stands in for it here. The slider must
+    move and the figure redraw, while the document sees the arrow keys of no slider (and still
+    sees other keys, so the listener is live).
+    """
+    playwright = pytest.importorskip("playwright.sync_api")
+    from redge_mini.book.widgets import live_figure
+
+    page_html = (
+        "<!DOCTYPE html><html><body><script>window.seen = [];"
+        "document.addEventListener('keydown', (e) => {"
+        " if (!e.target.closest('[data-lm-suppress-shortcuts]')) window.seen.push(e.key); });"
+        "window.bubbled = [];"
+        "document.addEventListener('keydown', (e) => window.bubbled.push(e.key));</script>"
+        + live_figure("sampler").data + "</body></html>"
+    )
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_content(page_html)
+            sliders = page.locator(".redge-live input[type=range]")
+            assert sliders.count() >= 2
+            for i in range(sliders.count()):
+                assert sliders.nth(i).get_attribute("data-lm-suppress-shortcuts") == "true"
+            slider = sliders.first
+            before_value = slider.input_value()
+            before_svg = page.locator(".redge-live svg").first.inner_html()
+            slider.focus()
+            for key in ("ArrowRight", "ArrowRight", "ArrowUp", "End"):
+                page.keyboard.press(key)
+            page.wait_for_timeout(200)  # one animation frame redraws
+            assert slider.input_value() != before_value
+            assert page.locator(".redge-live svg").first.inner_html() != before_svg
+            page.keyboard.press("a")
+            assert page.evaluate("window.seen") == []
+            assert page.evaluate("window.bubbled") == ["a"]
+        finally:
+            browser.close()

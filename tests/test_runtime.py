@@ -26,30 +26,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_device_matches_cuda_availability() -> None:
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert runtime.device().type == expected
-
-
-def test_scale_default_follows_device(clean_env: pytest.MonkeyPatch) -> None:
-    expected = "full" if torch.cuda.is_available() else "small"
-    assert runtime.scale() == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [("small", "small"), ("full", "full"), ("FULL", "full"), (" small ", "small")],
-)
-def test_scale_env_override(clean_env: pytest.MonkeyPatch, value: str, expected: str) -> None:
-    clean_env.setenv("REDGE_SCALE", value)
-    assert runtime.scale() == expected
-
-
-def test_scale_empty_env_counts_as_unset(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("REDGE_SCALE", "")
-    assert runtime.scale() == ("full" if torch.cuda.is_available() else "small")
-
-
 @pytest.mark.parametrize("value", ["medium", "0", "fast", "small,full"])
 def test_scale_invalid_env_raises(clean_env: pytest.MonkeyPatch, value: str) -> None:
     clean_env.setenv("REDGE_SCALE", value)
@@ -67,7 +43,14 @@ def test_results_dir_outside_a_clone_and_set_results_dir(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     clean_env.chdir(tmp_path)
+    # in a clone, the package's own book/results wins whatever the working directory
+    assert runtime.results_dir() == REPO_ROOT / "book" / "results"
+    # an installed wheel has none beside it: the working directory's, else ./redge_results
+    clean_env.setattr(runtime, "_PACKAGE_RESULTS", tmp_path / "site-packages" / "book" / "results")
     assert runtime.results_dir() == tmp_path.resolve() / "redge_results"
+    (tmp_path / "book" / "results").mkdir(parents=True)
+    assert runtime.results_dir() == tmp_path.resolve() / "book" / "results"
+    (tmp_path / "book" / "results").rmdir()
     (tmp_path / "elsewhere").mkdir()
     clean_env.setenv("REDGE_RESULTS_DIR", str(tmp_path / "from_env"))
     try:

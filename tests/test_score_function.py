@@ -129,3 +129,36 @@ def test_reinforce_loss_validates_its_arguments():
     assert reinforce_loss(f, logits, 1, baseline=None).shape == ()
     # per-variable values (S, L) are a valid batch: one loss per variable
     assert reinforce_loss(lambda x: x.sum(-1), logits, 4).shape == (2,)
+
+
+def test_the_baseline_is_a_knob_of_the_registry():
+    # REINFORCE's row of the registry: knob ``baseline``, default "loo" (RLOO); make_loss and the
+    # spec's loss pass it to reinforce_loss, and check it with the same message
+    from redge_mini.registry import check_knobs, get_spec, make_loss
+
+    assert check_knobs("reinforce") == {"baseline": "loo"}
+    assert check_knobs("reinforce", baseline=None) == {"baseline": None}
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=DTYPE,
+                         requires_grad=True)
+    f = nonlinear_objective(torch.randn(3, 4, generator=torch.Generator().manual_seed(2),
+                                        dtype=DTYPE))
+    for baseline, n in (("loo", 5), (None, 5), (None, 1)):
+        ours = make_loss("reinforce", baseline=baseline)(
+            f, logits, n, generator=torch.Generator().manual_seed(3))
+        ref = reinforce_loss(f, logits, n, generator=torch.Generator().manual_seed(3),
+                             baseline=baseline)
+        (g_ours,) = torch.autograd.grad(ours, logits)
+        (g_ref,) = torch.autograd.grad(ref, logits)
+        assert torch.equal(ours, ref) and torch.equal(g_ours, g_ref)
+    plain = get_spec("reinforce").loss(f, logits, 5, generator=torch.Generator().manual_seed(3),
+                                       baseline=None)
+    loo = get_spec("reinforce").loss(f, logits, 5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain, loo)  # same draws, same value; only the gradient differs
+    (g_plain,) = torch.autograd.grad(plain, logits)
+    (g_loo,) = torch.autograd.grad(loo, logits)
+    assert not torch.allclose(g_plain, g_loo)
+    for bad in ("mean", 0, True):
+        with pytest.raises(ValueError, match="baseline must be one of"):
+            make_loss("reinforce", baseline=bad)
+    with pytest.raises(ValueError, match="n_samples"):
+        make_loss("reinforce")(f, logits, 1)

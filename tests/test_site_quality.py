@@ -347,7 +347,9 @@ def test_install_cell_installs_the_wheel_and_results_from_the_site(monkeypatch, 
     exec(_install_code(), {})
     dist = f"{book_tools.site_url()}/{book_tools.DIST}"
     (cmd, kwargs), = pip
-    assert cmd[1:] == ["-m", "pip", "install", "-q", "--find-links", dist, "redge_mini[book]"]
+    # torch is present here, so only the wheel is installed (and pip gives up after one retry)
+    assert cmd[1:] == ["-m", "pip", "install", "-q", "--retries", "1", "--find-links", dist,
+                       "redge_mini[book]"]
     assert kwargs == {"check": True}
     assert fetched == [f"{dist}/results.zip", ("results.zip", "book/results")]
     # offline: the results cannot be fetched, and the cell says so instead of failing
@@ -358,8 +360,30 @@ def test_install_cell_installs_the_wheel_and_results_from_the_site(monkeypatch, 
 
     monkeypatch.setattr(urllib.request, "urlretrieve", offline)
     exec(_install_code(), {})
-    assert pip[-1][0][6] == "file:///nowhere"
+    assert pip[-1][0][8] == "file:///nowhere"
     assert "no stored results (no network)" in capsys.readouterr().out
+
+
+def test_install_cell_installs_cpu_torch_and_says_what_to_do_offline(monkeypatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    missing = {"redge_mini", "torch"}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in missing else real_find_spec(name, *a))
+    pip = []
+
+    def offline_pip(cmd, **kwargs):
+        pip.append(cmd)
+        raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(subprocess, "run", offline_pip)
+    monkeypatch.setenv("REDGE_BOOK_DIST", "file:///nowhere")
+    with pytest.raises(RuntimeError, match="REDGE_BOOK_DIST") as error:
+        exec(_install_code(), {})
+    assert "clone" in str(error.value) and "file:///nowhere" in str(error.value)
+    # no torch: the CPU build from PyTorch's CPU index, never the default (CUDA) one
+    assert pip[0][-3:] == ["torch", "--index-url", book_tools.TORCH_CPU_INDEX]
 
 
 def test_site_url_follows_the_repository_of_the_config(tmp_path: Path) -> None:

@@ -11,15 +11,22 @@ from redge_mini import reinmax, st
 from redge_mini.book.toy import (
     HARD_SAMPLE_ESTIMATORS,
     KINDS,
+    SUITE_K,
+    SUITE_L,
+    SUITE_LOGIT_SCALES,
     hard_sample_gradient_moments,
     make_toy_problem,
+    random_toy_problems,
+    reinforce_gradient_moments,
     reinforce_gradients,
+    stacked_gradients,
 )
 from redge_mini.exact import (
     exact_gradient,
     gradient_diagnostics,
     per_sample_gradients,
 )
+from redge_mini.registry import make_estimator
 from redge_mini.score_function import sample_onehot
 
 
@@ -241,3 +248,177 @@ def test_logcosh_is_stable_and_its_gradient_is_tanh():
     torch.testing.assert_close(values.detach(), expected, rtol=1e-12, atol=1e-15)
     (grad,) = torch.autograd.grad(values.sum(), u)
     torch.testing.assert_close(grad, torch.tanh(u.detach()), rtol=1e-12, atol=1e-15)
+
+
+# --- exact moments of REINFORCE and RLOO ---------------------------------------------------------
+
+
+def brute_force_reinforce(problem, n_samples, baseline):
+    """Mean and variance of one estimate by enumerating every tuple of n_samples configurations,
+    with the estimator written from its definition (no U-statistic algebra)."""
+    L, K = problem.L, problem.K
+    probs = problem.probs
+    configs = list(itertools.product(range(K), repeat=L))
+    onehots = torch.zeros(len(configs), L, K, dtype=torch.float64)
+    for i, classes in enumerate(configs):
+        for j, k in enumerate(classes):
+            onehots[i, j, k] = 1.0
+    values = problem.f(onehots)
+    scores = onehots - probs
+    p = [math.prod(float(probs[j, k]) for j, k in enumerate(c)) for c in configs]
+    estimates, weights = [], []
+    for tup in itertools.product(range(len(configs)), repeat=n_samples):
+        f = values[list(tup)]
+        b = (f.sum() - f) / (n_samples - 1) if baseline == "loo" else torch.zeros_like(f)
+        estimates.append(((f - b)[:, None, None] * scores[list(tup)]).mean(0))
+        weights.append(math.prod(p[i] for i in tup))
+    w = torch.tensor(weights, dtype=torch.float64)
+    g = torch.stack(estimates)
+    mean = torch.einsum("n,nlk->lk", w, g)
+    variance = float(w @ (g - mean).square().sum((-2, -1)))
+    return mean, variance
+
+
+@pytest.mark.parametrize(("L", "K"), [(1, 3), (2, 2)])
+@pytest.mark.parametrize("n_samples", [2, 3, 4])
+@pytest.mark.parametrize("baseline", ["loo", None])
+def test_reinforce_moments_match_enumeration_of_sample_tuples(L, K, n_samples, baseline):
+    problem = make_toy_problem(L, K, kind="nonsmooth", seed=4)
+    mean, variance = brute_force_reinforce(problem, n_samples, baseline)
+    moments = reinforce_gradient_moments(problem.f, problem.logits, n_samples, baseline=baseline)
+    torch.testing.assert_close(moments.mean, mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(moments.mean, problem.exact_gradient(), rtol=1e-10, atol=1e-12)
+    assert moments.variance == pytest.approx(variance, rel=1e-10)
+
+
+@pytest.mark.parametrize(("n_samples", "baseline"), [(2, "loo"), (16, "loo"), (1, None)])
+def test_reinforce_moments_match_monte_carlo_of_the_package(n_samples, baseline):
+    """The closed form against draws of reinforce_gradients (reinforce_loss underneath)."""
+    problem = make_toy_problem(3, 4, kind="logcosh", seed=3)
+    moments = reinforce_gradient_moments(problem.f, problem.logits, n_samples, baseline=baseline)
+    draws = reinforce_gradients(problem.f, problem.logits, 20000, n_samples,
+                                baseline=baseline, generator=torch.Generator().manual_seed(0))
+    stats = gradient_diagnostics(draws, moments.mean)
+    # the variance estimate is a mean of 20000 squared distances: within 4.5 standard errors
+    assert abs(stats["variance"] - moments.variance) <= 4.5 * stats["variance_se"]
+
+
+def test_rloo_is_unchanged_by_a_constant_and_one_estimate_uses_a_budget_best():
+    problem = make_toy_problem(3, 3, kind="smooth", seed=8)
+
+    def shifted(x):
+        return problem.f(x) + 100.0
+
+    for n_samples in (2, 5):
+        a = reinforce_gradient_moments(problem.f, problem.logits, n_samples).variance
+        b = reinforce_gradient_moments(shifted, problem.logits, n_samples).variance
+        assert b == pytest.approx(a, rel=1e-8)
+    # a budget of 24 evaluations: one estimate of 24 samples beats 24 / S estimates of S
+    one = reinforce_gradient_moments(problem.f, problem.logits, 24).variance
+    for n_samples in (2, 3, 4, 6, 8, 12):
+        split = reinforce_gradient_moments(problem.f, problem.logits, n_samples).variance
+        assert one <= split * n_samples / 24
+
+
+def test_reinforce_moments_bad_input():
+    problem = make_toy_problem(2, 3)
+    with pytest.raises(ValueError, match="n_samples"):
+        reinforce_gradient_moments(problem.f, problem.logits, 1)
+    with pytest.raises(ValueError, match="baseline"):
+        reinforce_gradient_moments(problem.f, problem.logits, 4, baseline="mean")
+    with pytest.raises(ValueError, match="max_configs"):
+        reinforce_gradient_moments(problem.f, problem.logits, 4, max_configs=4)
+    with pytest.raises(ValueError, match="shape"):
+        reinforce_gradient_moments(problem.f, problem.logits[None], 4)
+
+
+# --- the suite of random problems ----------------------------------------------------------------
+
+
+def test_random_problems_are_toy_problems_of_the_drawn_shapes():
+    suite = random_toy_problems(200, kind="logcosh", seed=11)
+    seen = {(p.L, p.K, p.logit_scale) for p in suite}
+    assert {L for L, _, _ in seen} == set(SUITE_L)
+    assert {K for _, K, _ in seen} == set(SUITE_K)
+    assert {s for _, _, s in seen} == set(SUITE_LOGIT_SCALES)
+    for i, problem in enumerate(suite[:20]):
+        assert problem.seed == 11 + i and problem.kind == "logcosh"
+        again = make_toy_problem(problem.L, problem.K, kind="logcosh", seed=11 + i,
+                                 logit_scale=problem.logit_scale)
+        torch.testing.assert_close(problem.logits, again.logits, rtol=0, atol=0)
+        torch.testing.assert_close(problem.f.weights, again.f.weights, rtol=0, atol=0)
+
+
+def test_random_problems_deterministic_and_shared_across_kinds():
+    a = random_toy_problems(12, kind="smooth", seed=5)
+    b = random_toy_problems(12, kind="nonsmooth", seed=5)
+    c = random_toy_problems(12, kind="smooth", seed=6)
+    for p, q in zip(a, b, strict=True):
+        assert (p.L, p.K, p.logit_scale, p.f.target) == (q.L, q.K, q.logit_scale, q.f.target)
+        torch.testing.assert_close(p.logits, q.logits, rtol=0, atol=0)
+    assert [(p.L, p.K, p.logit_scale) for p in a] != [(p.L, p.K, p.logit_scale) for p in c]
+    sharp = random_toy_problems(3, seed=0, logit_scale=(4.0,))
+    assert all(p.logit_scale == 4.0 for p in sharp)
+
+
+def test_random_problems_bad_input():
+    with pytest.raises(ValueError, match="n"):
+        random_toy_problems(0)
+    with pytest.raises(ValueError, match="kind"):
+        random_toy_problems(3, kind="wiggly")
+    with pytest.raises(ValueError, match="K"):
+        random_toy_problems(3, K=(1, 2))
+    with pytest.raises(ValueError, match="L"):
+        random_toy_problems(3, L=(2.5,))
+    with pytest.raises(ValueError, match="L"):
+        random_toy_problems(3, L=())
+    with pytest.raises(ValueError, match="logit_scale"):
+        random_toy_problems(3, logit_scale=(0.0, 1.0))
+    with pytest.raises(TypeError, match="logit_scale"):
+        random_toy_problems(3, logit_scale=1.0)
+
+
+# --- many problems in one pass -------------------------------------------------------------------
+
+
+def test_stacked_gradients_keep_the_problems_apart():
+    """With a deterministic 'estimator' (the softmax itself) each block's gradient is exactly the
+    gradient of its own problem: nothing leaks between stacked problems."""
+    problems = [make_toy_problem(L, 3, kind=k, seed=s)
+                for L, k, s in ((1, "smooth", 0), (3, "logcosh", 1), (2, "nonsmooth", 2))]
+
+    def soft(logits, generator=None):
+        return torch.softmax(logits, -1)
+
+    draws = stacked_gradients(soft, problems, 2)
+    for problem, block in zip(problems, draws, strict=True):
+        alone = per_sample_gradients(soft, problem.f, problem.logits, 2)
+        assert block.shape == (2, problem.L, 3)
+        torch.testing.assert_close(block, alone, rtol=1e-12, atol=1e-14)
+
+
+def test_stacked_redge_draws_have_the_moments_of_separate_draws():
+    problems = random_toy_problems(6, kind="nonsmooth", seed=3, K=(3,))
+    sampler = make_estimator("redge", t_1=0.5, n_steps=5)
+    n = 4000
+    stacked = stacked_gradients(sampler, problems, n, generator=torch.Generator().manual_seed(0))
+    for i, (problem, block) in enumerate(zip(problems, stacked, strict=True)):
+        alone = per_sample_gradients(sampler, problem.f, problem.logits, n,
+                                     generator=torch.Generator().manual_seed(10 + i))
+        se = torch.sqrt(block.var(0) / n + alone.var(0) / n)
+        # 6 problems x up to 12 coordinates: 4.5 standard errors keep false alarms below 1e-3
+        assert bool(((block.mean(0) - alone.mean(0)).abs() <= 4.5 * se + 1e-12).all())
+        a, b = (gradient_diagnostics(d, problem.exact_gradient()) for d in (block, alone))
+        assert abs(a["variance"] - b["variance"]) <= 4.5 * math.hypot(a["variance_se"],
+                                                                      b["variance_se"])
+
+
+def test_stacked_gradients_bad_input():
+    a, b = make_toy_problem(2, 3), make_toy_problem(2, 4)
+    sampler = make_estimator("st")
+    with pytest.raises(ValueError, match="share K"):
+        stacked_gradients(sampler, [a, b], 4)
+    with pytest.raises(TypeError, match="problems"):
+        stacked_gradients(sampler, [], 4)
+    with pytest.raises(ValueError, match="dtype"):
+        stacked_gradients(sampler, [a, make_toy_problem(2, 3, dtype=torch.float32)], 4)

@@ -8,7 +8,6 @@ import matplotlib as mpl
 import numpy as np
 import torch
 
-from .. import registry
 from ..registry import label
 
 PALETTE: list[str] = [
@@ -45,18 +44,31 @@ def use_style() -> None:
     })
 
 
+ESTIMATOR_STYLES: dict[str, tuple[str, str]] = {
+    "st": (PALETTE[0], "o"),
+    "gumbel": (PALETTE[1], "s"),
+    "reinmax": (PALETTE[2], "^"),
+    "redge": (PALETTE[6], "D"),
+    "redge_cov": (PALETTE[7], "X"),
+    "reindge": (PALETTE[3], "v"),
+    "reinforce": (PALETTE[5], "P"),
+    "exact": ("#7f7f7f", "*"),  # the enumerated reference
+}
+"""Estimator name -> (colour, marker) in every figure: one Okabe–Ito colour and one marker each, so
+that lines differ beyond colour. An estimator without an entry (one added with
+:func:`redge_mini.register`) is drawn in yellow with circles."""
+
+_OTHER_STYLE = (PALETTE[4], "o")
+
+
 def estimator_color(name: str) -> str:
-    """The colour of estimator ``name`` in every figure (from the registry)."""
-    return registry.color(name) if _known(name) else PALETTE[4]
+    """The colour of estimator ``name`` in every figure (:data:`ESTIMATOR_STYLES`)."""
+    return ESTIMATOR_STYLES.get(name, _OTHER_STYLE)[0]
 
 
 def estimator_marker(name: str) -> str:
     """The marker of estimator ``name`` in every figure (so lines differ beyond colour)."""
-    return registry.marker(name) if _known(name) else "o"
-
-
-def _known(name: str) -> bool:
-    return name == "exact" or name in registry.ALL_ESTIMATORS
+    return ESTIMATOR_STYLES.get(name, _OTHER_STYLE)[1]
 
 
 def estimator_label(name: str) -> str:

@@ -5,8 +5,9 @@ Every chapter and experiment asks this module three questions:
 * :func:`device` -- where to compute (CUDA when available, else CPU);
 * :func:`scale` -- how much to compute: ``"small"`` (a chapter runs in well under a minute on
   two CPU cores) or ``"full"`` (the paper-sized protocol, the default on a CUDA GPU);
-* :func:`load_results` -- what a full-scale run stored earlier, found from any working directory
-  (nbval executes a notebook from the build folder, jupyter-book from ``chapters/``).
+* :func:`load_results` -- what a full-scale run stored earlier, found from the package's
+  location whatever the working directory (nbval executes a notebook from the build folder,
+  jupyter-book from ``chapters/``, a reader wherever the notebook is).
 
 Environment variables:
 
@@ -15,9 +16,10 @@ Environment variables:
     counts as unset; any other value raises :class:`ValueError`.
 ``REDGE_RESULTS_DIR``
     Root folder of stored results. :func:`set_results_dir` sets it from Python and wins over the
-    variable; without either, the root is the first ``book/results`` folder found in the working
-    directory or one of its parents (a clone of the book, whichever folder a notebook runs from),
-    else ``./redge_results``.
+    variable; without either, the root is ``book/results`` beside the package (a clone of the
+    book, from whichever folder a notebook runs), else the first ``book/results`` folder found in
+    the working directory or one of its parents (where a downloaded notebook unpacks them), else
+    ``./redge_results``.
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ def set_results_dir(path: str | os.PathLike[str] | None) -> None:
     _RESULTS_ROOT = None if path is None else Path(path).expanduser().resolve()
 
 
+#: ``book/results`` of the clone that holds this package (absent for an installed wheel).
+_PACKAGE_RESULTS = Path(__file__).resolve().parents[2] / "book" / "results"
+
+
 def _default_results_root() -> Path:
+    if _PACKAGE_RESULTS.is_dir():
+        return _PACKAGE_RESULTS
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         candidate = folder / "book" / "results"
@@ -131,10 +139,11 @@ def results_dir(experiment: str | None = None) -> Path:
     """Return the folder of stored results, or of one experiment's results.
 
     The root is, in this order: the folder given to :func:`set_results_dir`; the environment
-    variable ``REDGE_RESULTS_DIR``; the first ``book/results`` folder in the working directory or
-    one of its parents (so a chapter finds the book's stored results whether it runs from
-    ``chapters/``, the repository root or nbval's build folder); else ``./redge_results``. The
-    folder is not created.
+    variable ``REDGE_RESULTS_DIR``; ``book/results`` of the clone that holds the package (so a
+    chapter finds the book's stored results from any folder: ``chapters/``, nbval's build folder,
+    a copy of the notebook elsewhere); the first ``book/results`` folder in the working directory
+    or one of its parents (an installed wheel: where a downloaded notebook unpacks them); else
+    ``./redge_results``. The folder is not created.
 
     Parameters
     ----------

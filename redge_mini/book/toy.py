@@ -37,6 +37,11 @@ score-function counterpart of :func:`redge_mini.exact.per_sample_gradients`.
 :func:`hard_sample_gradient_moments` computes the mean and the variance of the Straight-Through and
 ReinMax estimators exactly, by enumeration: their only randomness is the hard sample
 ``H ~ Cat(π)``, so both moments are finite sums over the ``K**L`` configurations.
+:func:`reinforce_gradient_moments` does the same for REINFORCE with ``S`` samples, with or without
+the leave-one-out baseline: RLOO is a U-statistic of order two, so its variance is a finite sum
+too. :func:`random_toy_problems` draws a suite of problems whose size ``(L, K)`` and logit
+sharpness vary from problem to problem, and :func:`stacked_gradients` draws a pathwise
+estimator's gradients for many problems of the same ``K`` in one call.
 
 Example:
     >>> from redge_mini.exact import exact_gradient
@@ -67,7 +72,10 @@ __all__ = [
     "ToyProblem",
     "hard_sample_gradient_moments",
     "make_toy_problem",
+    "random_toy_problems",
+    "reinforce_gradient_moments",
     "reinforce_gradients",
+    "stacked_gradients",
 ]
 
 KINDS = ("smooth", "nonsmooth", "step", "logcosh")
@@ -145,8 +153,9 @@ class ToyProblem:
         logits: ``(L, K)`` float64 tensor (no gradient); ``π = softmax(logits)``.
         description: one line for captions and prose,
             e.g. ``"smooth f(x) = (s(x) - b)^2, L=3, K=4"``.
-        kind: ``"smooth"``, ``"nonsmooth"`` or ``"step"``.
+        kind: one of :data:`KINDS`.
         seed: the seed the problem was generated from.
+        logit_scale: the standard deviation the logits were drawn with (their sharpness).
     """
 
     f: ToyObjective
@@ -154,6 +163,7 @@ class ToyProblem:
     description: str
     kind: str
     seed: int
+    logit_scale: float = 1.0
 
     @property
     def L(self) -> int:
@@ -232,7 +242,88 @@ def make_toy_problem(
         target = float(mean_l.sum() / math.sqrt(L) + 0.5 * (var_l.sum() / L).sqrt())
     f = ToyObjective(weights.to(dtype), target, kind)
     description = f"{kind} f(x) = {_FORMULAS[kind]}, L={L}, K={K}"
-    return ToyProblem(f=f, logits=logits.to(dtype), description=description, kind=kind, seed=seed)
+    return ToyProblem(f=f, logits=logits.to(dtype), description=description, kind=kind, seed=seed,
+                      logit_scale=logit_scale)
+
+
+SUITE_L = (2, 3, 4)
+"""Default choices of ``L`` in :func:`random_toy_problems`."""
+SUITE_K = (2, 4, 8)
+"""Default choices of ``K`` in :func:`random_toy_problems`."""
+SUITE_LOGIT_SCALES = (0.5, 1.0, 2.0)
+"""Default choices of the logit scale (flat, moderate, sharp ``π``) in
+:func:`random_toy_problems`."""
+
+
+def _choices(values: object, name: str, minimum: float) -> tuple:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a non-empty sequence of choices, got {values!r}")
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} must hold at least one choice")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= minimum:
+            raise ValueError(f"every choice of {name} must be a number >= {minimum}, got {v!r}")
+    return values
+
+
+def random_toy_problems(
+    n: int,
+    *,
+    kind: str = "smooth",
+    seed: int = 0,
+    L: tuple[int, ...] = SUITE_L,
+    K: tuple[int, ...] = SUITE_K,
+    logit_scale: tuple[float, ...] = SUITE_LOGIT_SCALES,
+) -> list[ToyProblem]:
+    """``n`` toy problems whose size and sharpness vary from problem to problem.
+
+    Problem ``i`` draws its number of variables, of classes and its logit scale uniformly and
+    independently from the choices ``L``, ``K`` and ``logit_scale`` (a CPU generator seeded with
+    ``seed``), then is ``make_toy_problem(L_i, K_i, kind=kind, seed=seed + i,
+    logit_scale=scale_i)``. Suites of the same ``n`` and ``seed`` hold the same shapes, weights,
+    logits and targets whatever the ``kind``, so one suite can be scored under several losses.
+
+    Parameters
+    ----------
+    n:
+        Number of problems (``>= 1``).
+    kind:
+        The loss of every problem, one of :data:`KINDS`.
+    seed:
+        ``>= 0``; problem ``i`` uses ``seed + i`` for its weights and logits.
+    L, K, logit_scale:
+        Non-empty sequences of choices (``L >= 1``, ``K >= 2`` integers, scales ``> 0``).
+
+    Returns
+    -------
+    list[ToyProblem]
+        Each with its ``logit_scale`` recorded.
+
+    Example:
+        >>> suite = random_toy_problems(5, kind="logcosh", seed=1)
+        >>> [(p.L, p.K) for p in suite] == [(p.L, p.K) for p in random_toy_problems(5, seed=1)]
+        True
+    """
+    n = check_int(n, "n", 1)
+    seed = check_int(seed, "seed", 0)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    sizes = {"L": _choices(L, "L", 1), "K": _choices(K, "K", 2)}
+    for name, values in sizes.items():
+        if any(int(v) != v for v in values):
+            raise ValueError(f"every choice of {name} must be an integer, got {values}")
+    scales = _choices(logit_scale, "logit_scale", 0.0)
+    if min(scales) <= 0:
+        raise ValueError(f"every choice of logit_scale must be > 0, got {scales}")
+    generator = torch.Generator().manual_seed(seed)
+    picks = [torch.randint(len(c), (n,), generator=generator).tolist()
+             for c in (sizes["L"], sizes["K"], scales)]
+    return [
+        make_toy_problem(int(sizes["L"][a]), int(sizes["K"][b]), kind=kind, seed=seed + i,
+                         logit_scale=float(scales[c]))
+        for i, (a, b, c) in enumerate(zip(*picks, strict=True))
+    ]
 
 
 def reinforce_gradients(
@@ -368,3 +459,131 @@ def hard_sample_gradient_moments(
     mean = torch.einsum("n,nlk->lk", weights, grads)
     variance = float(torch.einsum("n,n->", weights, (grads - mean).square().sum((-2, -1))))
     return GradientMoments(mean=mean, variance=variance)
+
+
+def reinforce_gradient_moments(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    logits: torch.Tensor,
+    n_samples: int,
+    *,
+    baseline: str | None = "loo",
+    max_configs: int = 2**16,
+) -> GradientMoments:
+    """Exact mean and variance of one REINFORCE estimate with ``n_samples`` samples.
+
+    With the score ``u(x) = ∇_θ log π_θ(x)`` (for one-hot ``x``: ``x − π`` row by row), ``f``
+    centred at ``F = E f(X)`` (``c(x) = f(x) − F``; neither estimator changes when a constant is
+    added to ``f``) and ``g = ∇F = E[c(X) u(X)]``:
+
+    * plain REINFORCE (``baseline=None``) averages ``S`` independent terms ``f(X_s) u(X_s)``,
+      so its variance is ``(E[f² ‖u‖²] − ‖g‖²) / S``;
+    * RLOO (``baseline="loo"``) equals ``(1 / (S (S − 1))) Σ_{s≠r} (f(X_s) − f(X_r)) u(X_s)``, the
+      U-statistic of order two with kernel ``h(x, y) = ½ (f(x) − f(y)) (u(x) − u(y))``. Its
+      variance is ``(4 (S − 2) ζ₁ + 2 ζ₂) / (S (S − 1))`` with ``ζ₁ = Var E[h(X, Y) | X] =
+      ¼ (E[c² ‖u‖²] − ‖g‖²)`` and ``ζ₂ = Var h(X, Y) = ½ (E[c² ‖u‖²] + E[c²] E‖u‖²)``.
+
+    Every expectation is a sum over the ``K**L`` configurations: no Monte-Carlo error.
+
+    Parameters
+    ----------
+    f:
+        Maps ``(B, L, K)`` one-hot samples to ``(B,)``.
+    logits:
+        ``(L, K)``.
+    n_samples:
+        ``S``, samples per estimate (``>= 2`` with the leave-one-out baseline).
+    baseline:
+        ``"loo"`` or ``None``, as in :func:`redge_mini.score_function.reinforce_loss`.
+    max_configs:
+        Refuse (``ValueError``) when ``K**L`` exceeds this.
+
+    Returns
+    -------
+    GradientMoments
+        ``mean`` is ``∇F`` (both estimators are unbiased), ``variance`` ``E‖ĝ − ∇F‖²``.
+    """
+    if baseline not in ("loo", None):
+        raise ValueError(f"baseline must be 'loo' or None, got {baseline!r}")
+    logits = check_logits(logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (L, K), got shape {tuple(logits.shape)}")
+    n_samples = check_int(n_samples, "n_samples", 2 if baseline == "loo" else 1)
+    L, K = logits.shape
+    configs = enumerate_onehot(
+        L, K, dtype=torch.float64, device=logits.device, max_configs=max_configs
+    )
+    log_probs = torch.log_softmax(logits.detach().double(), -1)
+    weights = config_log_probs(configs, log_probs).exp()
+    with torch.no_grad():
+        values = f(configs.to(logits.dtype)).double()
+    if values.shape != weights.shape:
+        raise ValueError(f"f must map (B, L, K) to (B,), got shape {tuple(values.shape)}")
+    scores = (configs - log_probs.exp()).reshape(configs.shape[0], -1)
+    centred = values - weights @ values
+    grad = (weights * centred) @ scores
+    norm2 = (scores.square()).sum(-1)
+    second = float(weights @ (centred.square() * norm2))
+    g2 = float(grad.square().sum())
+    S = n_samples
+    if baseline is None:
+        plain = float(weights @ (values.square() * norm2))
+        variance = (plain - g2) / S
+    else:
+        zeta1 = 0.25 * (second - g2)
+        zeta2 = 0.5 * (second + float(weights @ centred.square()) * float(weights @ norm2))
+        variance = (4 * (S - 2) * zeta1 + 2 * zeta2) / (S * (S - 1))
+    return GradientMoments(mean=grad.reshape(L, K).to(logits.dtype), variance=max(variance, 0.0))
+
+
+def stacked_gradients(
+    sampler: Callable[..., torch.Tensor],
+    problems: list[ToyProblem],
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """``n`` gradient draws of a pathwise estimator for each of several problems, in one pass.
+
+    The problems must share ``K``. Their logits are stacked along the variable axis into one
+    ``(Σ L_i, K)`` problem whose objective is ``Σ_i f_i(x_i)`` (``x_i`` the rows of problem
+    ``i``). A pathwise estimator of the registry samples every row independently given its own
+    logits and noise, and ``f_i`` sees only its rows, so the gradient of draw ``j`` with respect
+    to the rows of problem ``i`` is a draw of the estimator's gradient of ``E f_i`` alone:
+    :func:`redge_mini.exact.per_sample_gradients` on the stacked problem gives independent draws
+    for every problem at the cost of one call.
+
+    Parameters
+    ----------
+    sampler:
+        ``sampler(logits, generator=...) -> sample``, acting on the last dimension row by row
+        (e.g. ``registry.make_estimator(name, **knobs)``).
+    problems:
+        A non-empty list of :class:`ToyProblem` with the same ``K`` and dtype.
+    n:
+        Draws per problem (``>= 1``).
+    generator:
+        Source of every random draw (``None``: the global RNG).
+
+    Returns
+    -------
+    list[torch.Tensor]
+        One ``(n, L_i, K)`` tensor per problem, in order.
+    """
+    from ..exact import per_sample_gradients
+
+    problems = list(problems)
+    if not problems or not all(isinstance(p, ToyProblem) for p in problems):
+        raise TypeError("problems must be a non-empty list of ToyProblem")
+    if len({p.K for p in problems}) != 1:
+        raise ValueError(f"problems must share K, got K = {sorted({p.K for p in problems})}")
+    if len({p.logits.dtype for p in problems}) != 1:
+        raise ValueError("problems must share the dtype of their logits")
+    sizes = [p.L for p in problems]
+    logits = torch.cat([p.logits for p in problems])
+
+    def total(x: torch.Tensor) -> torch.Tensor:
+        blocks = torch.split(x, sizes, dim=-2)
+        return sum(p.f(block) for p, block in zip(problems, blocks, strict=True))
+
+    draws = per_sample_gradients(sampler, total, logits, n, generator=generator)
+    return list(torch.split(draws, sizes, dim=-2))

@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -232,32 +233,61 @@ REDGE_INLINE Block<T> start(const T* logits, const T* noise, int64_t k, T* momen
   return Block<T>{logits, p, inv_v};
 }
 
+// Bytes of denoiser outputs (per thread) that the backward pass of a block keeps at most before
+// it checkpoints: above, it keeps every `seg`-th state (seg = ceil(sqrt(n - 1))) and recomputes
+// each segment of seg denoiser outputs from its checkpoint, so that scratch grows as
+// sqrt(n_steps) K instead of n_steps K (measured by benchmarks/bench_memory.py). The recomputed
+// values are those of the first pass (the same operations on the same numbers). Set by
+// set_store_bytes (the tests check that both policies give the same bits).
+std::atomic<int64_t> store_bytes{int64_t(1) << 22};
+
+template <typename T>
+int64_t segment_length(int64_t n, int64_t k) {
+  const int64_t slots = n - 1;
+  if (slots * k * LANES * int64_t(sizeof(T)) <= store_bytes.load()) return slots;
+  int64_t seg = 1;
+  while (seg * seg < slots) ++seg;
+  return seg;
+}
+
+// Slots of scratch (m values each) that one block's backward pass needs: denoiser outputs,
+// states (ReDGE-cov) and checkpoints.
+int64_t adjoint_slots(int64_t n, int64_t seg, bool cov) {
+  if (seg >= n - 1) return (n - 1) * (cov ? 2 : 1);
+  const int64_t marks = (n - 2) / seg + 1;
+  return (seg + 1) + (cov ? seg : 0) + marks;
+}
+
 // The backward pass of a block: recompute the trajectory (D_1 = S, ..., D_{n-1} into
-// `denoised`, and for ReDGE-cov the states into `states`; n - 1 slots of m values each), then
-// walk back from the gradient `grad` of S. Writes the logits' gradient to `gl` and the
-// noise's to `gx`; `x` and `gw` are scratch. ReDGE-cov (`cov` given) also differentiates
-// through p and v: cov = {p, 1 / v, sqrt v, g_p, g_v} (5 blocks).
+// `denoised`, and for ReDGE-cov the states into `states`), then walk back from the gradient
+// `grad` of S. Writes the logits' gradient to `gl` and the noise's to `gx`; `x` and `gw` are
+// scratch. ReDGE-cov (`cov` given) also differentiates through p and v:
+// cov = {p, 1 / v, sqrt v, g_p, g_v} (5 blocks). With seg < n - 1 the trajectory is walked in
+// segments of seg steps recomputed from checkpoints in `marks` (see store_bytes); S stays in
+// the first slot of `denoised` either way.
 template <typename T>
 REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, const Grid& g,
                                 int64_t k, T* x, T* gw, T* denoised, T* states, T* cov, T* gl,
-                                T* gx) {
+                                T* gx, int64_t seg, T* marks) {
   using V = typename Vec<T>::type;
   const int64_t m = k * LANES, n = g.last() + 1;
   const Block<T> blk = start(logits, noise, k, cov, x);
   const T *p = blk.p, *inv_v = blk.inv_v, *s = cov ? cov + 2 * m : nullptr;
   T *gp = cov ? cov + 3 * m : nullptr, *gv = cov ? cov + 4 * m : nullptr;
-  trajectory(blk, g, k, x, gw, denoised, cov ? states : nullptr, denoised);
-  // j = 1: g_w = J(S)^T g; then for every j: g_logits += g_w and, through w_j's c_j term,
-  // g_x += c_j g_w (ReDGE) or c_j g_w / v, with g_p -= c_j sigma_j g_w / v and
-  // g_v -= c_j q_j g_w / v (ReDGE-cov)
-  softmax_vjp(denoised, grad, T(1), gw, k);
   if (cov) {
     std::memset(gx, 0, sizeof(T) * m);
     std::memset(gp, 0, sizeof(T) * m);
     std::memset(gv, 0, sizeof(T) * m);
   }
-  for (int64_t j = 1; j < n; ++j) {
-    if (j > 1) softmax_vjp(denoised + (j - 1) * m, gx, T(g.b[j]), gw, k);
+  // j = 1: g_w = J(S)^T g; then for every j: g_logits += g_w and, through w_j's c_j term,
+  // g_x += c_j g_w (ReDGE) or c_j g_w / v, with g_p -= c_j sigma_j g_w / v and
+  // g_v -= c_j q_j g_w / v (ReDGE-cov)
+  auto step = [&](int64_t j, const T* dj, const T* xj) {
+    if (j > 1) {
+      softmax_vjp(dj, gx, T(g.b[j]), gw, k);
+    } else {
+      softmax_vjp(dj, grad, T(1), gw, k);
+    }
     const T r = T(g.r[j]), c = T(g.c[j]);
     if (!cov) {
       for (int64_t i = 0; i < k; ++i) {
@@ -265,10 +295,9 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
         at(gl, i) = j > 1 ? at(gl, i) + w : w;
         at(gx, i) = j > 1 ? r * at(gx, i) + c * w : c * w;
       }
-      continue;
+      return;
     }
     const T sigma = T(g.sigma[j]), half_alpha = T(g.alpha[j] / 2);
-    const T* xj = states + (j - 1) * m;
     for (int64_t i = 0; i < k; ++i) {
       const V w = at(gw, i), iv = at(inv_v, i);
       const V t = c * w * iv;
@@ -277,6 +306,30 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
       at(gx, i) = r * at(gx, i) + t;
       at(gp, i) -= sigma * t;
       at(gv, i) -= q * t;
+    }
+  };
+  if (seg >= n - 1) {  // every denoiser output fits: one forward pass
+    trajectory(blk, g, k, x, gw, denoised, cov ? states : nullptr, denoised);
+    for (int64_t j = 1; j < n; ++j) step(j, denoised + (j - 1) * m, states + (j - 1) * m);
+  } else {
+    // checkpoints: x_j at the top of every segment, j = n - 1 and the multiples of seg
+    for (int64_t j = n - 1; j >= 1; --j) {
+      if (j == n - 1 || j % seg == 0) std::memcpy(marks + ((j - 1) / seg) * m, x, sizeof(T) * m);
+      if (j == 1) break;
+      denoise(blk, g, j, x, gw, k);
+      move(x, gw, T(g.r[j]), T(g.b[j]), k);
+    }
+    for (int64_t a = 1; a < n; a += seg) {
+      const int64_t b = std::min(a + seg - 1, n - 1);
+      // segment 0 starts at slot 0 (S = D_1 stays there), the others at slot 1
+      T* slots = denoised + (a > 1 ? m : 0);
+      std::memcpy(x, marks + ((a - 1) / seg) * m, sizeof(T) * m);
+      for (int64_t j = b; j >= a; --j) {
+        if (cov) std::memcpy(states + (j - a) * m, x, sizeof(T) * m);
+        denoise(blk, g, j, x, slots + (j - a) * m, k);
+        if (j > a) move(x, slots + (j - a) * m, T(g.r[j]), T(g.b[j]), k);
+      }
+      for (int64_t j = a; j <= b; ++j) step(j, slots + (j - a) * m, states + (j - a) * m);
     }
   }
   if (!cov) return;
@@ -340,9 +393,12 @@ REDGE_INLINE void from_block(const T* src, int64_t first, int64_t count, int64_t
 
 // The one-hot draw H ~ Cat(S) of each row by inversion: the first category whose cumulative
 // sum reaches (1 - u) times the total (sums in the working dtype, as torch.cumsum); a category
-// of probability zero is never drawn. `index` receives the categories.
+// of probability zero is never drawn. `index` receives the categories (always in [0, K - 1],
+// whatever the uniforms); the return value is the per-lane level (1 - u) * total, NaN for a row
+// whose soft sample is NaN (non-finite logits or every category masked) or whose uniform is.
 template <typename T>
-REDGE_INLINE void inverse_cdf(const T* soft, const T* uniform, int64_t k, int64_t* index) {
+REDGE_INLINE typename Vec<T>::type inverse_cdf(const T* soft, const T* uniform, int64_t k,
+                                               int64_t* index) {
   using V = typename Vec<T>::type;
   using I = typename Vec<T>::bits;
   V total = V{};
@@ -356,22 +412,23 @@ REDGE_INLINE void inverse_cdf(const T* soft, const T* uniform, int64_t k, int64_
     below -= running < level;  // a true comparison is -1
   }
   for (int64_t b = 0; b < LANES; ++b) index[b] = std::min<int64_t>(below[b], k - 1);
+  return level;
 }
 
 // The categories drawn for rows [first, first + count) from their block's soft sample and
 // uniforms (unused lanes draw with u = 0).
 template <typename T>
-REDGE_INLINE void draw(const T* soft, const T* uniform, int64_t first, int64_t count, int64_t k,
-                       int64_t* index) {
+REDGE_INLINE typename Vec<T>::type draw(const T* soft, const T* uniform, int64_t first,
+                                        int64_t count, int64_t k, int64_t* index) {
   T u[LANES];
   for (int64_t b = 0; b < LANES; ++b) u[b] = b < count ? uniform[first + b] : T(0);
-  inverse_cdf(soft, u, k, index);
+  return inverse_cdf(soft, u, k, index);
 }
 
 template <typename T>
 REDGE_INLINE void sample_range(const T* logits, const T* noise, const T* uniform, const Grid& g,
                                bool cov, int64_t k, int64_t begin, int64_t end, T* hard,
-                               T* soft) {
+                               T* soft, int64_t* drawn) {
   const int64_t m = k * LANES;
   // logits, noise, x, a denoiser output, S, and for ReDGE-cov p, 1 / v, sqrt v
   std::vector<T> scratch((cov ? 8 : 5) * m);
@@ -385,42 +442,56 @@ REDGE_INLINE void sample_range(const T* logits, const T* noise, const T* uniform
     const Block<T> blk = start(lg, z, k, moments, x);
     trajectory(blk, g, k, x, d, static_cast<T*>(nullptr), static_cast<T*>(nullptr), s);
     from_block(s, first, count, k, soft);
-    draw(s, uniform, first, count, k, index);
+    const auto level = draw(s, uniform, first, count, k, index);
     std::memset(hard + first * k, 0, sizeof(T) * count * k);
-    for (int64_t b = 0; b < count; ++b) hard[(first + b) * k + index[b]] = T(1);
+    for (int64_t b = 0; b < count; ++b) {
+      if (drawn) drawn[first + b] = index[b];
+      if (std::isfinite(level[b])) {
+        hard[(first + b) * k + index[b]] = T(1);
+      } else {  // nothing can be drawn from a NaN soft sample (or uniform): a NaN hard row
+        std::fill(hard + (first + b) * k, hard + (first + b + 1) * k,
+                  std::numeric_limits<T>::quiet_NaN());
+      }
+    }
   }
 }
 
-// ReinDGE's extra inputs of the adjoint: the hard sample's own gradient and the uniforms of
-// its draw (both null for ReDGE and ReDGE-cov).
+// ReinDGE's extra inputs of the adjoint: the hard sample's own gradient and the categories
+// drawn by the forward pass (both null for ReDGE and ReDGE-cov).
 template <typename T>
 struct ReinMaxInputs {
   const T* grad_hard = nullptr;
-  const T* uniform = nullptr;
+  const int64_t* drawn = nullptr;
 };
 
 template <typename T>
 REDGE_INLINE void adjoint_range(const T* logits, const T* noise, const T* grad, const Grid& g,
                                 bool cov, ReinMaxInputs<T> rm, int64_t k, int64_t begin,
                                 int64_t end, T* grad_logits, T* grad_noise) {
-  const int64_t m = k * LANES, n = g.last() + 1;
-  // logits, noise, grad, x, g_w, g_logits, g_x, D_1 ... D_{n-1}, and for ReDGE-cov the
-  // states x_1 ... x_{n-1} and p, 1 / v, sqrt v, g_p, g_v; for ReinDGE g_h
-  std::vector<T> scratch((6 + n + (cov ? n + 4 : 0) + (rm.grad_hard ? 1 : 0)) * m);
+  const int64_t m = k * LANES, n = g.last() + 1, seg = segment_length<T>(n, k);
+  const bool marked = seg < n - 1;
+  // logits, noise, grad, x, g_w, g_logits, g_x, the denoiser outputs (n - 1 slots, or seg + 1
+  // with checkpoints), for ReDGE-cov the states (n - 1 or seg slots), then the checkpoints, for
+  // ReDGE-cov p, 1 / v, sqrt v, g_p, g_v and for ReinDGE g_h
+  const int64_t d_slots = marked ? seg + 1 : n - 1, x_slots = cov ? (marked ? seg : n - 1) : 0;
+  std::vector<T> scratch((7 + adjoint_slots(n, seg, cov) + (cov ? 5 : 0) +
+                          (rm.grad_hard ? 1 : 0)) * m);
   T *lg = scratch.data(), *z = lg + m, *gr = z + m, *x = gr + m, *gw = x + m, *gl = gw + m;
-  T *gx = gl + m, *denoised = gx + m, *states = denoised + (n - 1) * m;
-  T* moments = cov ? states + (n - 1) * m : nullptr;
-  T* gh = cov ? moments + 5 * m : states;  // the block after those in use
+  T *gx = gl + m, *denoised = gx + m, *states = denoised + d_slots * m;
+  T* marks = states + x_slots * m;
+  T* moments = marks + (marked ? (n - 2) / seg + 1 : 0) * m;
+  T* gh = moments + (cov ? 5 * m : 0);  // the block after those in use
   int64_t index[LANES];
   for (int64_t first = begin; first < end; first += LANES) {
     const int64_t count = std::min(LANES, end - first);
     to_block(logits, first, count, k, lg);
     to_block(noise, first, count, k, z);
     to_block(grad, first, count, k, gr);
-    adjoint_block(lg, z, gr, g, k, x, gw, denoised, states, moments, gl, gx);
+    adjoint_block(lg, z, gr, g, k, x, gw, denoised, states, cov ? moments : nullptr, gl, gx,
+                  seg, marks);
     if (rm.grad_hard) {  // S = D_1 is the first slot of `denoised`
       to_block(rm.grad_hard, first, count, k, gh);
-      draw(denoised, rm.uniform, first, count, k, index);
+      for (int64_t b = 0; b < LANES; ++b) index[b] = b < count ? rm.drawn[first + b] : 0;
       reinmax_step(denoised, gh, index, k, gl);
     }
     from_block(gl, first, count, k, grad_logits);
@@ -433,8 +504,8 @@ REDGE_INLINE void adjoint_range(const T* logits, const T* noise, const T* grad, 
 #define REDGE_ENTRY_POINTS(T)                                                                  \
   REDGE_CLONES void run_sample(const T* logits, const T* noise, const T* uniform,             \
                                const Grid& g, bool cov, int64_t k, int64_t begin, int64_t end, \
-                               T* hard, T* soft) {                                             \
-    sample_range(logits, noise, uniform, g, cov, k, begin, end, hard, soft);                   \
+                               T* hard, T* soft, int64_t* drawn) {                             \
+    sample_range(logits, noise, uniform, g, cov, k, begin, end, hard, soft, drawn);            \
   }                                                                                            \
   REDGE_CLONES void run_adjoint(const T* logits, const T* noise, const T* grad, const Grid& g, \
                                 bool cov, ReinMaxInputs<T> rm, int64_t k, int64_t begin,       \
@@ -453,31 +524,38 @@ void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like) {
 
 // Rows per task of at::parallel_for: about 32k elements each, so that small calls stay on the
 // calling thread (waking the pool costs more than they do).
-int64_t grain(int64_t k) { return std::max<int64_t>(1, (int64_t(1) << 15) / k); }
+int64_t grain(int64_t k) {
+  return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(k, 1));
+}
 
 std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& noise,
                                const at::Tensor& uniform, const std::vector<double>& alphas,
-                               const std::vector<double>& sigmas, bool cov) {
+                               const std::vector<double>& sigmas, bool cov, bool want_drawn) {
   TORCH_CHECK(logits.dim() == 2, "logits must be (rows, K)");
   check_rows(logits, "logits", logits);
   check_rows(noise, "noise", logits);
   check_rows(uniform, "uniform", logits);
   TORCH_CHECK(noise.sizes() == logits.sizes(), "noise must have the shape of logits");
   const int64_t rows = logits.size(0), k = logits.size(1);
+  TORCH_CHECK(k >= 1, "logits must have at least one category");
   TORCH_CHECK(uniform.numel() == rows, "uniform must hold one number per row");
   TORCH_CHECK(alphas.size() >= 2 && alphas.size() == sigmas.size(), "bad time grid");
   const Grid g = make_grid(alphas, sigmas);
   at::Tensor hard = at::empty_like(logits), soft = at::empty_like(logits);
+  at::Tensor index = want_drawn ? at::empty({rows}, logits.options().dtype(at::kLong))
+                                : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "redge_sample", [&] {
     const scalar_t* l = logits.const_data_ptr<scalar_t>();
     const scalar_t* z = noise.const_data_ptr<scalar_t>();
     const scalar_t* u = uniform.const_data_ptr<scalar_t>();
     scalar_t* h = hard.mutable_data_ptr<scalar_t>();
     scalar_t* s = soft.mutable_data_ptr<scalar_t>();
+    int64_t* drawn = want_drawn ? index.mutable_data_ptr<int64_t>() : nullptr;
     at::parallel_for(0, rows, grain(k), [&](int64_t begin, int64_t end) {
-      run_sample(l, z, u, g, cov, k, begin, end, h, s);
+      run_sample(l, z, u, g, cov, k, begin, end, h, s, drawn);
     });
   });
+  if (want_drawn) return {hard, soft, index};
   return {hard, soft};
 }
 
@@ -485,7 +563,7 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
                                 const at::Tensor& grad, const std::vector<double>& alphas,
                                 const std::vector<double>& sigmas, bool cov, bool want_noise,
                                 const std::optional<at::Tensor>& grad_hard,
-                                const std::optional<at::Tensor>& uniform) {
+                                const std::optional<at::Tensor>& drawn) {
   TORCH_CHECK(logits.dim() == 2, "logits must be (rows, K)");
   check_rows(logits, "logits", logits);
   check_rows(noise, "noise", logits);
@@ -494,14 +572,20 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
   TORCH_CHECK(grad.sizes() == logits.sizes(), "grad must have the shape of logits");
   TORCH_CHECK(alphas.size() >= 2 && alphas.size() == sigmas.size(), "bad time grid");
   const int64_t rows = logits.size(0), k = logits.size(1);
+  TORCH_CHECK(k >= 1, "logits must have at least one category");
   const bool reinmax = grad_hard.has_value();
-  TORCH_CHECK(reinmax == uniform.has_value(), "grad_hard and uniform go together (ReinDGE)");
+  TORCH_CHECK(reinmax == drawn.has_value(), "grad_hard and drawn go together (ReinDGE)");
   TORCH_CHECK(!(reinmax && cov), "ReinDGE's step is for the plain sampler");
   if (reinmax) {
     check_rows(*grad_hard, "grad_hard", logits);
-    check_rows(*uniform, "uniform", logits);
+    TORCH_CHECK(drawn->device().is_cpu() && drawn->scalar_type() == at::kLong &&
+                drawn->is_contiguous(), "drawn must be a contiguous int64 CPU tensor");
     TORCH_CHECK(grad_hard->sizes() == logits.sizes(), "grad_hard must have the shape of logits");
-    TORCH_CHECK(uniform->numel() == rows, "uniform must hold one number per row");
+    TORCH_CHECK(drawn->numel() == rows, "drawn must hold one category per row");
+    const int64_t* d = drawn->const_data_ptr<int64_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      TORCH_CHECK(0 <= d[r] && d[r] < k, "drawn categories must lie in [0, K - 1]");
+    }
   }
   const Grid g = make_grid(alphas, sigmas);
   at::Tensor grad_logits = at::empty_like(logits);
@@ -515,7 +599,7 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
     ReinMaxInputs<scalar_t> rm;
     if (reinmax) {
       rm.grad_hard = grad_hard->const_data_ptr<scalar_t>();
-      rm.uniform = uniform->const_data_ptr<scalar_t>();
+      rm.drawn = drawn->const_data_ptr<int64_t>();
     }
     at::parallel_for(0, rows, grain(k), [&](int64_t begin, int64_t end) {
       run_adjoint(l, z, gr, g, cov, rm, k, begin, end, gl, gn);
@@ -525,11 +609,21 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
   return {grad_logits};
 }
 
+int64_t set_store_bytes(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "bytes must be >= 0");
+  return store_bytes.exchange(bytes);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("sample", &sample, "ReDGE's (hard, soft) samples of (rows, K) logits for given noise");
+  m.def("sample", &sample,
+        "ReDGE's (hard, soft) samples of (rows, K) logits for given noise, and (want_drawn) the "
+        "drawn categories");
   m.def("adjoint", &adjoint,
-        "Gradients of <grad, S> in the logits (and the noise); with grad_hard and uniform, "
-        "plus ReinDGE's ReinMax step for the hard sample's part");
+        "Gradients of <grad, S> in the logits (and the noise); with grad_hard and the drawn "
+        "categories, plus ReinDGE's ReinMax step for the hard sample's part");
+  m.def("set_store_bytes", &set_store_bytes,
+        "Bytes of denoiser outputs per thread above which the adjoint checkpoints; returns the "
+        "previous value");
 }

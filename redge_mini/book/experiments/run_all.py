@@ -1,8 +1,8 @@
-"""Run the five experiments one after another, resumably, and record the device that ran them.
+"""Run the six experiments one after another, resumably, and record the device that ran them.
 
 Usage::
 
-    python -m redge_mini.book.experiments.run_all --scale full                 # all five
+    python -m redge_mini.book.experiments.run_all --scale full                 # all six
     python -m redge_mini.book.experiments.run_all --scale full --only polyprog,vae
     python -m redge_mini.book.experiments.run_all --scale full --project       # time estimate
     python -m redge_mini.book.experiments.run_all --summarise                  # summary.csv only
@@ -49,7 +49,8 @@ __all__ = ["EXPERIMENTS", "device_description", "main", "project",
            "start_experiment", "summarise_all"]
 
 #: The experiments in the order they run (cheapest and most basic first).
-EXPERIMENTS: tuple[str, ...] = ("polyprog", "vae", "sudoku", "mdm_guidance", "image_guidance")
+EXPERIMENTS: tuple[str, ...] = ("polyprog", "vae", "sudoku", "mdm_guidance", "image_guidance",
+                                 "large_vocab")
 
 MANIFEST = "manifest.json"
 

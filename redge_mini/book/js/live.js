@@ -253,6 +253,9 @@
       `grey: π, colour: ${otherName}`);
   }
 
+  const SLIDER_KEYS = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End",
+    "PageUp", "PageDown"]);
+
   /** Sliders in a grid; `specs` maps a name to [label, min, max, step, value]. */
   function controls(root, specs, onChange) {
     const form = document.createElement("div");
@@ -260,6 +263,13 @@
     form.style.cssText =
       "display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:4px 16px;" +
       "font-size:0.9em;margin-bottom:6px";
+    // The keys a slider answers stay with it: JupyterLab (Lumino) reads keydown events on the
+    // document for its notebook shortcuts (the arrows select another cell) unless the target
+    // carries data-lm-suppress-shortcuts; stopping them at the form covers other front ends.
+    form.setAttribute("data-lm-suppress-shortcuts", "true");
+    form.addEventListener("keydown", (event) => {
+      if (SLIDER_KEYS.has(event.key)) event.stopPropagation();
+    });
     const values = {};
     let pending = false;
     for (const [name, [label, min, max, step, value]] of Object.entries(specs)) {
@@ -269,6 +279,7 @@
       Object.assign(input, { type: "range", min, max, step, value });
       input.name = name;
       input.setAttribute("aria-label", label);
+      input.setAttribute("data-lm-suppress-shortcuts", "true");
       input.style.cssText = "flex:1;min-width:80px";
       const shown = document.createElement("output");
       shown.style.cssText = "min-width:3.5em;font-variant-numeric:tabular-nums";

@@ -1,0 +1,91 @@
+"""One training step of a small model with ReDGE inside, eager against ``torch.compile``.
+
+Run from the repository root::
+
+    python benchmarks/bench_compile.py                  # batch 256, 512 codes, CPU
+    python benchmarks/bench_compile.py --batch 64 --codes 8192 --threads 2
+
+The model: ``Linear(64, K)`` -> ``redge_mini.redge(..., hard=True)`` -> ``Linear(K, 64)`` ->
+squared error; one step is forward + backward. The compiled step runs
+``torch.compile(forward, fullgraph=True)`` and ``backward()`` (inductor, validation off: value
+checks cannot run inside a graph), so the sampler must stay in the graph as the operator
+``torch.ops.redge_mini.sample``; ``dynamic=True`` also compiles for symbolic batch sizes.
+Times: ``torch.utils.benchmark`` ``blocked_autorange`` medians, the two contenders interleaved
+over rounds, after warm-up (the compile itself is not timed). Issue 22: the compiled step must
+not be slower than the eager one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from torch.utils import benchmark
+
+import redge_mini
+
+
+def make_step(codes: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    encoder = torch.nn.Linear(64, codes)
+    decoder = torch.nn.Linear(codes, 64)
+    with torch.no_grad():
+        for p in (*encoder.parameters(), *decoder.parameters()):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+    def forward(x):
+        y = redge_mini.redge(encoder(x), 5, 0.5, hard=True)
+        return (decoder(y) - x).pow(2).mean()
+
+    return forward
+
+
+def as_step(forward):
+    """forward + backward (``backward()`` stays outside the compiled function: Dynamo does
+    not trace it; the backward graph is compiled by AOTAutograd all the same)."""
+
+    def step(x):
+        loss = forward(x)
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[256])
+    parser.add_argument("--codes", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dynamic", action="store_true", help="torch.compile(dynamic=True)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    redge_mini.set_validate_args(False)
+    forward = make_step(args.codes)
+    step = as_step(forward)
+    compiled = as_step(torch.compile(forward, fullgraph=True, dynamic=args.dynamic or None))
+    lines = [f"# one step (forward + backward), K = {args.codes}, {args.threads} threads, "
+             f"torch {torch.__version__}, dynamic={args.dynamic}",
+             f"{'batch':>6} {'eager ms':>9} {'compiled ms':>12} {'compiled/eager':>15}"]
+    print("\n".join(lines), flush=True)
+    for batch in args.batch:
+        x = torch.randn(batch, 64, generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            step(x)
+            compiled(x)
+        times = {"eager": [], "compiled": []}
+        for _ in range(args.rounds):
+            for name, fn in (("eager", step), ("compiled", compiled)):
+                timer = benchmark.Timer("fn(x)", globals={"fn": fn, "x": x})
+                times[name].append(timer.blocked_autorange(min_run_time=0.2).median)
+        eager, comp = (statistics.median(times[k]) * 1e3 for k in ("eager", "compiled"))
+        line = f"{batch:>6} {eager:9.3f} {comp:12.3f} {comp / eager:15.2f}"
+        lines.append(line)
+        print(line, flush=True)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
