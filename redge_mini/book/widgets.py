@@ -267,7 +267,7 @@ def live_figure(kind: str, **options: Any) -> Any:
     Args:
         kind: ``"sampler"`` (chapter 4: options ``logits`` (3 floats), ``t_1``, ``n_steps``,
             ``seed``, ``n``, ``n_law``), ``"gumbel_softmax"`` (chapter 3: ``logits``, ``tau``,
-            ``seed``, ``n``) or ``"bias_map"`` (chapter 5: ``logits``, ``t1s``, ``n_steps``
+            ``seed``, ``n``) or ``"bias_map"`` (chapter 6: ``logits``, ``t1s``, ``n_steps``
             (a list), ``draws``, ``seed``, ``box`` = ``(t_lo, t_hi, n_lo, n_hi)``).
         **options: the initial state (defaults: ``_LIVE_DEFAULTS``); each becomes a slider or
             a fixed setting.
