@@ -36,6 +36,7 @@ __all__ = [
     "Deadline",
     "Stages",
     "add_common_arguments",
+    "add_summarise_option",
     "compact",
     "existing_result",
     "knob_text",
@@ -201,6 +202,13 @@ class CommandLine:
         print(f"{self.name} ({self.proto.scale}, {self.device}): {done}/{expected} {what} in "
               f"{self.folder}, {time.perf_counter() - self.start:.1f} s")
         return 0 if done == expected else 3  # 3: unfinished, rerun to resume
+
+
+def add_summarise_option(parser: argparse.ArgumentParser) -> None:
+    """``--summarise``: only rewrite the CSV tables from the stored result files (an ``extra``
+    of :func:`parse_cli` for the experiments that support it)."""
+    parser.add_argument("--summarise", action="store_true",
+                        help="only rewrite the CSV tables from the stored result files")
 
 
 def parse_cli(

@@ -50,7 +50,6 @@ disjoint from evaluation problems. ``units.csv``, ``summary.csv``, ``verdicts.cs
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import math
 import re
@@ -67,7 +66,7 @@ from ...registry import ESTIMATORS, make_estimator, make_loss
 from .. import runtime
 from ..timing import make_call, time_interleaved
 from ..toy import ToyObjective, make_toy_problem
-from . import Stages, load_records, parse_cli
+from . import Stages, add_summarise_option, load_records, parse_cli
 from .summary import Row, knob_string, summary_row
 from .tuning import Axis, edge_of_space, sample_configs, search_space
 from .verdicts import (
@@ -693,14 +692,10 @@ def measure_throughput(proto: Protocol, *, device: torch.device | str | None = N
     return out
 
 
-def _add_summarise(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summarise", action="store_true",
-                        help="only rewrite the CSV tables from the stored result files")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES, extra=_add_summarise)
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES,
+                    extra=add_summarise_option)
     if cli.args.summarise:
         path = write_tables(cli.folder, cli.proto.scale)
         print(f"large_vocab: {path or 'no stored ' + cli.proto.scale + ' results'}")

@@ -29,7 +29,6 @@ records by :func:`write_tables` (:func:`.verdicts.write_results`).
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -49,7 +48,7 @@ from ..tasks.polyprog import (
     optimise_problems,
 )
 from ..timing import median_ms, time_interleaved
-from . import Stages, load_records, parse_cli
+from . import Stages, add_summarise_option, load_records, parse_cli
 from .summary import knob_string, timing_rows
 from .tuning import Axis, edge_of_space, sample_configs, search_space
 from .verdicts import (
@@ -451,14 +450,10 @@ def plot_gap_curves(table: dict[str, Any], axes: Any, role: str = "tuned") -> No
     axes[0].set_ylabel("optimality gap  F(θ) − c^p")
 
 
-def _add_summarise(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summarise", action="store_true",
-                        help="only rewrite the CSV tables from the stored result files")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES, extra=_add_summarise)
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES,
+                    extra=add_summarise_option)
     if cli.args.summarise:
         path = write_tables(cli.folder, cli.proto.scale)
         print(f"polyprog: {path or 'no stored ' + cli.proto.scale + ' results'}")
