@@ -113,6 +113,17 @@ def test_toc_parts_have_captions() -> None:
 # --- chapter files -------------------------------------------------------------------------------
 
 
+#: A chapter a student can finish in one sitting (issue 21): no chapter longer than this.
+MAX_CHAPTER_LINES = 1_100
+
+
+@pytest.mark.parametrize("path", chapter_files(), ids=lambda p: p.stem)
+def test_chapter_is_at_most_max_lines(path: Path) -> None:
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_CHAPTER_LINES, (
+        f"{path.name} has {lines} source lines (at most {MAX_CHAPTER_LINES}): split it")
+
+
 def test_chapter_file_names_and_unique_numbers() -> None:
     names = [p.name for p in chapter_files()]
     bad = [n for n in names if not CHAPTER_NAME.match(n)]
