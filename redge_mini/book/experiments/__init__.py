@@ -37,6 +37,7 @@ __all__ = [
     "Stages",
     "add_common_arguments",
     "add_summarise_option",
+    "check_seed_split",
     "compact",
     "existing_result",
     "knob_text",
@@ -202,6 +203,21 @@ class CommandLine:
         print(f"{self.name} ({self.proto.scale}, {self.device}): {done}/{expected} {what} in "
               f"{self.folder}, {time.perf_counter() - self.start:.1f} s")
         return 0 if done == expected else 3  # 3: unfinished, rerun to resume
+
+
+def check_seed_split(tune_seeds: Sequence[int], eval_seeds: Sequence[int],
+                     estimators: Sequence[str], known: Sequence[str]) -> None:
+    """The checks every protocol with disjoint tuning and evaluation seeds makes: each holds at
+    least two distinct seeds, they share none, and every estimator is one of ``known``
+    (ValueError naming the field)."""
+    for name, seeds in (("tune_seeds", tune_seeds), ("eval_seeds", eval_seeds)):
+        if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{name} must hold at least two distinct seeds, got {seeds}")
+    if set(tune_seeds) & set(eval_seeds):
+        raise ValueError("tune_seeds and eval_seeds must be disjoint")
+    unknown = [e for e in estimators if e not in known]
+    if unknown:
+        raise ValueError(f"estimators names unknown estimator(s) {unknown}")
 
 
 def add_summarise_option(parser: argparse.ArgumentParser) -> None:

@@ -66,7 +66,7 @@ from ...registry import ESTIMATORS, make_estimator, make_loss
 from .. import runtime
 from ..timing import make_call, time_interleaved
 from ..toy import ToyObjective, make_toy_problem
-from . import Stages, add_summarise_option, load_records, parse_cli
+from . import Stages, add_summarise_option, check_seed_split, load_records, parse_cli
 from .summary import Row, knob_string, summary_row
 from .tuning import Axis, edge_of_space, sample_configs, search_space
 from .verdicts import (
@@ -170,15 +170,7 @@ class Protocol:
         if not self.vocabs or any(isinstance(k, bool) or not isinstance(k, int) or k < 2
                                   for k in self.vocabs):
             raise ValueError(f"vocabs must be ints >= 2, got {self.vocabs}")
-        for name in ("tune_seeds", "eval_seeds"):
-            seeds = getattr(self, name)
-            if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-                raise ValueError(f"{name} must hold at least two distinct seeds, got {seeds}")
-        if set(self.tune_seeds) & set(self.eval_seeds):
-            raise ValueError("tune_seeds and eval_seeds must be disjoint")
-        unknown = [e for e in self.estimators if e not in ESTIMATOR_NAMES]
-        if unknown:
-            raise ValueError(f"estimators names unknown estimator(s) {unknown}")
+        check_seed_split(self.tune_seeds, self.eval_seeds, self.estimators, ESTIMATOR_NAMES)
 
     def task_len(self, task: str) -> int:
         """``L`` of ``task``."""

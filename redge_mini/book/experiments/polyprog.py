@@ -48,7 +48,7 @@ from ..tasks.polyprog import (
     optimise_problems,
 )
 from ..timing import median_ms, time_interleaved
-from . import Stages, add_summarise_option, load_records, parse_cli
+from . import Stages, add_summarise_option, check_seed_split, load_records, parse_cli
 from .summary import knob_string, timing_rows
 from .tuning import Axis, edge_of_space, sample_configs, search_space
 from .verdicts import (
@@ -116,15 +116,7 @@ class Protocol:
         if isinstance(self.n_configs, bool) or not isinstance(self.n_configs, int) \
                 or self.n_configs < 1:
             raise ValueError(f"n_configs must be a positive int, got {self.n_configs!r}")
-        for name in ("tune_seeds", "eval_seeds"):
-            seeds = getattr(self, name)
-            if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-                raise ValueError(f"{name} must hold at least two distinct seeds, got {seeds}")
-        if set(self.tune_seeds) & set(self.eval_seeds):
-            raise ValueError("tune_seeds and eval_seeds must be disjoint")
-        unknown = [e for e in self.estimators if e not in ESTIMATOR_NAMES]
-        if unknown:
-            raise ValueError(f"estimators names unknown estimator(s) {unknown}")
+        check_seed_split(self.tune_seeds, self.eval_seeds, self.estimators, ESTIMATOR_NAMES)
 
     def configs(self, estimator: str) -> list[dict[str, Any]]:
         """The tuning configurations of ``estimator`` (the authors' setting first)."""
