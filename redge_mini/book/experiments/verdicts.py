@@ -8,7 +8,7 @@ image, a training seed. ``summary.csv`` (:func:`summary_from_units`) and ``verdi
 "better", "worse", "equivalent" or "inconclusive" on a page can be recomputed from the stored
 units by a paired t-test.
 
-The rule (``shared/notes/statistics.md``; chapter 12 teaches it):
+The rule (``shared/notes/statistics.md``; chapter 13 teaches it):
 
 * two series are paired on ``(seed, unit)``: only the units both measured count, and ``diff`` is
   the mean over them of (estimator - rival), with its 95 % paired t-interval and the p-value of
