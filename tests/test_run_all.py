@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,27 @@ def test_manifest_records_commit_threads_and_whether_one_commit_made_everything(
     manifest["runs"]["full/sudoku"]["status"] = "finished"
     run_all._summarise_manifest(manifest)
     assert not manifest["one_commit"] and len(manifest["git_commits"]) == 2
+
+
+def test_record_provenance_counts_stages_run_outside_the_runner(tmp_path: Path) -> None:
+    """A series added by calling an experiment script directly (not through run_all) writes
+    records from another commit: the manifest must see it in the records' own metadata."""
+    folder = tmp_path / "vae"
+    folder.mkdir()
+
+    def record(commit: str, dirty: bool) -> dict:
+        return {"name": "x", "metadata": {"git_commit": commit, "git_dirty": dirty}}
+
+    (folder / "full_tune_st.json").write_text(json.dumps(record("a" * 40, False)))
+    (folder / "full_eval_st.json").write_text(json.dumps([record("a" * 40, False)] * 2))
+    (folder / "small_eval_st.json").write_text(json.dumps(record("c" * 40, True)))
+    prov = run_all.record_provenance(tmp_path, "full", ["vae", "sudoku"])
+    assert prov == {"vae": {"a" * 40: {"records": 3, "dirty": False,
+                                      "files": ["full_eval_st.json", "full_tune_st.json"]}}}
+    manifest = {"runs": {"full/vae": {"status": "finished", "attempts": [
+        {"started": "a", "seconds": 10.0, "git_commit": "a" * 40, "git_dirty": False}]}}}
+    run_all._summarise_manifest(manifest, prov)
+    assert manifest["one_commit"]
+    (folder / "full_eval_reinforce.json").write_text(json.dumps(record("b" * 40, True)))
+    run_all._summarise_manifest(manifest, run_all.record_provenance(tmp_path, "full", ["vae"]))
+    assert not manifest["one_commit"] and manifest["git_commits"] == ["a" * 40, "b" * 40]

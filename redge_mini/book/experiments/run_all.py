@@ -6,6 +6,7 @@ Usage::
     python -m redge_mini.book.experiments.run_all --scale full --only polyprog,vae
     python -m redge_mini.book.experiments.run_all --scale full --project       # time estimate
     python -m redge_mini.book.experiments.run_all --summarise                  # summary.csv only
+    python -m redge_mini.book.experiments.run_all --provenance   # which commit made each record
 
 Each experiment runs in its own process (``python -m redge_mini.book.experiments.<name>``), so a
 crash of one does not lose the others; by default one after another, or ``--jobs`` side by side
@@ -45,7 +46,7 @@ import torch
 from .. import runtime
 from . import resolve_device
 
-__all__ = ["EXPERIMENTS", "device_description", "main", "project",
+__all__ = ["EXPERIMENTS", "device_description", "main", "project", "record_provenance",
            "start_experiment", "summarise_all"]
 
 #: The experiments in the order they run (cheapest and most basic first).
@@ -84,19 +85,58 @@ def _save_manifest(path: Path, manifest: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _summarise_manifest(manifest: dict[str, Any]) -> None:
-    """Top-level provenance of the manifest: the commits of the attempts that finished each
-    experiment, whether that is one commit, and the seconds of each finished experiment."""
+def record_provenance(root: Path, scale: str, names: list[str] | tuple[str, ...] = EXPERIMENTS
+                      ) -> dict[str, dict[str, dict[str, Any]]]:
+    """What made the stored records: for each experiment, each commit that wrote one of its
+    ``<scale>_*.json`` stage records, with how many and whether any came from a dirty tree.
+
+    Read from the records' own metadata, so stages run outside this runner (an experiment
+    script called with ``--estimators ...`` to add a series) are counted too."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        commits: dict[str, dict[str, Any]] = {}
+        for path in sorted((root / name).glob(f"{scale}_*.json")):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for record in data if isinstance(data, list) else [data]:
+                meta = record.get("metadata") if isinstance(record, dict) else None
+                if not isinstance(meta, dict):
+                    continue
+                entry = commits.setdefault(str(meta.get("git_commit", "unknown")),
+                                           {"records": 0, "dirty": False, "files": []})
+                entry["records"] += 1
+                entry["dirty"] = bool(entry["dirty"] or meta.get("git_dirty"))
+                if path.name not in entry["files"]:
+                    entry["files"].append(path.name)
+        if commits:
+            out[name] = commits
+    return out
+
+
+def _summarise_manifest(manifest: dict[str, Any],
+                        provenance: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+    """Top-level provenance of the manifest: the seconds spent on each finished experiment (all
+    its attempts), the commits of the attempts that finished each experiment and of the stored
+    records (``provenance``, from :func:`record_provenance`), and whether that is one clean
+    commit."""
     finished = {key: entry["attempts"][-1] for key, entry in manifest["runs"].items()
                 if entry.get("status") == "finished" and entry["attempts"]}
-    commits = sorted({a.get("git_commit", "unknown") for a in finished.values()})
-    manifest["stages"] = {key: {"seconds": a["seconds"], "git_commit": a.get("git_commit"),
+    if provenance is not None:
+        manifest["record_commits"] = provenance
+    provenance = manifest.get("record_commits", {})
+    commits = sorted({a.get("git_commit", "unknown") for a in finished.values()}
+                     | {c for per in provenance.values() for c in per})
+    # an attempt resumes the stored stages of the earlier ones, so an experiment's seconds are
+    # the sum over its attempts; commit and start are those of the attempt that finished it
+    spent = {key: round(sum(a["seconds"] for a in manifest["runs"][key]["attempts"]), 1)
+             for key in finished}
+    manifest["stages"] = {key: {"seconds": spent[key], "git_commit": a.get("git_commit"),
                                 "git_dirty": a.get("git_dirty"), "started": a["started"]}
                           for key, a in finished.items()}
     manifest["git_commits"] = commits
     manifest["one_commit"] = len(commits) == 1 and not any(
-        a.get("git_dirty") for a in finished.values())
-    manifest["total_seconds"] = round(sum(a["seconds"] for a in finished.values()), 1)
+        a.get("git_dirty") for a in finished.values()) and not any(
+        c["dirty"] for per in provenance.values() for c in per.values())
+    manifest["total_seconds"] = round(sum(spent.values()), 1)
 
 
 def start_experiment(name: str, *, scale: str, device: torch.device, folder: Path,
@@ -162,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only measure throughput and print projected full-scale times")
     parser.add_argument("--summarise", action="store_true",
                         help="only regenerate the summary.csv files from stored results")
+    parser.add_argument("--provenance", action="store_true",
+                        help="only rewrite the manifest's record_commits (which commit made "
+                        "each stored stage record) and one_commit from the stored records")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, same code path (passed on to every script)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
@@ -192,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarise:
         for name, outcome in summarise_all(root, scale, list(names)).items():
             print(f"{name}: {outcome}")
+        return 0
+    if args.provenance:
+        manifest_path = root / MANIFEST
+        manifest = _load_manifest(manifest_path)
+        _summarise_manifest(manifest, record_provenance(root, scale))
+        _save_manifest(manifest_path, manifest)
+        print(f"commits {manifest['git_commits']}; one_commit {manifest['one_commit']} "
+              f"({manifest_path})")
         return 0
     if args.project:
         estimate = project(list(names), device, args.scale)
@@ -229,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "unfinished" if status == 3 else "failed")
         manifest["device"] = device_description(device)
         manifest["jobs"] = args.jobs
-        _summarise_manifest(manifest)
+        _summarise_manifest(manifest, record_provenance(root, scale))
         _save_manifest(manifest_path, manifest)
         unfinished += status != 0
         print(f"run_all: {name} {entry['status']} in {seconds:.0f} s", file=sys.stderr)
