@@ -44,7 +44,7 @@ from typing import NamedTuple
 import torch
 
 from ._op import _fused_sample
-from .diffusion import _softmax_vjp
+from .diffusion import _reinmax_step, _softmax_vjp
 from .registry import ALL_ESTIMATORS, KNOBS, _bind, check_knobs, check_name
 from .validation import check_generator, check_logits, working_dtype
 
@@ -55,6 +55,7 @@ __all__ = [
     "redge",
     "redge_cov",
     "reindge",
+    "reindge_detach",
     "reinmax",
     "reinmax_surrogate",
     "sample",
@@ -204,6 +205,22 @@ def _reindge(work, generator, n_steps, t_1):
     return _diffusion(work, generator, n_steps, t_1, "plain", True)
 
 
+def _reindge_detach(work, generator, n_steps, t_1):
+    # ReinDGE's draws (as _diffusion: the noise, then the uniforms), so the values are ReinDGE's
+    noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
+    uniform = torch.rand(work.shape[:-1] + (1,), generator=generator, device=work.device,
+                         dtype=work.dtype)
+    hard, soft = _fused_sample(work.detach(), noise, uniform, n_steps, t_1)
+    hard, soft = hard.detach(), soft.detach()
+    # a zero with the logits' gradient (masked -inf logits count as 0: -inf - -inf is NaN); the
+    # state x_{t_1} is a constant, so the last denoiser's logits theta + c_1 x move as theta
+    finite = torch.where(torch.isneginf(work), torch.zeros_like(work), work)
+    delta = finite - finite.detach()
+    # J(S) and ReinMax's matrix [J(S) + d d^T] / 2 are symmetric: <g, M delta> has gradient M g
+    direct = _softmax_vjp(soft, delta)
+    return hard + direct + _reinmax_step(soft, hard, delta), soft + direct
+
+
 _KERNELS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "st": _st,
     "gumbel": _gumbel,
@@ -215,9 +232,11 @@ _KERNELS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
 
 
 def _run(
-    name: str, logits: object, knobs: dict[str, object], dim: object, generator: object
+    name: str, logits: object, knobs: dict[str, object], dim: object, generator: object,
+    kernel: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Sample:
-    """Validate every argument, run estimator ``name`` along ``dim``; return ``(hard, soft)``."""
+    """Validate every argument, run estimator ``name`` along ``dim``; return ``(hard, soft)``.
+    ``kernel``: run this kernel instead of the registry's (with ``name``'s knobs)."""
     values = check_knobs(name, **knobs).values()  # the registry's one check
     logits = check_logits(logits, dim=dim)
     dim = dim % logits.dim()
@@ -227,7 +246,9 @@ def _run(
     last = dim == logits.dim() - 1
     if not last:
         work = work.movedim(dim, -1)
-    hard, soft = ALL_ESTIMATORS[name].kernel(work, generator, *values)  # the registry's kernel
+    if kernel is None:
+        kernel = ALL_ESTIMATORS[name].kernel  # the registry's kernel
+    hard, soft = kernel(work, generator, *values)
     if not last:
         hard, soft = hard.movedim(-1, dim), soft.movedim(-1, dim)
     if hard.dtype != logits.dtype:
@@ -408,6 +429,33 @@ def reindge(
     :func:`redge`.
     """
     out = _run("reindge", logits, {"n_steps": n_steps, "t_1": t_1}, dim, generator)
+    return out.hard if _check_hard(hard) else out.soft
+
+
+def reindge_detach(
+    logits: torch.Tensor,
+    n_steps: int = 5,
+    t_1: float = 0.5,
+    hard: bool = False,
+    dim: int = -1,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """ReinDGE with the trajectory's gradient detached: an ablation, not a registered estimator.
+
+    Forward exactly as :func:`reindge` (the same draws from ``generator``: the same ``H`` and
+    ``S``). Backward: the DDIM states up to ``t_1`` are constants, so only the last denoiser's
+    direct dependence on ``logits`` is left, and the gradient is ReinMax's (``tau = 1``) at the
+    logits ``logits + c_1 x_{t_1}`` of the conditional categorical ``Cat(S)``:
+    ``[J(S)^T g + (g . d) d] / 2``, ``d = H - S``, with ``c_1 = alpha_1 / sigma_1^2``. It is
+    ReinDGE's gradient minus the trajectory's part. The soft sample (``hard=False``) is ``S``
+    with the gradient ``J(S)^T g`` of the last denoiser alone. Knobs and arguments as
+    :func:`redge` (checked by the registry's row of ``reindge``). It is kept out of
+    :data:`redge_mini.registry.ESTIMATORS`, which every experiment iterates over;
+    :func:`redge_mini.book.ablations.registered` adds it for the span of an ablation.
+    """
+    out = _run("reindge", logits, {"n_steps": n_steps, "t_1": t_1}, dim, generator,
+               kernel=_reindge_detach)
     return out.hard if _check_hard(hard) else out.soft
 
 

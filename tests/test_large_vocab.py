@@ -146,17 +146,29 @@ def test_smoke_run_end_to_end_writes_the_verdict_files(tmp_path):
     proto = lv.protocol("small", smoke=True)
     records = lv.run(proto, out=tmp_path)
     names = {p.name for p in tmp_path.glob("*.json")}
-    assert len(names) == len(records) == len(proto.vocabs) * (3 * 6 + 1)
+    # per K: three stages of six estimators and the cost; at the largest K four ablation stages
+    assert len(names) == len(records) == len(proto.vocabs) * (3 * 6 + 1) + 4
     units = read_units("large_vocab", root=tmp_path)
+    main = {f"K={k}" for k in proto.vocabs}
     settings = {u.setting for u in units}
-    assert settings == {f"K={k}" for k in proto.vocabs}
-    for setting in settings:
+    top = f"K={max(proto.vocabs)}"
+    assert settings == main | {f"ablation {top}"} | {
+        f"t1_sweep t_1={t:g} {top}" for t in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)}
+    for setting in settings - main:  # every metric, the ablation's series and its rivals'
+        rivals = ({"reindge_detach", "reindge", "reinmax"} if setting.startswith("ablation")
+                  else {"redge", "st"})
+        for metric in [m.name for m in lv.METRICS]:
+            found = {u.estimator for u in units if u.setting == setting and u.metric == metric}
+            assert found == rivals, (setting, metric)
+    for setting in main:
         for metric in [m.name for m in lv.METRICS]:
             found = {u.estimator for u in units if u.setting == setting and u.metric == metric}
             assert found == set(ESTIMATORS), (setting, metric)
     stored = read_verdicts("large_vocab", root=tmp_path)
-    assert stored == verdicts_from_units("large_vocab", units, lv.METRICS)
+    computed = verdicts_from_units("large_vocab", units, lv.METRICS)
+    assert [replace(v, headline=v.headline and v.setting in main) for v in computed] == stored
     assert {v.metric for v in stored if v.headline} == {"final_ratio"}
+    assert not any(v.headline for v in stored if v.setting not in main)
     tuning = read_tuning("large_vocab", root=tmp_path)
     assert len(tuning) == 6 * len(proto.vocabs)
     assert all("lr" in t.knobs_tuned for t in tuning)

@@ -171,6 +171,8 @@ def test_experiment_writes_the_four_tables_and_verdicts_recompute_from_units(tmp
 
     from scipy import stats
 
+    from redge_mini.book.ablations import sweep_t1
+
     proto, records = _smoke(tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
     assert {"units.csv", "summary.csv", "verdicts.csv", "tuning.csv"} <= names
@@ -190,8 +192,27 @@ def test_experiment_writes_the_four_tables_and_verdicts_recompute_from_units(tmp
         assert len(keys) == 1, (name, keys)
         return series[keys[0]]
 
-    assert verdicts and all(v["metric"] == "final_gap" and v["headline"] == "True"
-                            for v in verdicts)
+    # the headline rows are the comparison's; the ablations' rows (issue 20) are no headline
+    assert verdicts and all(v["metric"] == "final_gap" for v in verdicts)
+    assert all((v["headline"] == "True") == v["setting"].startswith("p=") for v in verdicts)
+    ablation = {(v["setting"], v["estimator"], v["rival"]) for v in verdicts
+                if v["setting"].startswith("ablation ")}
+    assert ablation == {(f"ablation p={p:g}", a, b) for p in proto.config.powers
+                        for a, b in (("reindge", "reinmax"), ("reindge", "reindge_detach"),
+                                     ("reinmax", "reindge_detach"))}
+    sweep = {(v["setting"], v["estimator"], v["rival"]) for v in verdicts
+             if v["setting"].startswith("t1_sweep ")}
+    assert sweep == {(f"t1_sweep t_1={t:g} p={p:g}", "redge", "st")
+                     for p in proto.config.powers for t in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)}
+    # the swept series are ReDGE's tuned configuration with t_1 replaced
+    tuned = {r["config"]["stage"]: r for r in records}["t1_sweep"]["config"]["chosen"]
+    for v in verdicts:
+        found = sweep_t1(v["setting"])
+        if found is not None:
+            t_1, base = found
+            chosen = tuned[proto.config.powers.index(float(base[2:]))]
+            assert {u["knobs"] for u in units if u["setting"] == v["setting"]
+                    and u["estimator"] == "redge"} == {knob_string({**chosen, "t_1": t_1})}
     for v in verdicts:
         a, b = find(v["estimator"], v), find(v["rival"], v)
         shared = sorted(set(a) & set(b))

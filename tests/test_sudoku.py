@@ -260,7 +260,8 @@ def test_experiment_smoke_writes_verdicts_recomputable_from_units(tmp_path, caps
     assert e3.main(args) == 0
     names = sorted(p.name for p in tmp_path.glob("*.json"))
     assert names == sorted([f"small-smoke_{stage}_{e}.json" for stage in ("eval", "tune")
-                            for e in e3.ESTIMATOR_NAMES] + ["small-smoke_timing.json"])
+                            for e in e3.ESTIMATOR_NAMES] + [
+        f"small-smoke_{stage}.json" for stage in ("timing", "ablation", "t1_sweep")])
     stamp = (tmp_path / "small-smoke_eval_st.json").stat().st_mtime_ns
     assert e3.main(args) == 0  # resumed: nothing recomputed
     assert (tmp_path / "small-smoke_eval_st.json").stat().st_mtime_ns == stamp
@@ -268,21 +269,32 @@ def test_experiment_smoke_writes_verdicts_recomputable_from_units(tmp_path, caps
     units = vd.read_units("sudoku", tmp_path)
     series: dict = {}
     for u in units:
-        series.setdefault((u.estimator, u.knobs, u.metric, u.budget), {})[(u.seed, u.unit)] = (
-            u.value)
+        series.setdefault((u.setting, u.estimator, u.knobs, u.metric, u.budget), {})[
+            (u.seed, u.unit)] = u.value
     assert all(len(v) == proto.n_eval * proto.n_seeds for v in series.values())
     demo = "lr=0.05;n_steps=3;t_1=0.9"
-    assert ("redge", demo, "final_solved", proto.steps) in series
+    assert ("eval", "redge", demo, "final_solved", proto.steps) in series
+    # the ablations' settings (issue 20): detached ReinDGE with its rivals, ReDGE's t_1 sweep
+    settings = {k[0] for k in series}
+    assert settings == {"eval", "ablation eval"} | {
+        f"t1_sweep t_1={t:g} eval" for t in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)}
+    assert {k[1] for k in series if k[0] == "ablation eval"} == {
+        "reindge", "reinmax", "reindge_detach"}
+    # the detached ReinDGE ran at ReinDGE's tuned configuration
+    assert {k[2] for k in series if k[0] == "ablation eval" and k[1] == "reindge"} == {
+        k[2] for k in series if k[0] == "ablation eval" and k[1] == "reindge_detach"}
     # every verdict recomputed from units.csv by a paired t-test
     rows = vd.read_verdicts("sudoku", tmp_path)
     assert rows and {r.budget for r in rows} == {proto.steps}
     assert {r.metric for r in rows if r.headline} == {"final_solved"}
+    assert all(r.headline == (r.setting == "eval") for r in rows if r.metric == "final_solved")
 
     def key(name: str, row: vd.Verdict) -> tuple:
         base, _, knobs = name.partition("[")
         if knobs:
-            return (base, knobs[:-1], row.metric, row.budget)
-        (only,) = [k for k in series if k[0] == base and k[2:] == (row.metric, row.budget)]
+            return (row.setting, base, knobs[:-1], row.metric, row.budget)
+        (only,) = [k for k in series if k[:2] == (row.setting, base)
+                   and k[3:] == (row.metric, row.budget)]
         return only
 
     for row in rows:
@@ -304,8 +316,10 @@ def test_experiment_smoke_writes_verdicts_recomputable_from_units(tmp_path, caps
     assert all("lr" in t.knobs_tuned.split(";") for t in tuning)
     # the chapter's in-memory verdicts are those of the file
     summary = e3.summarise(e3.current_records(tmp_path, proto.scale))
-    assert [(v.estimator, v.rival, v.metric, v.verdict) for v in summary["verdicts"]] == [
-        (v.estimator, v.rival, v.metric, v.verdict) for v in rows]
+    assert [(v.setting, v.estimator, v.rival, v.metric, v.verdict, v.headline)
+            for v in summary["verdicts"] + summary["ablation_verdicts"]] == [
+        (v.setting, v.estimator, v.rival, v.metric, v.verdict, v.headline)
+        for v in sorted(rows, key=lambda v: v.setting != "eval")]
     (tmp_path / "verdicts.csv").unlink()
     assert e3.write_summary_csv(tmp_path, proto.scale) is not None
     assert (tmp_path / "verdicts.csv").is_file()

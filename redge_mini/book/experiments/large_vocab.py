@@ -43,6 +43,11 @@ and per ``K`` a *cost* stage (``<scale>_cost_K<K>.json``, :func:`cost_stage`): t
 positions at full scale as in the paper, and the extra memory of one call
 (:func:`peak_extra_bytes`) per byte of logits.
 
+At the largest ``K`` four ablation stages follow (issue 20, :func:`ablation_stages`): the
+gradients and the tuned optimisation of ReinDGE with its trajectory detached (setting
+``ablation K=...``, with ReinDGE and ReinMax) and of ReDGE with ``t_1`` swept up to 1 (settings
+``t1_sweep t_1=... K=...``, with Straight-Through); their verdict rows are no headline.
+
 The unit is the problem (its seed): every estimator sees the same problems, tuning problems are
 disjoint from evaluation problems. ``units.csv``, ``summary.csv``, ``verdicts.csv`` and
 ``tuning.csv`` are written from the stored records by :func:`write_tables`.
@@ -64,6 +69,15 @@ import torch
 from ...exact import gradient_diagnostics, per_sample_gradients
 from ...registry import ESTIMATORS, make_estimator, make_loss
 from .. import runtime
+from ..ablations import (
+    DETACH,
+    T1_SWEEP,
+    ablation_setting,
+    not_headline,
+    registered,
+    sweep_setting,
+)
+from ..ablations import write_results as write_with_ablations
 from ..timing import make_call, time_interleaved
 from ..toy import ToyObjective, make_toy_problem
 from . import Stages, add_summarise_option, check_seed_split, load_records, parse_cli
@@ -75,7 +89,6 @@ from .verdicts import (
     Unit,
     units_from_values,
     verdicts_from_units,
-    write_results,
 )
 
 __all__ = ["AUTHORS_IMAGE", "ESTIMATOR_NAMES", "EXPERIMENT", "HEADLINE", "LR_AXIS", "METRICS",
@@ -327,11 +340,14 @@ def _exact_gradient(toy: Any) -> torch.Tensor:
     return grad
 
 
-def gradient_stage(estimator: str, vocab: int, proto: Protocol) -> dict[str, Any]:
+def gradient_stage(estimator: str, vocab: int, proto: Protocol,
+                   knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 1 for one estimator and vocabulary: diagnostics of ``n_draws`` single-sample
-    gradients on every evaluation problem of both tasks, at :data:`AUTHORS_IMAGE`."""
+    gradients on every evaluation problem of both tasks, at :data:`AUTHORS_IMAGE` (or at
+    ``knobs``, for the ablations)."""
     tic = time.perf_counter()
-    knobs = {k: v for k, v in AUTHORS_IMAGE[estimator].items() if k != "lr"}
+    if knobs is None:
+        knobs = {k: v for k, v in AUTHORS_IMAGE[estimator].items() if k != "lr"}
     sampler = make_estimator(estimator, **knobs)
     out: dict[str, Any] = {"estimator": estimator, "knobs": knobs}
     chunk = max(1, min(proto.n_draws, 2**22 // (proto.seq_len * vocab)))
@@ -379,6 +395,103 @@ def eval_stage(estimator: str, vocab: int, proto: Protocol,
                      seed=vocab)
     return {"estimator": estimator, "knobs": chosen, "curve": curve.tolist(),
             "final_ratio": curve[:, -1].tolist(), "seconds": time.perf_counter() - tic}
+
+
+# ---------------------------------------------------------------------------- the ablations
+
+
+def ablation_vocab(proto: Protocol) -> int:
+    """The vocabulary of the ablations: the largest of the protocol (16,384 at full scale, the
+    paper's; the stages there cost about 6 CPU minutes)."""
+    return max(proto.vocabs)
+
+
+def ablation_stages(proto: Protocol, vocab: int, tuned: dict[str, dict[str, Any]],
+                    ) -> list[tuple[str, dict[str, Any], Any]]:
+    """The four ablation stages at ``vocab`` as ``(name, config, compute)``: the gradients and
+    the optimisation of ReinDGE with its trajectory detached (:data:`.ablations.DETACH`; at
+    ReinDGE's authors' knobs, and at ReinDGE's tuned configuration ``tuned["reindge"]``), and
+    ReDGE's gradients (authors' ``n_steps``) and optimisation (tuned lr and ``n_steps``) at
+    every ``t_1`` of :data:`.ablations.T1_SWEEP`."""
+    scale = proto.scale
+    image = {k: v for k, v in AUTHORS_IMAGE["reindge"].items() if k != "lr"}
+    redge = {k: v for k, v in AUTHORS_IMAGE["redge"].items() if k != "lr"}
+    sweep_knobs = [{**redge, "t_1": t} for t in T1_SWEEP]
+    sweep_tuned = [{**tuned["redge"], "t_1": t} for t in T1_SWEEP]
+
+    def detached_gradients() -> dict[str, Any]:
+        with registered():
+            return gradient_stage(DETACH, vocab, proto, image)
+
+    def detached_adam() -> dict[str, Any]:
+        with registered():
+            return eval_stage(DETACH, vocab, proto, tuned["reindge"])
+
+    def sweep_gradients() -> dict[str, Any]:
+        return {"estimator": "redge",
+                "runs": [gradient_stage("redge", vocab, proto, k) for k in sweep_knobs]}
+
+    def sweep_adam() -> dict[str, Any]:
+        return {"estimator": "redge",
+                "runs": [eval_stage("redge", vocab, proto, k) for k in sweep_tuned]}
+
+    return [
+        (f"{scale}_ablation_grad_K{vocab}",
+         proto.stage_config("ablation_grad", vocab, DETACH, knobs=image), detached_gradients),
+        (f"{scale}_ablation_eval_K{vocab}",
+         proto.stage_config("ablation_eval", vocab, DETACH, chosen=tuned["reindge"]),
+         detached_adam),
+        (f"{scale}_t1_sweep_grad_K{vocab}",
+         proto.stage_config("t1_sweep_grad", vocab, "redge", knobs=sweep_knobs),
+         sweep_gradients),
+        (f"{scale}_t1_sweep_eval_K{vocab}",
+         proto.stage_config("t1_sweep_eval", vocab, "redge", chosen=sweep_tuned), sweep_adam),
+    ]
+
+
+def _gradient_units(setting: str, estimator: str, data: dict[str, Any],
+                    seeds: list[int]) -> list[Unit]:
+    """The gradient metrics of both tasks of one gradient record's ``data`` in ``setting``."""
+    units: list[Unit] = []
+    knobs = knob_string(data["knobs"])
+    for task in TASKS:
+        for name, *_ in _GRADIENT_SPECS:
+            units += units_from_values(
+                EXPERIMENT, setting, estimator, knobs, f"{task}_{name}", 1,
+                {(s, "problem"): u[name] for s, u in zip(seeds, data[task], strict=True)})
+    return units
+
+
+def _ablation_units(records: list[dict[str, Any]], found: dict[tuple[str, int, str], Any],
+                    ) -> list[Unit]:
+    """Units of the ablation records, each setting with its rivals' series (detached ReinDGE
+    with ReinDGE and ReinMax; ReDGE at each ``t_1`` with Straight-Through): ``found`` maps
+    ``(stage, K, estimator)`` to the main stages' records."""
+    units: list[Unit] = []
+    for record in records:
+        config, data = record["config"], record["data"]
+        vocab, proto = config["K"], config["protocol"]
+        seeds, budget = proto["eval_seeds"], proto["adam_steps"]
+        base = setting_of(vocab)
+        stage = config["stage"]
+        kind = "grad" if stage.endswith("_grad") else "eval"
+        if stage.startswith("ablation"):
+            parts = [(ablation_setting(base), data, ("reindge", "reinmax"))]
+        else:
+            parts = [(sweep_setting(run_["knobs"]["t_1"], base), run_, ("st",))
+                     for run_ in data["runs"]]
+        for setting, own, rivals in parts:
+            series = [(data["estimator"], own)] + [
+                (r, found[(kind, vocab, r)]) for r in rivals if (kind, vocab, r) in found]
+            for estimator, values in series:
+                if kind == "grad":
+                    units += _gradient_units(setting, estimator, values, seeds)
+                else:
+                    units += units_from_values(
+                        EXPERIMENT, setting, estimator, values["knobs"], HEADLINE.name, budget,
+                        {(s, "problem"): v
+                         for s, v in zip(seeds, values["final_ratio"], strict=True)})
+    return units
 
 
 # --------------------------------------------------------------------------------- the cost
@@ -531,6 +644,12 @@ def run(proto: Protocol, estimators: list[str] | None = None, *, out: Path | Non
             if evaluation is None:
                 break
         if estimators == list(proto.estimators):
+            tuned = {r["config"]["estimator"]: r["data"]["chosen"] for r in stages.records
+                     if r["config"]["stage"] == "tune" and r["config"]["K"] == vocab}
+            if vocab == ablation_vocab(proto) and set(tuned) == set(proto.estimators):
+                for name, config, compute in ablation_stages(proto, vocab, tuned):
+                    if stages.run(name, config, compute) is None:
+                        break
             stages.device = cost_device
             stages.run(f"{proto.scale}_cost_K{vocab}",
                        proto.stage_config("cost", vocab, device=cost_device.type,
@@ -566,11 +685,17 @@ def tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     cost: list[Row] = []
     curves: dict[tuple[int, str], np.ndarray] = {}
     budget = 0
+    ablations, found = [], {}
     for record in records:
         config, data = record["config"], record["data"]
         vocab, proto = config["K"], config["protocol"]
         setting = setting_of(vocab)
         stage, estimator = config["stage"], config["estimator"]
+        if stage.startswith(("ablation", "t1_sweep")):
+            ablations.append(record)
+            continue
+        if stage in ("grad", "eval"):
+            found[(stage, vocab, estimator)] = data
         if stage == "cost":
             for name, rounds in data["ms_per_call"].items():
                 knobs = data["knobs"][name]
@@ -586,13 +711,7 @@ def tables(records: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         budget = proto["adam_steps"]
         if stage == "grad":
-            knobs = knob_string(data["knobs"])
-            for task in TASKS:
-                for name, *_ in _GRADIENT_SPECS:
-                    units += units_from_values(
-                        EXPERIMENT, setting, estimator, knobs, f"{task}_{name}", 1,
-                        {(s, "problem"): u[name]
-                         for s, u in zip(proto["eval_seeds"], data[task], strict=True)})
+            units += _gradient_units(setting, estimator, data, proto["eval_seeds"])
         elif stage == "tune":
             for g, knobs in enumerate(data["configs"]):
                 units += units_from_values(
@@ -613,13 +732,15 @@ def tables(records: list[dict[str, Any]]) -> dict[str, Any]:
                 {(s, "problem"): v
                  for s, v in zip(proto["eval_seeds"], data["final_ratio"], strict=True)})
             curves[(vocab, estimator)] = np.mean(np.asarray(data["curve"], dtype=float), axis=0)
+    units += _ablation_units(ablations, found)
     return {"units": units, "tuning": tuning, "cost": cost, "curves": curves,
             "budget": budget, "scale": next(iter(scales))}
 
 
 def verdicts(table: dict[str, Any]) -> list:
-    """The verdicts of ``tables(...)``, computed in memory."""
-    return verdicts_from_units(EXPERIMENT, table["units"], METRICS)
+    """The verdicts of ``tables(...)``, computed in memory (the ablation settings' rows are no
+    headline, :func:`.ablations.not_headline`)."""
+    return not_headline(verdicts_from_units(EXPERIMENT, table["units"], METRICS))
 
 
 def write_tables(folder: str | Path | None = None, scale: str = "full") -> Path | None:
@@ -630,8 +751,8 @@ def write_tables(folder: str | Path | None = None, scale: str = "full") -> Path 
     if not records:
         return None
     table = tables(records)
-    write_results(EXPERIMENT, table["units"], METRICS, table["tuning"],
-                  extra_rows=table["cost"], root=folder)
+    write_with_ablations(EXPERIMENT, table["units"], METRICS, table["tuning"],
+                         extra_rows=table["cost"], root=folder)
     return folder
 
 

@@ -23,8 +23,15 @@ the spread of a run's gap, not its expectation). Per estimator:
 
 The unit is the seed: every estimator's run ``s`` starts from the same logits (all 0) and
 draws its noise from a generator with the same seed; evaluation and tuning seeds are disjoint.
+Once every estimator is evaluated, two ablation stages (issue 20, :mod:`..ablations`) run on the
+evaluation seeds: ``<scale>_ablation.json``, ReinDGE with its trajectory detached at ReinDGE's
+tuned configuration of each ``p`` (setting ``ablation p=...``, with tuned ReinDGE and ReinMax),
+and ``<scale>_t1_sweep.json``, ReDGE at its tuned lr and ``n_steps`` with ``t_1`` swept up to 1
+(settings ``t1_sweep t_1=... p=...``, with tuned Straight-Through); their verdict rows are no
+headline.
+
 ``units.csv``, ``summary.csv``, ``verdicts.csv`` and ``tuning.csv`` are written from the stored
-records by :func:`write_tables` (:func:`.verdicts.write_results`).
+records by :func:`write_tables` (:func:`.ablations.write_results`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,14 @@ import torch
 
 from ...registry import make_loss
 from .. import runtime
+from ..ablations import (
+    DETACH,
+    T1_SWEEP,
+    ablation_setting,
+    registered,
+    sweep_setting,
+)
+from ..ablations import write_results as write_with_ablations
 from ..tasks import StopCallback
 from ..tasks.polyprog import (
     ESTIMATOR_NAMES,
@@ -57,7 +72,6 @@ from .verdicts import (
     Unit,
     units_from_values,
     verdicts_from_units,
-    write_results,
 )
 
 __all__ = ["AUTHOR_KNOBS", "HEADLINE", "LR_AXIS", "METRICS", "N_CONFIGS", "Protocol", "main",
@@ -228,6 +242,43 @@ def run_eval(estimator: str, proto: Protocol, chosen: list[dict[str, Any]], *,
             "wall_seconds": time.perf_counter() - tic}
 
 
+def _tuned(series: list[dict[str, Any]], p: float) -> dict[str, Any]:
+    """The tuned configuration of exponent ``p`` among an evaluation record's series."""
+    return next(s["knobs"] for s in series if s["p"] == p and "tuned" in s["role"])
+
+
+def run_ablation(proto: Protocol, reindge: list[dict[str, Any]], *,
+                 device: torch.device | str | None = None, progress: bool = False,
+                 stop: StopCallback | None = None) -> dict[str, Any]:
+    """Ablation stage: ReinDGE with its trajectory detached (:data:`.ablations.DETACH`) at
+    ReinDGE's tuned configuration of every ``p`` (``reindge``, lr included), on the evaluation
+    seeds; the record has the form of :func:`run_eval`'s."""
+    tic = time.perf_counter()
+    series = [{"p": p, "knobs": k, "role": "ablation"}
+              for p, k in zip(proto.config.powers, reindge, strict=True)]
+    with registered():
+        steps, gaps, probs = _run(DETACH, [Problem(s["knobs"], s["p"]) for s in series], proto,
+                                  proto.eval_seeds, device=device, progress=progress, stop=stop)
+    return {"estimator": DETACH, "series": series, "steps": steps, "curves": gaps,
+            "final_gap": gaps[..., -1], "final_q": probs,
+            "wall_seconds": time.perf_counter() - tic}
+
+
+def run_sweep(proto: Protocol, redge: list[dict[str, Any]], *,
+              device: torch.device | str | None = None, progress: bool = False,
+              stop: StopCallback | None = None) -> dict[str, Any]:
+    """The ``t_1`` sweep: ReDGE at its tuned lr and ``n_steps`` of every ``p`` (``redge``) with
+    ``t_1`` set to each value of :data:`.ablations.T1_SWEEP`, on the evaluation seeds."""
+    tic = time.perf_counter()
+    series = [{"p": p, "knobs": {**k, "t_1": t}, "role": f"t_1={t:g}"}
+              for p, k in zip(proto.config.powers, redge, strict=True) for t in T1_SWEEP]
+    steps, gaps, probs = _run("redge", [Problem(s["knobs"], s["p"]) for s in series], proto,
+                              proto.eval_seeds, device=device, progress=progress, stop=stop)
+    return {"estimator": "redge", "series": series, "steps": steps, "curves": gaps,
+            "final_gap": gaps[..., -1], "final_q": probs,
+            "wall_seconds": time.perf_counter() - tic}
+
+
 def time_steps(proto: Protocol, knobs: dict[str, dict[str, Any]],
                device: torch.device | str | None = None, *, rounds: int = 5,
                block_s: float = 0.2) -> dict[str, float]:
@@ -303,6 +354,16 @@ def run(proto: Protocol, estimators: list[str] | None = None, *, out: Path | Non
                     "knobs": knobs},
                    lambda: {"timing_ms": time_steps(proto, knobs, device, block_s=block),
                             "p": proto.config.powers[middle]})
+        # the ablations (issue 20): at the tuned configurations, on the evaluation seeds
+        powers = proto.config.powers
+        reindge = [_tuned(evals["reindge"]["series"], p) for p in powers]
+        stages.run(f"{proto.scale}_ablation",
+                   proto.stage_config(DETACH, "ablation", chosen=reindge),
+                   lambda: run_ablation(proto, reindge, **kwargs))
+        redge = [_tuned(evals["redge"]["series"], p) for p in powers]
+        stages.run(f"{proto.scale}_t1_sweep",
+                   proto.stage_config("redge", "t1_sweep", chosen=redge, t_1=list(T1_SWEEP)),
+                   lambda: run_sweep(proto, redge, **kwargs))
     if save:
         write_tables(folder, proto.scale)
     return stages.records
@@ -328,8 +389,13 @@ def tables(records: list[dict[str, Any]]) -> dict[str, Any]:
     units: list[Unit] = []
     tuning, timing, curves, roles = [], [], {}, {}
     budget = 0
+    tuned: dict[tuple[float, str], tuple[str, dict]] = {}   # (p, estimator) -> its tuned units
+    ablations = []
     for record in records:
         config, data = record["config"], record["data"]
+        if config["stage"] in ("ablation", "t1_sweep"):
+            ablations.append(record)
+            continue
         if config["stage"] == "timing":
             timing += timing_rows(EXPERIMENT, f"p={data['p']:g}", data["timing_ms"],
                                   config["knobs"])
@@ -359,14 +425,46 @@ def tables(records: list[dict[str, Any]]) -> dict[str, Any]:
                 curves[(s["p"], estimator, text)] = (data["steps"],
                                                      np.mean(data["curves"][j], axis=0))
                 roles[(s["p"], estimator, text)] = s["role"]
+                if "tuned" in s["role"]:
+                    tuned[(s["p"], estimator)] = (text, {
+                        (seed, "run"): data["final_gap"][j][r] for r, seed in enumerate(seeds)})
+    units += _ablation_units(ablations, tuned)
     return {"units": units, "tuning": tuning, "timing": timing, "curves": curves,
             "roles": roles, "budget": budget, "scale": next(iter(scales))}
 
 
+def _ablation_units(records: list[dict[str, Any]],
+                    tuned: dict[tuple[float, str], tuple[str, dict]]) -> list[Unit]:
+    """``final_gap`` units of the ablation stages, each setting with its rivals' tuned series
+    (detached ReinDGE with ReinDGE and ReinMax; ReDGE at each ``t_1`` with Straight-Through)."""
+    units: list[Unit] = []
+    for record in records:
+        config, data = record["config"], record["data"]
+        budget, seeds = config["problem"]["n_iters"], config["seeds"]
+        for j, s in enumerate(data["series"]):
+            base = f"p={s['p']:g}"
+            if config["stage"] == "ablation":
+                setting, rivals = ablation_setting(base), ("reindge", "reinmax")
+            else:
+                setting, rivals = sweep_setting(s["knobs"]["t_1"], base), ("st",)
+            units += units_from_values(
+                EXPERIMENT, setting, data["estimator"], knob_string(s["knobs"]), "final_gap",
+                budget, {(seed, "run"): data["final_gap"][j][r] for r, seed in enumerate(seeds)})
+            for rival in rivals:
+                if (s["p"], rival) in tuned:
+                    text, values = tuned[(s["p"], rival)]
+                    units += units_from_values(EXPERIMENT, setting, rival, text, "final_gap",
+                                               budget, values)
+    return units
+
+
 def verdicts(table: dict[str, Any]) -> list:
-    """The verdicts of ``tables(...)`` (headline metric, final budget), computed in memory."""
-    return verdicts_from_units(EXPERIMENT, table["units"], METRICS,
-                               budgets={HEADLINE.name: [table["budget"]]})
+    """The verdicts of ``tables(...)`` (headline metric, final budget), computed in memory; the
+    ablation settings' rows are no headline (:func:`.ablations.not_headline`)."""
+    from ..ablations import not_headline
+
+    return not_headline(verdicts_from_units(EXPERIMENT, table["units"], METRICS,
+                                            budgets={HEADLINE.name: [table["budget"]]}))
 
 
 def write_tables(folder: str | Path | None = None, scale: str = "full") -> Path | None:
@@ -377,9 +475,9 @@ def write_tables(folder: str | Path | None = None, scale: str = "full") -> Path 
     if not records:
         return None
     table = tables(records)
-    write_results(EXPERIMENT, table["units"], METRICS, table["tuning"],
-                  extra_rows=table["timing"], budgets={HEADLINE.name: [table["budget"]]},
-                  root=folder)
+    write_with_ablations(EXPERIMENT, table["units"], METRICS, table["tuning"],
+                         extra_rows=table["timing"], budgets={HEADLINE.name: [table["budget"]]},
+                         root=folder)
     return folder
 
 

@@ -29,6 +29,12 @@ budget only, ``best_solved`` / ``best_violations`` over all samples up to it. Ve
 (:func:`.verdicts.verdicts_from_units`, Holm over all rows) are made at the last budget only, with
 the margins of :data:`MARGINS`; the other budgets draw the curve.
 
+4. *Ablations* (issue 20, :mod:`..ablations`; once every estimator is evaluated): ReinDGE with
+   its trajectory detached at ReinDGE's tuned configuration (setting ``ablation eval``, with
+   tuned ReinDGE and ReinMax), and ReDGE at its tuned lr and ``n_steps`` with ``t_1`` swept up
+   to 1 (settings ``t1_sweep t_1=... eval``, with tuned Straight-Through), on every evaluation
+   unit; their verdict rows are no headline.
+
 One JSON record per stage (``<scale>_<stage>_<estimator>.json``, resumable) and, from them,
 ``units.csv``, ``summary.csv``, ``verdicts.csv`` and ``tuning.csv`` (:func:`write_summary_csv`).
 """
@@ -44,13 +50,21 @@ import torch
 
 from ...registry import ESTIMATORS, get_spec, label
 from .. import runtime
+from ..ablations import (
+    DETACH,
+    T1_SWEEP,
+    ablation_setting,
+    not_headline,
+    registered,
+    sweep_setting,
+)
+from ..ablations import write_results as write_with_ablations
 from ..tasks.sudoku import make_puzzles, penalty, solve_mean_field
 from ..timing import median_ms, time_interleaved
 from . import Stages, load_records, parse_cli
 from .summary import knob_string, timing_rows
 from .tuning import Axis, edge_of_space, sample_configs, search_space
 from .verdicts import Metric, TuningRow, Unit, Verdict, units_from_values, verdicts_from_units
-from .verdicts import write_results as _write_results
 
 EXPERIMENT = "sudoku"
 #: Marks records of this protocol (older records in the folder are ignored).
@@ -202,7 +216,9 @@ def eval_puzzles(proto: Protocol) -> torch.Tensor:
 
 
 def _generator(seed: int, stage: str, estimator: str, device: torch.device) -> torch.Generator:
-    value = seed + 1000 * ("tune", "eval").index(stage) + ESTIMATOR_NAMES.index(estimator)
+    # the ablation's estimator (not in ESTIMATOR_NAMES) takes the next index
+    index = (ESTIMATOR_NAMES + (DETACH,)).index(estimator)
+    value = seed + 1000 * ("tune", "eval").index(stage) + index
     return torch.Generator(device=device).manual_seed(value)
 
 
@@ -288,6 +304,25 @@ def time_steps(proto: Protocol, knobs: dict[str, dict[str, Any]], device: torch.
     return median_ms(time_interleaved(calls, device, rounds=rounds, block_s=block_s))
 
 
+def run_ablation(proto: Protocol, reindge: dict[str, Any], *, seed: int,
+                 device: torch.device) -> dict[str, Any]:
+    """Ablation stage: ReinDGE with its trajectory detached (:data:`.ablations.DETACH`) at
+    ReinDGE's tuned configuration ``reindge`` (lr included), on every evaluation puzzle and seed
+    (the form of :func:`run_eval`'s record, stage ``"ablation"``)."""
+    with registered():
+        data = run_eval(proto, DETACH, [dict(reindge)], seed=seed, device=device)
+    return {**data, "stage": "ablation"}
+
+
+def run_sweep(proto: Protocol, redge: dict[str, Any], *, seed: int,
+              device: torch.device) -> dict[str, Any]:
+    """The ``t_1`` sweep: ReDGE at its tuned lr and ``n_steps`` (``redge``) with ``t_1`` set to
+    each value of :data:`.ablations.T1_SWEEP`, on every evaluation puzzle and seed, in one
+    batch (stage ``"t1_sweep"``)."""
+    series = [{**redge, "t_1": t} for t in T1_SWEEP]
+    return {**run_eval(proto, "redge", series, seed=seed, device=device), "stage": "t1_sweep"}
+
+
 def eval_series(estimator: str, chosen: dict[str, Any]) -> list[dict[str, Any]]:
     """The configurations evaluated for ``estimator``: its tuned one, and for ReDGE the
     authors' settings of :data:`AUTHOR_SERIES` (a duplicate of the tuned one is run once)."""
@@ -310,6 +345,7 @@ def run(proto: Protocol, estimators: list[str] | None = None, *, out: Path | Non
     stages = Stages(EXPERIMENT, folder, seed=seed, save=save, max_minutes=max_minutes,
                     device=dev)
     chosen: dict[str, dict[str, Any]] = {}
+    tuned: dict[str, dict[str, Any]] = {}
     for name in estimators:
         tune = stages.run(f"{proto.scale}_tune_{name}", proto.config("tune", estimator=name),
                           lambda e=name: run_tuning(proto, e, seed=seed, device=dev))
@@ -321,12 +357,20 @@ def run(proto: Protocol, estimators: list[str] | None = None, *, out: Path | Non
                           proto.config("eval", estimator=name, series=series),
                           lambda e=name, s=series: run_eval(proto, e, s, seed=seed, device=dev))
         if done is not None:
-            chosen[name] = _split(best)[0]
+            chosen[name], tuned[name] = _split(best)[0], best
     if len(chosen) == len(estimators):
         block = 0.2 if proto.scale == "full" else 0.01
         stages.run(f"{proto.scale}_timing", proto.config("timing", knobs=chosen),
                    lambda: {"stage": "timing", "device": str(dev), "rows": proto.n_eval,
                             "timing_ms": time_steps(proto, chosen, dev, block_s=block)})
+        if {"reindge", "redge", "st", "reinmax"} <= set(tuned):  # the ablations (issue 20)
+            stages.run(f"{proto.scale}_ablation",
+                       proto.config("ablation", estimator=DETACH, series=[tuned["reindge"]]),
+                       lambda: run_ablation(proto, tuned["reindge"], seed=seed, device=dev))
+            stages.run(f"{proto.scale}_t1_sweep",
+                       proto.config("t1_sweep", estimator="redge", series=[
+                           {**tuned["redge"], "t_1": t} for t in T1_SWEEP]),
+                       lambda: run_sweep(proto, tuned["redge"], seed=seed, device=dev))
         if save:
             write_results(stages.records, folder)
     return stages.records
@@ -335,27 +379,52 @@ def run(proto: Protocol, estimators: list[str] | None = None, *, out: Path | Non
 def units_of(records: list[dict[str, Any]]) -> list[Unit]:
     """The per-unit values of the evaluation records: unit = puzzle, seed = run."""
     units: list[Unit] = []
+    tuned: dict[str, dict[str, Any]] = {}
     for record in records:
         data = record["data"]
         if data.get("stage") != "eval":
             continue
+        tuned[data["estimator"]] = data["runs"][0]  # the tuned series comes first
         for run_ in data["runs"]:
-            knobs = knob_string(run_["config"])
+            units += _run_units(SETTING, data["estimator"], run_)
+    # the ablations: each setting holds the ablation's series and its rivals' tuned ones
+    for record in records:
+        data = record["data"]
+        if data.get("stage") == "ablation":
+            setting = ablation_setting(SETTING)
+            units += _run_units(setting, data["estimator"], data["runs"][0])
+            for rival in ("reindge", "reinmax"):
+                if rival in tuned:
+                    units += _run_units(setting, rival, tuned[rival], secondary=False)
+        elif data.get("stage") == "t1_sweep":
+            for run_ in data["runs"]:
+                setting = sweep_setting(run_["config"]["t_1"], SETTING)
+                units += _run_units(setting, data["estimator"], run_)
+                if "st" in tuned:
+                    units += _run_units(setting, "st", tuned["st"], secondary=False)
+    return units
 
-            def add(metric: str, budget: int, grid: list[list[float]], knobs: str = knobs,
-                    estimator: str = data["estimator"]) -> None:
-                values = {(s, f"p{p:03d}"): v for s, row in enumerate(grid)
-                          for p, v in enumerate(row)}
-                units.extend(units_from_values(EXPERIMENT, SETTING, estimator, knobs, metric,
-                                               budget, values))
 
-            for budget, grid in run_["final_violations"].items():
-                add("final_violations", int(budget), grid)
-                add("final_solved", int(budget), [[float(v == 0) for v in row] for row in grid])
-            last = max(int(b) for b in run_["final_violations"])
-            add("best_violations", last, run_["best_violations"])
-            add("best_solved", last, [[float(v == 0) for v in row]
-                                      for row in run_["best_violations"]])
+def _run_units(setting: str, estimator: str, run_: dict[str, Any], *,
+               secondary: bool = True) -> list[Unit]:
+    """The units of one evaluated series in ``setting``: the final sample at every budget and
+    (``secondary``) the best sample at the last one."""
+    units: list[Unit] = []
+    knobs = knob_string(run_["config"])
+
+    def add(metric: str, budget: int, grid: list[list[float]]) -> None:
+        values = {(s, f"p{p:03d}"): v for s, row in enumerate(grid) for p, v in enumerate(row)}
+        units.extend(units_from_values(EXPERIMENT, setting, estimator, knobs, metric, budget,
+                                       values))
+
+    for budget, grid in run_["final_violations"].items():
+        add("final_violations", int(budget), grid)
+        add("final_solved", int(budget), [[float(v == 0) for v in row] for row in grid])
+    if secondary:
+        last = max(int(b) for b in run_["final_violations"])
+        add("best_violations", last, run_["best_violations"])
+        add("best_solved", last, [[float(v == 0) for v in row]
+                                  for row in run_["best_violations"]])
     return units
 
 
@@ -388,15 +457,17 @@ def write_results(records: list[dict[str, Any]], folder: str | Path) -> list[Ver
     extra = (timing_rows(EXPERIMENT, timing["config"]["scale"], timing["data"]["timing_ms"],
                          timing["config"]["knobs"]) if timing else [])
     steps = records[0]["config"]["steps"]
-    return _write_results(EXPERIMENT, units_of(records), METRICS, tuning_rows(records),
-                          extra_rows=extra, budgets={m.name: [steps] for m in METRICS},
-                          root=folder)
+    return write_with_ablations(EXPERIMENT, units_of(records), METRICS, tuning_rows(records),
+                                extra_rows=extra, budgets={m.name: [steps] for m in METRICS},
+                                root=folder)
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """What the chapter shows, computed in memory from the records (stored or fresh): ``units``,
     ``verdicts`` (the same function as ``verdicts.csv``), ``tuning`` rows, ``timing_ms``,
-    ``traces`` (per series), ``examples`` (per estimator), ``config``, ``scale``."""
+    ``traces`` (per series), ``examples`` (per estimator), ``config``, ``scale``. ``units`` and
+    ``verdicts`` hold the comparison's setting; the ablation settings' units and verdicts (Holm
+    over all rows, as in the file) are ``ablation_units`` and ``ablation_verdicts``."""
     evals = [r for r in records if r["data"].get("stage") == "eval"]
     if not evals:
         raise ValueError("records hold no evaluation stage: nothing to summarise")
@@ -406,10 +477,14 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     config = evals[0]["config"]
     units = units_of(records)
     timing = _timing(records)
+    verdicts = not_headline(verdicts_from_units(
+        EXPERIMENT, units, METRICS, budgets={m.name: [config["steps"]] for m in METRICS}))
     return {
-        "scale": config["scale"], "config": config, "units": units,
-        "verdicts": verdicts_from_units(EXPERIMENT, units, METRICS,
-                                        budgets={m.name: [config["steps"]] for m in METRICS}),
+        "scale": config["scale"], "config": config,
+        "units": [u for u in units if u.setting == SETTING],
+        "verdicts": [v for v in verdicts if v.setting == SETTING],
+        "ablation_units": [u for u in units if u.setting != SETTING],
+        "ablation_verdicts": [v for v in verdicts if v.setting != SETTING],
         "tuning": tuning_rows(records),
         "tune_records": {r["data"]["estimator"]: r["data"] for r in records
                          if r["data"].get("stage") == "tune"},
