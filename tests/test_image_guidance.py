@@ -320,6 +320,19 @@ def test_smoke_run_writes_the_four_tables_and_resumes(models, smoke_run):
     assert row.mean == pytest.approx(sum(st["objective"]) / len(st["objective"]))
     assert st["objective"][0] == pytest.approx(
         proto.reward_scale * st["reward"][0] - st["kl"][0], rel=1e-5, abs=1e-4)
+    # ``fooled``, derived per image: the reward reads the target and the judge does not
+    value = {(u.estimator, u.knobs, u.budget, u.unit, u.metric): u.value for u in units}
+    fooled = [k for k in value if k[-1] == "fooled"]
+    assert len(fooled) == len(series) * proto.n_eval
+    for *key, _ in fooled:
+        hit, judge = value[(*key, "reward_hit")], value[(*key, "judge_hit")]
+        assert value[(*key, "fooled")] == float(hit == 1.0 and judge == 0.0)
+    # --summarise rewrites the four tables from the stored records alone
+    before = (folder / "verdicts.csv").read_text()
+    (folder / "verdicts.csv").unlink()
+    assert experiment.main(["--scale", "full", "--smoke", "--summarise",
+                            "--out", str(folder)]) == 0
+    assert (folder / "verdicts.csv").read_text() == before
 
 
 def test_smoke_verdicts_recompute_from_units_by_a_paired_t_test(smoke_run):
@@ -328,10 +341,15 @@ def test_smoke_verdicts_recompute_from_units_by_a_paired_t_test(smoke_run):
     proto, folder, _, _ = smoke_run
     units = read_units("image_guidance", root=folder)
     verdicts = read_verdicts("image_guidance", root=folder)
-    assert {v.metric for v in verdicts} == {"objective", "judge_hit"}
-    assert {v.budget for v in verdicts if v.metric == "judge_hit"} == {proto.headline_budget}
+    assert {v.metric for v in verdicts} == {"objective", "judge_hit", "judge_source"}
+    for metric in ("judge_hit", "judge_source"):
+        assert {v.budget for v in verdicts if v.metric == metric} == {proto.headline_budget}
+    assert {v.budget for v in verdicts if v.metric == "objective"} == set(proto.budgets)
     heads = [v for v in verdicts if v.headline]
+    # the headline is the independent judge's hit rate, at the headline budget only
     assert heads and {v.budget for v in heads} == {proto.headline_budget}
+    assert {v.metric for v in heads} == {"judge_hit"}
+    assert all(not v.higher_is_better for v in verdicts if v.metric == "judge_source")
     assert all(v.margin == experiment.MARGINS[v.metric][0] for v in verdicts)
 
     def values(name, v):
@@ -344,7 +362,7 @@ def test_smoke_verdicts_recompute_from_units_by_a_paired_t_test(smoke_run):
                 and u.metric == v.metric and u.budget == v.budget}
 
     checked = 0
-    for v in heads:
+    for v in verdicts:  # the smoke run's judge may read no target at all: every row
         a, b = values(v.estimator, v), values(v.rival, v)
         keys = sorted(set(a) & set(b))
         assert len(keys) == v.n_units == proto.n_eval
@@ -412,3 +430,51 @@ def test_training_script_smoke(tmp_path):
         train_script.main(["--smoke"])  # would overwrite the stored models
     with pytest.raises(FileNotFoundError, match="train_image_models"):
         load_image_models(tmp_path / "missing")
+
+
+def test_reward_ensemble_is_the_normalised_geometric_mean(models):
+    from redge_mini.book.tasks.image_guidance import DigitCNN, RewardEnsemble
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        other = DigitCNN().eval()
+    pixels = torch.rand(4, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        one = RewardEnsemble([models.reward])(pixels)
+        both = F.log_softmax(RewardEnsemble([models.reward, other])(pixels), -1)
+        p, q = F.softmax(models.reward(pixels), -1), F.softmax(other(pixels), -1)
+    assert torch.allclose(F.log_softmax(one, -1), F.log_softmax(models.reward(pixels), -1),
+                          atol=1e-6)
+    geometric = (p * q).sqrt()
+    assert torch.allclose(both.exp(), geometric / geometric.sum(-1, keepdim=True), atol=1e-6)
+    with pytest.raises(ValueError, match="members"):
+        RewardEnsemble([])
+    with pytest.raises(ValueError, match="noise"):
+        train_script.train_classifier(other, pixels, torch.zeros(4, dtype=torch.long),
+                                      epochs=1, batch_size=2, lr=1e-3,
+                                      generator=torch.Generator(), noise=-0.1)
+
+
+def test_reward_variants_read_each_image_with_both_rewards_and_the_judge(models):
+    proto = experiment.protocol("full", smoke=True)
+    variants = {"single": {}, "strong_kl": {"lam": 4.0}}
+    data = experiment.run_reward_variants(models, proto, lr=1.0, budget=1, n_images=10,
+                                          variants=variants)
+    assert set(data["variants"]) == set(variants)
+    single = data["variants"]["single"]
+    # with the stored reward, its own reading is the stored reward's reading
+    assert single["reward_hit"] == single["base_reward_hit"]
+    assert single["fooled"] == [float(r == 1.0 and j == 0.0)
+                                for r, j in zip(single["reward_hit"], single["judge_hit"],
+                                                strict=True)]
+    # the same requests: the unchanged reward and a stronger KL pay less KL
+    kl = {k: sum(v["kl"]) for k, v in data["variants"].items()}
+    assert kl["strong_kl"] < kl["single"]
+    record = {"seed": 0, "data": data}
+    units = experiment.variant_units(record)
+    assert len(units) == len(variants) * len(experiment.VARIANT_METRICS) * 10
+    rows = experiment.variant_verdicts(record)
+    assert {v.metric for v in rows} == {"judge_hit", "fooled"} and len(rows) == 2
+    with pytest.raises(ValueError, match="unknown keys"):
+        experiment.run_reward_variants(models, proto, lr=1.0, budget=1, n_images=10,
+                                       variants={"x": {"bogus": 1.0}})

@@ -5,6 +5,8 @@ Usage::
     python -m redge_mini.book.experiments.image_guidance --scale full          # the protocol below
     python -m redge_mini.book.experiments.image_guidance --scale small
     python -m redge_mini.book.experiments.image_guidance --smoke --out /tmp/ig  # seconds
+    python -m redge_mini.book.experiments.image_guidance --summarise           # the CSVs only
+    python -m redge_mini.book.experiments.image_guidance --reward-variants     # small study
 
 The stand-in for Halton-MaskGIT + CLIP (:mod:`redge_mini.book.tasks.image_guidance`): the stored
 class-conditional masked prior over ``K = 256`` VQ codes on a 7 x 7 grid is asked for a digit of
@@ -26,22 +28,37 @@ Protocol (:class:`Protocol`, :func:`protocol`), declared before the run:
   space (a Latin hypercube, :func:`.tuning.sample_configs`): the learning rate (log-uniform on
   :data:`LR_AXIS`) jointly with its knobs (:data:`.tuning.KNOB_SPACE`); Straight-Through spends
   its configurations on the learning rate alone. Each configuration runs on all tuning images at
-  ``tune_budget`` Adam steps per move; the highest mean ``J`` wins (the headline criterion).
+  ``tune_budget`` Adam steps per move; the highest mean ``J`` wins. Tuning thus optimises the
+  *reward* (the quantity the inner loop climbs), not the judge: the judge stays outside every
+  choice the method makes, as CLIP's user has no second reader at guidance time.
 * **Evaluation.** The chosen configuration of every estimator at every budget ``N``; the
   authors' two settings (:data:`AUTHORS_SETTINGS`) at the headline budget; the unguided sampler
   (``N = 0``), written as a series at every budget so that it is paired like any rival.
-* **Verdicts** (:data:`METRICS`, margins declared with their reasons): ``verdicts.csv`` by
-  :func:`.verdicts.write_results`, paired on ``(seed, image)``, Holm over all rows.
+* **Verdicts** (:meth:`Protocol.metrics`, margins declared with their reasons): the headline
+  is the *independent judge's* hit rate ``judge_hit`` at the headline budget (does the image
+  look like the target to a classifier that never steered it); beside it the judge's source
+  rate ``judge_source`` (lower is better) at the same budget and the reward objective ``J`` at
+  every budget. ``verdicts.csv`` by :func:`.verdicts.write_results`, paired on
+  ``(seed, image)``, Holm over all rows. The reward classifier's own hit rate ``reward_hit``
+  and ``fooled`` (the reward reads the target, the judge does not: derived per image from the
+  stored hits) are summarised without verdicts.
 
 Files (``<scale>`` is ``small``, ``full`` or ``<scale>-smoke``): ``<scale>_tune_<estimator>.json``,
 ``<scale>_eval_<estimator>.json``, ``<scale>_authors.json``, ``<scale>_unguided.json``,
 ``<scale>_timing.json``; then ``units.csv``, ``summary.csv``, ``verdicts.csv`` and ``tuning.csv``
 (:func:`write_summary_csv`). A rerun loads the stages that exist (and refuses one written with
 another configuration), so an interrupted run resumes where it stopped.
+
+A separate small study (:func:`run_reward_variants`, ``--reward-variants``, stored as
+``variants_reward.json``) asks whether a change of the reward closes the gap between the reward
+and the judge: the stored reward, an ensemble of reward CNNs, a reward CNN trained on noisy
+digits and a stronger KL weight, each guiding one estimator at its tuned learning rate on the
+same requests.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 import zlib
@@ -51,23 +68,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ...registry import ESTIMATORS, check_knobs, make_estimator
 from .. import runtime
+from ..datasets import load_mnist_5k
 from ..tasks.image_guidance import (
     N_CODES,
     SEQ_LEN,
+    DigitCNN,
     ImageModels,
+    RewardEnsemble,
     SamplerConfig,
+    accuracy,
     cfg_log_probs,
+    encode,
     guide_configs,
     inner_step,
     load_image_models,
     steering_targets,
 )
 from ..timing import median_ms, time_interleaved
-from . import Stages, existing_result, parse_cli
+from . import Stages, add_summarise_option, existing_result, parse_cli
 from .summary import Row, knob_string, timing_rows
+from .train_image_models import DEFAULTS as TRAIN_DEFAULTS
+from .train_image_models import train_classifier
 from .tuning import Axis, edge_of_space, sample_configs, search_space
 from .verdicts import Metric, TuningRow, Unit, Verdict, units_from_values, verdicts_from_units
 from .verdicts import write_results as _write_results
@@ -77,6 +102,9 @@ ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
 #: Per-image values stored per series (``objective`` is ``reward_scale * reward - kl``).
 UNIT_METRICS: tuple[str, ...] = ("objective", "reward", "kl", "reward_hit", "judge_hit",
                                  "judge_source")
+#: Per-image values derived from the stored ones in :func:`units_from_records`: ``fooled`` is 1
+#: when the reward classifier reads the target and the judge does not (reward hacking).
+DERIVED_METRICS: tuple[str, ...] = ("fooled",)
 #: Search range of Adam's learning rate (every estimator), around the authors' 0.5.
 LR_AXIS = Axis(0.05, 2.0, log=True)
 #: The settings the authors specify (their demos), run at their lr 0.5 and the headline budget.
@@ -91,6 +119,8 @@ MARGINS: dict[str, tuple[float, str]] = {
                   "equally, 2 nats of KL per move"),
     "judge_hit": (0.05, "5 images in 100 read as the target by the judge, as a solve rate "
                   "elsewhere in the book"),
+    "judge_source": (0.05, "5 images in 100 still read as the source class by the judge, the "
+                     "same resolution as the hit rate"),
 }
 #: The authors' setting, for the protocol table of the chapter.
 AUTHORS: dict[str, Any] = {
@@ -138,16 +168,19 @@ class Protocol:
         return max(self.budgets)
 
     def metrics(self) -> tuple[Metric, ...]:
-        """The judged metrics: the objective (headline at :attr:`headline_budget`) and the
-        judge's hit rate (at the headline budget)."""
-        return (Metric("objective", True, MARGINS["objective"][0], headline=True,
+        """The judged metrics: the judge's hit rate (the headline, at :attr:`headline_budget`),
+        the judge's source rate (lower is better) and the reward objective ``J``."""
+        return (Metric("judge_hit", True, MARGINS["judge_hit"][0], headline=True,
                        headline_budgets=(self.headline_budget,)),
-                Metric("judge_hit", True, MARGINS["judge_hit"][0]))
+                Metric("judge_source", False, MARGINS["judge_source"][0]),
+                Metric("objective", True, MARGINS["objective"][0]))
 
     def judged_budgets(self) -> dict[str, list[int]]:
         """Budgets with verdicts per metric (only those the chapter discusses: Holm's
-        correction runs over every row)."""
-        return {"objective": list(self.budgets), "judge_hit": [self.headline_budget]}
+        correction runs over every row): the judge at the headline budget, ``J`` at every
+        budget (the budget curve of the reward)."""
+        return {"judge_hit": [self.headline_budget], "judge_source": [self.headline_budget],
+                "objective": list(self.budgets)}
 
     def sampler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`guide_configs` shared by every run."""
@@ -361,7 +394,10 @@ def units_from_records(records: list[dict[str, Any]]) -> list[Unit]:
 
     def add(setting: str, estimator: str, knobs: dict[str, Any] | str, budget: int,
             values: dict[str, list[float]], seed: int) -> None:
-        for metric in UNIT_METRICS:
+        values = {**values, "fooled": [r * (1.0 - j) for r, j in
+                                       zip(values["reward_hit"], values["judge_hit"],
+                                           strict=True)]}
+        for metric in UNIT_METRICS + DERIVED_METRICS:
             units.extend(units_from_values(
                 EXPERIMENT, setting, estimator, knobs, metric, budget,
                 {(seed, f"img{i:03d}"): v for i, v in enumerate(values[metric])}))
@@ -398,7 +434,7 @@ def tuning_rows(records: list[dict[str, Any]]) -> list[TuningRow]:
             EXPERIMENT, data["estimator"], ";".join(sorted(space)), len(data["configs"]),
             config["n_tune"],
             f"{config['n_tune']} tuning images (stream seed+1), disjoint from the evaluation "
-            f"images; mean objective at N = {config['budget']}",
+            f"images; mean reward objective J (not the judge) at N = {config['budget']}",
             knob_string(data["chosen"]), edge_of_space(data["chosen"], space)))
     return rows
 
@@ -431,6 +467,130 @@ def write_summary_csv(folder: str | Path | None = None, scale: str = "full") -> 
     _write_results(EXPERIMENT, units, proto.metrics(), tuning_rows(records),
                    extra_rows=_timing_rows(records), budgets=proto.judged_budgets(), root=folder)
     return folder / "summary.csv"
+
+
+# ------------------------------------------------------------------ closing the gap (small)
+#: The reward variants of :func:`run_reward_variants`: the stored reward (as in the protocol),
+#: an ensemble of ``members`` reward CNNs (the stored one and others of other seeds), one CNN
+#: trained on digits with Gaussian noise of std ``noise``, and the stored reward with the KL
+#: weight ``lam`` (instead of the protocol's 1).
+REWARD_VARIANTS: dict[str, dict[str, float]] = {
+    "single": {}, "ensemble": {"members": 4}, "noisy": {"noise": 0.4}, "strong_kl": {"lam": 4.0},
+}
+#: Per-image values of the study (``reward_hit``: the variant's own reward; ``base_reward_hit``:
+#: the stored reward; ``fooled``: own reward reads the target and the judge does not).
+VARIANT_METRICS: tuple[str, ...] = ("reward_hit", "base_reward_hit", "judge_hit",
+                                    "judge_source", "fooled", "kl")
+
+
+def train_rewards(models: ImageModels, n: int, *, noise: float = 0.0,
+                  seed: int = 100) -> list[nn.Module]:
+    """``n`` reward CNNs trained as the stored one (its configuration) on the decoded training
+    digits, with seeds ``seed, seed + 1, ...`` and training noise of std ``noise``; frozen."""
+    data = load_mnist_5k(binarize=False, seed=0)
+    codebook = models.codebook
+    pixels = models.decode_tokens(encode(torch.as_tensor(data.x_train).to(codebook.device),
+                                         codebook)).cpu()
+    labels = torch.as_tensor(data.y_train).long()
+    config = models.meta.get("config", {}).get("reward", TRAIN_DEFAULTS["reward"])
+    nets = []
+    for i in range(n):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + i)
+            net = DigitCNN()
+        generator = torch.Generator().manual_seed(seed + i)
+        net = train_classifier(net, pixels, labels, generator=generator, noise=noise, **config)
+        nets.append(net.requires_grad_(False).to(codebook.device))
+    return nets
+
+
+def run_reward_variants(models: ImageModels, proto: Protocol, *, lr: float,
+                        estimator: str = "st", budget: int = 10, n_images: int = 100,
+                        seed: int = 0, variants: dict[str, dict[str, float]] | None = None,
+                        ) -> dict[str, Any]:
+    """Guide the same ``n_images`` requests (stream ``seed``) with ``estimator`` at learning
+    rate ``lr`` and ``budget`` Adam steps per move, once per reward variant
+    (:data:`REWARD_VARIANTS`), and read every image with the stored reward and the judge.
+
+    Returns per variant the per-image lists of :data:`VARIANT_METRICS`, the variant reward's
+    accuracy on the decoded held-out digits, and its seconds (training included)."""
+    variants = REWARD_VARIANTS if variants is None else variants
+    data = load_mnist_5k(binarize=False, seed=0)
+    dev = models.codebook.device
+    decoded_test = models.decode_tokens(encode(torch.as_tensor(data.x_test).to(dev),
+                                               models.codebook))
+    y_test = torch.as_tensor(data.y_test)
+    source = torch.arange(n_images) % 10
+    target = steering_targets(source, proto.shift)
+    out: dict[str, Any] = {}
+    for name, spec in variants.items():
+        unknown = set(spec) - {"members", "noise", "lam"}
+        if unknown:
+            raise ValueError(f"variants[{name!r}] has unknown keys {sorted(unknown)}")
+        tic = time.perf_counter()
+        if "members" in spec:
+            reward: nn.Module = RewardEnsemble(
+                [models.reward, *train_rewards(models, int(spec["members"]) - 1)])
+        elif "noise" in spec:
+            (reward,) = train_rewards(models, 1, noise=float(spec["noise"]))
+        else:
+            reward = models.reward
+        variant = replace(models, reward=reward)
+        kwargs = {**proto.sampler_kwargs(), "lam": float(spec.get("lam", proto.lam))}
+        res = guide_configs(variant, [SamplerConfig(estimator, {}, lr, budget)], source=source,
+                            seed=seed, **kwargs)
+        with torch.no_grad():
+            pixels = models.decoder(torch.nn.functional.one_hot(res["tokens"].to(dev),
+                                                                N_CODES).float())
+            base = (models.reward(pixels).argmax(-1).cpu() == target).float()
+        fooled = res["reward_hit"] * (1 - res["judge_hit"])
+        out[name] = {"reward_hit": res["reward_hit"].tolist(), "base_reward_hit": base.tolist(),
+                     "judge_hit": res["judge_hit"].tolist(),
+                     "judge_source": res["judge_source"].tolist(), "fooled": fooled.tolist(),
+                     "kl": res["kl"].tolist(),
+                     "accuracy": accuracy(reward, decoded_test, y_test),
+                     "seconds": time.perf_counter() - tic}
+    return {"estimator": estimator, "lr": lr, "budget": budget, "n_images": n_images,
+            "variants": out}
+
+
+def variant_units(record: dict[str, Any]) -> list[Unit]:
+    """One :class:`~.verdicts.Unit` per image, variant and metric of a stored study; the
+    variant is the ``estimator`` field, setting ``reward_variants``."""
+    data = record["data"]
+    units: list[Unit] = []
+    for name, values in data["variants"].items():
+        for metric in VARIANT_METRICS:
+            units.extend(units_from_values(
+                EXPERIMENT, "reward_variants", name, "", metric, data["budget"],
+                {(record["seed"], f"img{i:03d}"): v for i, v in enumerate(values[metric])}))
+    return units
+
+
+def variant_verdicts(record: dict[str, Any]) -> list[Verdict]:
+    """Paired verdicts of the study: the judge's hit rate (headline, margin as the protocol's)
+    and the fooled rate (lower is better, the same margin); Holm over these rows."""
+    margin = MARGINS["judge_hit"][0]
+    return verdicts_from_units(EXPERIMENT, variant_units(record),
+                               [Metric("judge_hit", True, margin, headline=True),
+                                Metric("fooled", False, margin)])
+
+
+def _variants_stage(proto: Protocol, folder: Path, *, lr: float, seed: int,
+                    device: torch.device | str | None) -> dict[str, Any] | None:
+    models = load_image_models(device=device)
+    config = {"scale": "small", "kind": "reward_variants", **proto.sampler_kwargs(),
+              "estimator": "st", "lr": lr, "budget": 10, "n_images": 100,
+              "variants": REWARD_VARIANTS}
+    stages = Stages(EXPERIMENT, folder, seed=seed, device=device)
+    return stages.run("variants_reward", json.loads(json.dumps(config)),
+                      lambda: run_reward_variants(models, proto, lr=lr, seed=seed))
+
+
+def _extra_options(parser: argparse.ArgumentParser) -> None:
+    add_summarise_option(parser)
+    parser.add_argument("--reward-variants", action="store_true",
+                        help="run the small study of reward variants (variants_reward.json)")
 
 
 # ------------------------------------------------------------------------------ the cost
@@ -480,7 +640,23 @@ def measure_throughput(proto: Protocol, *, device: torch.device | str | None = N
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES)
+    cli = parse_cli(EXPERIMENT, __doc__, argv, protocol, ESTIMATOR_NAMES,
+                    extra=_extra_options)
+    if cli.args.reward_variants:
+        # Straight-Through at the learning rate tuned by the full protocol (else 1.0)
+        stored = Path(cli.folder) / "full_eval_st.json"
+        lr = (json.loads(stored.read_text(encoding="utf-8"))["data"]["knobs"]["lr"]
+              if stored.is_file() else 1.0)
+        record = _variants_stage(protocol("full"), Path(cli.folder), lr=lr,
+                                 seed=cli.args.seed, device=cli.device)
+        for v in variant_verdicts(record) if record else []:
+            if v.rival == "single" or v.estimator == "single":
+                print(v.sentence())
+        return 0 if record else 3
+    if cli.args.summarise:
+        path = write_summary_csv(cli.folder, cli.proto.scale)
+        print(f"{EXPERIMENT}: {path or 'no stored ' + cli.proto.scale + ' results'}")
+        return 0 if path else 3
     start = time.perf_counter()
     try:
         records = run(cli.proto, cli.estimators, out=cli.folder, seed=cli.args.seed,
@@ -496,9 +672,11 @@ def main(argv: list[str] | None = None) -> int:
     return cli.finish(n_eval, len(cli.estimators), "estimators")
 
 
-__all__ = ["AUTHORS", "AUTHORS_SETTINGS", "EXPERIMENT", "LR_AXIS", "MARGINS", "UNIT_METRICS",
-           "Protocol", "main", "measure_throughput", "protocol", "run", "time_inner_steps",
-           "tuning_rows", "units_from_records", "verdicts", "write_summary_csv"]
+__all__ = ["AUTHORS", "AUTHORS_SETTINGS", "DERIVED_METRICS", "EXPERIMENT", "LR_AXIS", "MARGINS",
+           "REWARD_VARIANTS", "UNIT_METRICS", "VARIANT_METRICS", "Protocol", "main",
+           "measure_throughput", "protocol", "run", "run_reward_variants", "time_inner_steps",
+           "train_rewards", "tuning_rows", "units_from_records", "variant_units",
+           "variant_verdicts", "verdicts", "write_summary_csv"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

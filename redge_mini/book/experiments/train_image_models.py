@@ -92,14 +92,21 @@ def train_decoder(codebook: torch.Tensor, tokens: torch.Tensor, images: torch.Te
 
 def train_classifier(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, *,
                      epochs: int, batch_size: int, lr: float,
-                     generator: torch.Generator) -> torch.nn.Module:
-    """Cross-entropy training of a classifier on pixels ``(N, 28, 28)``."""
+                     generator: torch.Generator, noise: float = 0.0) -> torch.nn.Module:
+    """Cross-entropy training of a classifier on pixels ``(N, 28, 28)``; ``noise > 0`` adds
+    Gaussian noise of that standard deviation to every batch (drawn from ``generator``; with
+    ``noise = 0`` nothing is drawn, so the stored models are unchanged)."""
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), batch_size):
             idx = order[start:start + batch_size]
-            loss = F.cross_entropy(model(pixels[idx]), labels[idx])
+            batch = pixels[idx]
+            if noise > 0:
+                batch = batch + noise * torch.randn(batch.shape, generator=generator)
+            loss = F.cross_entropy(model(batch), labels[idx])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

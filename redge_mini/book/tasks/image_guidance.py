@@ -63,6 +63,7 @@ __all__ = [
     "PATCH",
     "PRIOR_FILE",
     "SEQ_LEN",
+    "RewardEnsemble",
     "DigitCNN",
     "DigitMLP",
     "GuidanceRun",
@@ -228,6 +229,22 @@ class DigitMLP(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Class logits of pixels ``(B, 28, 28)``."""
         return self.net(pixels)
+
+
+class RewardEnsemble(nn.Module):
+    """Several reward networks read as one, ``(B, 28, 28) -> (B, 10)``: the mean of their
+    log-probabilities, whose ``log_softmax`` is the normalised geometric mean of their
+    probabilities (a direction must fool every member to move it)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("members must hold at least one network")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Mean log-probabilities of pixels ``(B, 28, 28)``."""
+        return torch.stack([F.log_softmax(m(pixels), -1) for m in self.members]).mean(0)
 
 
 @dataclass
