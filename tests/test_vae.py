@@ -255,7 +255,7 @@ def test_best_validation_test_elbo_reads_the_right_evaluation() -> None:
 
 def test_experiment_cli_refuses_bad_input(capsys) -> None:
     with pytest.raises(SystemExit) as info:
-        experiment.main(["--smoke", "--estimators", "st,reinforce"])
+        experiment.main(["--smoke", "--estimators", "st,softmax"])
     assert info.value.code == 2
     assert "unknown estimator" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -306,7 +306,7 @@ def test_seed_fixes_the_initial_weights_whatever_trains_beside_it() -> None:
         vae.Member("st", lr=-1.0)
 
 
-SMOKE_ESTIMATORS = ["st", "gumbel", "redge"]
+SMOKE_ESTIMATORS = ["st", "gumbel", "redge", "reinforce"]
 
 
 @pytest.fixture(scope="module")
@@ -342,9 +342,15 @@ def test_smoke_run_writes_units_verdicts_and_tuning(smoke_run) -> None:
         key = (u["setting"], u["estimator"], u["knobs"], u["metric"], u["budget"])
         index.setdefault(key, {})[(u["seed"], u["unit"])] = float(u["value"])
     heads = [v for v in verdicts if v["headline"] == "True"]
-    # every pair of the 3 tuned series and the authors' ST, on the headline metric
-    assert len(heads) == 6 and {v["metric"] for v in heads} == {"test_neg_elbo"}
-    assert {v["metric"] for v in verdicts} == {"test_neg_elbo", "train_neg_elbo_exact"}
+    # every pair of the 4 tuned series and the authors' ST, on the headline metric
+    assert len(heads) == 10 and {v["metric"] for v in heads} == {"test_neg_elbo_best_valid"}
+    assert {v["metric"] for v in verdicts} == {"test_neg_elbo_best_valid", "test_iw_nll",
+                                               "train_neg_elbo_exact"}
+    assert any("reinforce" in (v["estimator"], v["rival"]) for v in heads)
+    # REINFORCE's stages say how many codes per image it drew; the pathwise ones do not
+    rloo = json.loads((folder / "full-smoke_eval_reinforce.json").read_text())
+    assert rloo["config"]["n_samples"] == experiment.SCORE_SAMPLES["reinforce"] == 2
+    assert "n_samples" not in stored["config"]
     def series(v, name):
         est, _, knobs = name.partition("[")
         keys = [k for k in index if k[0] == v["setting"] and k[1] == est
@@ -401,8 +407,109 @@ def test_protocol_declares_equal_tuning_and_enough_seeds() -> None:
     assert sizes == {experiment.N_CONFIGS}
     for e in experiment.ESTIMATOR_NAMES:
         assert all("lr" in c for c in experiment.tuning_configs(full, e))
-    assert [m.name for m in experiment.METRICS if m.headline] == ["test_neg_elbo"]
+    assert [m.name for m in experiment.METRICS if m.headline] == ["test_neg_elbo_best_valid"]
+    assert {m.name for m in experiment.METRICS} == {"test_neg_elbo_best_valid", "test_iw_nll",
+                                                    "train_neg_elbo_exact"}
     table = experiment.protocol_table(full)
     assert "| seeds | not known |" in table and "4,000 of the 5,000" in table
     with pytest.raises(ValueError, match="overlap"):
         experiment.Protocol(**{**full.__dict__, "tune_seeds": (0, 1, 2)})
+
+
+def test_rloo_surrogate_gives_the_exact_gradient_in_expectation() -> None:
+    """The encoder's RLOO gradient plus the decoder's and the KL's is unbiased for the gradient
+    of E_q[-ELBO], computed by enumerating the 27 codes. R identical models in one ensemble give
+    R independent gradient draws in one backward pass."""
+    from scipy import stats
+
+    n_draws = 4000
+    single = tiny_model(n_models=1, seed=3)
+    model = vae.EnsembleVAE(n_draws, TINY).double()
+    with torch.no_grad():
+        for target, source in zip(model.parameters(), single.parameters(), strict=True):
+            target.copy_(source.expand_as(target))
+    x = tiny_data(n=4)
+    # exact: E_q[-log p(x|z)] + KL, by enumeration, on the single model
+    codes = torch.stack(all_codes(3, 3))                                  # (27, L, K)
+    logits = single.encode(x)[0]                                          # (B, L, K)
+    log_qz = torch.einsum("mlk,blk->bm", codes, torch.log_softmax(logits, -1))
+    pixels = single.decode(codes[None])[0]                                # (27, D)
+    log_px = x @ pixels.T - F.softplus(pixels).sum(-1)                    # (B, 27)
+    exact = (-(log_qz.exp() * log_px).sum(-1) + vae.kl_to_uniform(logits)).mean()
+    want = torch.autograd.grad(exact, list(single.parameters()))
+    members = [vae.Member("reinforce", {}, 0, n_samples=2)] * n_draws
+    xs = x.expand(n_draws, *x.shape)
+    loss = vae.score_function_elbo(model, xs, model.encode(xs), members,
+                                   torch.Generator().manual_seed(4)).mean(dim=1).sum()
+    draws = torch.autograd.grad(loss, list(model.parameters()))
+    n_entries = sum(w.numel() for w in want)
+    # every entry's mean within a Bonferroni-corrected normal quantile (family error 1e-3)
+    limit = stats.norm.ppf(1 - 1e-3 / (2 * n_entries))
+    worst = 0.0
+    for g, w in zip(draws, want, strict=True):
+        se = g.std(dim=0) / math.sqrt(n_draws)
+        z = (g.mean(dim=0) - w[0]).abs() / se.clamp_min(1e-12)
+        worst = max(worst, float(z.max()))
+        # the encoder's gradient is noisy (score function), the decoder's too (sampled codes)
+        assert float(w.abs().max()) > 0
+    assert worst < limit, (worst, limit)
+
+
+def test_rloo_spends_the_decoder_evaluations_of_one_code_per_image() -> None:
+    config = vae.VAEConfig(n_latent=2, n_classes=2, n_pixels=6, hidden=(5,), batch_size=4,
+                           n_epochs=2, eval_every=2)
+    x = tiny_data(n=10).float()
+    counts = {}
+    for name, samples in (("st", 1), ("reinforce", 2)):
+        model = vae.EnsembleVAE(2, config, generator=torch.Generator().manual_seed(0))
+        seen = {"decoder": 0, "encoder": 0}
+
+        def hook(key, seen=seen):
+            def count(module, inputs, output):
+                if torch.is_grad_enabled():               # training steps, not evaluations
+                    seen[key] += inputs[0].shape[1]
+            return count
+
+        model.decoder[0].register_forward_hook(hook("decoder"))
+        model.encoder[0].register_forward_hook(hook("encoder"))
+        members = [vae.Member(name, {}, r, n_samples=samples) for r in range(2)]
+        history = vae.train(model, members, x, generator=torch.Generator().manual_seed(1),
+                            monitor=4, order_seed=0)
+        assert history.train_loss.shape == (2, 2) and torch.isfinite(history.train_loss).all()
+        counts[name] = dict(seen)
+    steps = 2 * (10 // 4)
+    assert counts["st"] == {"decoder": steps * 4, "encoder": steps * 4}
+    assert counts["reinforce"] == {"decoder": steps * 4, "encoder": steps * 2}
+
+
+def test_score_function_members_refuse_bad_input() -> None:
+    with pytest.raises(ValueError, match="n_samples must be 1"):
+        vae.Member("st", n_samples=2)
+    with pytest.raises(ValueError, match="n_samples must be >= 2"):
+        vae.Member("reinforce")
+    model = vae.EnsembleVAE(2, TINY)
+    x = torch.zeros(8, 6)
+    with pytest.raises(ValueError, match="mixes pathwise"):
+        vae.train(model, [vae.Member("st"), vae.Member("reinforce", n_samples=2)], x)
+    with pytest.raises(ValueError, match="multiple of n_samples"):
+        vae.train(model, [vae.Member("reinforce", n_samples=3)] * 2, x)
+    with pytest.raises(ValueError, match="pathwise estimators only"):
+        vae.time_training_steps([("reinforce", {})], x, TINY, n_steps=1)
+
+
+def test_estimator_set_does_not_follow_the_registry() -> None:
+    """An estimator registered before the experiment is imported (an ablation, say) does not
+    join the VAE's stages: the set is written out in the protocol."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from redge_mini import Knob, register\n"
+            "def hot(logits, tau=1.0, hard=False, dim=-1, *, generator=None):\n"
+            "    return torch.softmax(logits / tau, dim)\n"
+            "register('hot', hot, {'tau': Knob(1.0, 0.0, 10.0, low_inclusive=False)})\n"
+            "from redge_mini.book.experiments import vae\n"
+            "print(','.join(vae.ESTIMATOR_NAMES))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out.split(",") == ["st", "gumbel", "reinmax", "redge", "redge_cov", "reindge",
+                              "reinforce"]

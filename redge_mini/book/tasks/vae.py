@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...exact import enumerate_onehot
-from ...registry import check_knobs, make_estimator
+from ...registry import check_knobs, get_spec, make_estimator, make_loss
 from ...score_function import sample_onehot
 from ...validation import check_int
 from . import StopCallback, TrainingInterrupted
@@ -59,6 +59,7 @@ __all__ = [
     "negative_elbo_per_datum",
     "prior_samples",
     "reconstruct",
+    "score_function_elbo",
     "share_initialisation",
     "time_training_steps",
     "train",
@@ -127,13 +128,20 @@ class VAEConfig:
 @dataclass(frozen=True)
 class Member:
     """One model of an ensemble: the estimator that trains it, its knobs, a replicate label
-    (the training seed, see :func:`initialise_by_seed`) and its own Adam learning rate
-    (``None``: the config's)."""
+    (the training seed, see :func:`initialise_by_seed`), its own Adam learning rate
+    (``None``: the config's) and the latent samples it draws per image (``n_samples``).
+
+    A pathwise estimator draws one sample per image (``n_samples=1``). A score-function
+    estimator (REINFORCE with the leave-one-out baseline, ``"reinforce"``) needs at least two;
+    :func:`train` then gives it ``batch_size // n_samples`` images per step, so that every
+    member spends the same ``batch_size`` decoder evaluations per optimiser step.
+    """
 
     estimator: str
     knobs: dict[str, float | int] = field(default_factory=dict)
     replicate: int = 0
     lr: float | None = None
+    n_samples: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "knobs", check_knobs(self.estimator, **self.knobs))
@@ -142,6 +150,19 @@ class Member:
                                     or not isinstance(self.lr, numbers.Real)
                                     or not math.isfinite(self.lr) or self.lr <= 0):
             raise ValueError(f"lr must be a positive finite number or None, got {self.lr!r}")
+        check_int(self.n_samples, "n_samples", 1)
+        spec = get_spec(self.estimator)
+        if spec.pathwise and self.n_samples != 1:
+            raise ValueError(f"n_samples must be 1 for the pathwise estimator "
+                             f"{self.estimator!r}, got {self.n_samples}")
+        if not spec.pathwise and self.n_samples < spec.min_samples:
+            raise ValueError(f"n_samples must be >= {spec.min_samples} for "
+                             f"{self.estimator!r}, got {self.n_samples}")
+
+    @property
+    def pathwise(self) -> bool:
+        """Whether the estimator returns a differentiable sample (else: a surrogate loss)."""
+        return get_spec(self.estimator).pathwise
 
     @property
     def key(self) -> tuple[str, tuple[tuple[str, float | int], ...]]:
@@ -344,7 +365,9 @@ def _groups(members: Sequence[Member]) -> list[tuple[int, int, Callable[..., tor
     for i in range(1, len(members) + 1):
         if i == len(members) or members[i].key != members[start].key:
             m = members[start]
-            out.append((start, i, make_estimator(m.estimator, **m.knobs)))
+            # a score-function estimator's forward sample is an exact draw from q
+            sampler = (make_estimator(m.estimator, **m.knobs) if m.pathwise else exact_sample)
+            out.append((start, i, sampler))
             start = i
     return out
 
@@ -362,6 +385,36 @@ def _sample_groups(logits: torch.Tensor,
                    generator: torch.Generator | None) -> torch.Tensor:
     parts = [sampler(logits[a:b], generator=generator) for a, b, sampler in groups]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def score_function_elbo(model: EnsembleVAE, x: torch.Tensor, logits: torch.Tensor,
+                        members: Sequence[Member],
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Surrogate ``-ELBO`` per model and image, ``(R, B)``, of score-function members.
+
+    ``S = n_samples`` exact codes are drawn per image; the value is the mean of their
+    single-sample ``-ELBO``; the gradient is the estimator's surrogate loss
+    (:func:`redge_mini.registry.make_loss`, for ``"reinforce"`` RLOO) for the encoder through
+    ``log q``, the ordinary gradient for the decoder, and the exact gradient of the closed-form
+    KL term. The decoder runs ``S * B`` times. Every member must share the estimator, its knobs
+    and ``n_samples`` (one surrogate loss for the whole ensemble).
+    """
+    first = members[0]
+    if first.pathwise or any(m.key != first.key or m.n_samples != first.n_samples
+                             for m in members):
+        raise ValueError("score_function_elbo needs members that share one score-function "
+                         "estimator, its knobs and n_samples")
+    n_models, batch = x.shape[:2]
+
+    def reconstruction(z: torch.Tensor) -> torch.Tensor:     # (S, R, B, L, K) -> (S, R, B)
+        n = z.shape[0]
+        flat = z.transpose(0, 1).reshape(n_models, n * batch, *z.shape[-2:])
+        pixels = model.decode(flat).view(n_models, n, batch, -1)
+        return -log_likelihood(pixels, x[:, None]).transpose(0, 1)
+
+    surrogate = make_loss(first.estimator, **first.knobs)(reconstruction, logits,
+                                                          first.n_samples, generator=generator)
+    return surrogate + kl_to_uniform(logits)
 
 
 def exact_sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -463,7 +516,11 @@ def train(
     the same :attr:`Member.replicate` see the same mini-batches; the last incomplete batch is
     dropped); each model draws its latent sample from its estimator and takes one Adam step
     (:class:`EnsembleAdam`, at the member's own ``lr`` or the config's) on its mean
-    single-sample ``-ELBO``. Every ``config.eval_every`` epochs (and after the last)
+    single-sample ``-ELBO``. Members of a score-function estimator (``n_samples = S >= 2``,
+    :func:`score_function_elbo`) take the first ``batch_size / S`` images of each mini-batch and
+    draw ``S`` codes for each: every model spends ``batch_size`` decoder evaluations per step,
+    over the same steps (the images of a step are a subset of the pathwise batch of that step);
+    an ensemble cannot mix the two kinds. Every ``config.eval_every`` epochs (and after the last)
     the exact-sample ``-ELBO`` on ``x_valid``, on ``x_test`` and on the first ``monitor``
     training images is recorded.
 
@@ -497,6 +554,14 @@ def train(
     n_batches = n_data // batch
     if n_batches < 1:
         raise ValueError(f"batch_size={batch} exceeds the {n_data} training images")
+    score = not members[0].pathwise
+    if any(m.pathwise == score or m.n_samples != members[0].n_samples for m in members):
+        raise ValueError("members mixes pathwise and score-function estimators or different "
+                         "n_samples; train them in separate ensembles")
+    per_step = batch // members[0].n_samples      # images per step: batch decoder evaluations
+    if per_step * members[0].n_samples != batch:
+        raise ValueError(f"batch_size={batch} must be a multiple of n_samples="
+                         f"{members[0].n_samples} (equal decoder evaluations per step)")
     device = x_train.device
     lr = torch.tensor([config.lr if m.lr is None else m.lr for m in members], device=device)
     optimiser = EnsembleAdam(list(model.parameters()), lr)
@@ -519,11 +584,14 @@ def train(
             order = epoch_order(replicate, n_data, generator, n_orders)
         epoch_loss = torch.zeros(n_models, device=device)
         for b in range(n_batches):
-            index = order[:, b * batch:(b + 1) * batch]
-            xb = x_train[index]                                   # (R, B, D)
+            index = order[:, b * batch:b * batch + per_step]
+            xb = x_train[index]                                   # (R, B / S, D)
             logits = model.encode(xb)
-            z = _sample_groups(logits, groups, generator)
-            loss = negative_elbo(model, xb, z, logits).mean(dim=1)  # (R,)
+            if score:
+                loss = score_function_elbo(model, xb, logits, members, generator).mean(dim=1)
+            else:
+                z = _sample_groups(logits, groups, generator)
+                loss = negative_elbo(model, xb, z, logits).mean(dim=1)  # (R,)
             optimiser.zero_grad()
             loss.sum().backward()
             optimiser.step()
@@ -729,6 +797,8 @@ def time_training_steps(
         raise ValueError(f"x_train has {x_train.shape[0]} images, fewer than batch_size={batch}")
     setups = []
     for name, knobs in estimators:
+        if not get_spec(name).pathwise:
+            raise ValueError(f"time_training_steps times pathwise estimators only, got {name!r}")
         member = Member(name, knobs)
         model = EnsembleVAE(1, config, generator=generator, device=device)
         setups.append((name, model, torch.optim.Adam(model.parameters(), lr=config.lr),
