@@ -30,6 +30,19 @@ per puzzle in ``units.csv``. Verdicts (:func:`.verdicts.verdicts_from_units`) ju
 :data:`JUDGED` at every ``N`` of ``n_inner``; greedy decoding is a rival at each ``N`` (its
 ``N = 0`` values, repeated). Files: ``<scale>_<stage>.json`` records, and ``units.csv``,
 ``summary.csv``, ``verdicts.csv``, ``tuning.csv``.
+
+REINFORCE with the leave-one-out baseline (RLOO, ``"reinforce"``) has stages of its own
+(``tune_reinforce``, ``eval_reinforce``, ``timing_reinforce``), so that it joins the stored
+pathwise records without rerunning them, and is judged with them by the same rule. Its budget is
+an equal number of *evaluations of the penalty* per unmasking step (the count of chapter 6): a
+pathwise estimator spends one evaluation (and one backward pass through the penalty, not
+counted) per inner step, so at budget ``N`` RLOO draws ``S`` samples per inner step and takes
+``N // S`` inner steps (:func:`rloo_steps`, :func:`guide_rloo`). ``S`` is tuned with the
+learning rate, with the same number of configurations, over the divisors of the budgets
+(:func:`rloo_sample_choices`). A fourth stage, ``eval_reinforce_steps``, is a sensitivity that
+is not judged: RLOO with the pathwise estimators' ``N`` inner steps, ``S`` times their
+evaluations. ``--estimators reinforce`` runs RLOO's stages alone; the tables are then rewritten
+from every stored record of the scale.
 """
 
 from __future__ import annotations
@@ -44,7 +57,8 @@ from typing import Any
 
 import torch
 
-from ...registry import ESTIMATORS, label, make_estimator
+from ...registry import label, make_estimator
+from ...score_function import reinforce_loss
 from .. import runtime
 from ..guidance import GuidanceConfig, guide_with_rates, kl_to_prior
 from ..masked_diffusion import MaskedDenoiser, load_denoiser, sample_unmasking
@@ -68,7 +82,13 @@ from .verdicts import (
 )
 
 EXPERIMENT = "mdm_guidance"
-ESTIMATOR_NAMES: tuple[str, ...] = tuple(ESTIMATORS)
+#: The pathwise estimators of the experiment, pinned (not read from the registry, so that an
+#: estimator registered elsewhere, e.g. an ablation, does not silently change the protocol).
+PATHWISE: tuple[str, ...] = ("st", "gumbel", "reinmax", "redge", "redge_cov", "reindge")
+#: The score-function estimator: REINFORCE with the leave-one-out baseline (RLOO).
+RLOO = "reinforce"
+#: Every estimator of the experiment (what ``--estimators`` accepts).
+ESTIMATOR_NAMES: tuple[str, ...] = (*PATHWISE, RLOO)
 CHECKPOINT_FILES = {"weak": "sudoku_mdm_weak.pt", "strong": "sudoku_mdm_strong.pt"}
 METRICS: tuple[str, ...] = ("final_violations", "final_solved", "exact_match", "kl_to_prior")
 
@@ -112,8 +132,9 @@ DEVIATIONS: dict[str, str] = {
                      "judged; the demo's 5000 is not run",
     "lr": "tuned jointly with the knobs for every estimator (the authors' 0.1 is the demo "
           "series)",
-    "estimators": "every estimator of the registry, each tuned, plus the demo setting as a "
-                  "series of its own",
+    "estimators": "the six pathwise estimators and REINFORCE (RLOO, at an equal number of "
+                  "evaluations of the penalty), each tuned, plus the demo setting as a series "
+                  "of its own",
     "knobs": "each estimator's knobs tuned on held-out puzzles with the same budget",
     "puzzles": "the time budget (200 puzzles; the book asks at least 100 for a headline verdict)",
     "metrics": "the authors' metrics, and the KL to the prior paid by guidance",
@@ -245,10 +266,35 @@ def grid_metrics(tokens: torch.Tensor, puzzle: torch.Tensor,
             "exact_match": (grids == solution).all(-1).float()}
 
 
+def rloo_sample_choices(proto: Protocol) -> tuple[int, ...]:
+    """RLOO's numbers of samples ``S`` to search: the divisors ``S >= 2`` of every budget (so
+    that ``S * (N // S) = N`` evaluations exactly) that leave at least two inner steps at the
+    tuning budget; ``(2,)`` when there is none (the smoke protocol)."""
+    budgets = (proto.tune_n_inner, *proto.n_inner)
+    found = tuple(d for d in range(2, proto.tune_n_inner // 2 + 1)
+                  if all(n % d == 0 for n in budgets))
+    return found or (2,)
+
+
+def rloo_steps(n_inner: int, n_samples: int) -> int:
+    """Inner steps of RLOO with ``n_samples`` samples at a budget of ``n_inner`` evaluations of
+    the penalty per unmasking step: ``n_inner // n_samples`` (0: the prior's argmax, greedy)."""
+    if n_samples < 2 or n_inner < 0:
+        raise ValueError(f"n_samples must be >= 2 and n_inner >= 0, got {n_samples}, {n_inner}")
+    return n_inner // n_samples
+
+
+def space_of(proto: Protocol, estimator: str) -> dict[str, Axis]:
+    """The search space of ``estimator`` (RLOO: its number of samples and the learning rate)."""
+    if estimator == RLOO:
+        return {"lr": LR_AXIS, "n_samples": Axis(choices=rloo_sample_choices(proto))}
+    return search_space(estimator, LR_AXIS)
+
+
 def tuning_configs(proto: Protocol, estimator: str) -> list[dict[str, Any]]:
     """The ``n_configs`` configurations (knobs and ``lr``) of ``estimator``'s random search."""
-    space = search_space(estimator, LR_AXIS)
-    return sample_configs(space, proto.n_configs, seed=1000 + ESTIMATOR_NAMES.index(estimator))
+    return sample_configs(space_of(proto, estimator), proto.n_configs,
+                          seed=1000 + ESTIMATOR_NAMES.index(estimator))
 
 
 def _split(config: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -341,6 +387,159 @@ def run_eval(proto: Protocol, chosen: dict[str, dict[str, Any]], *, seed: int,
                       "training": meta.get("training", {})}}
 
 
+def guide_rloo(model: MaskedDenoiser, objective: Any, configs: list[tuple[int, int, float]], *,
+               n_unmask_steps: int, lam: float, generator: torch.Generator,
+               init: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Guidance (the procedure of :func:`~redge_mini.book.guidance.guide_with_rates`) with the
+    penalty's gradient estimated by RLOO (:func:`redge_mini.score_function.reinforce_loss`).
+
+    Each configuration ``(n_samples, n_steps, lr)`` optimises its own copy of the rows of
+    ``init``: at every unmasking step, ``n_steps`` Adam steps (:class:`torch.optim.Adam`, one
+    parameter group per configuration, restarted at each unmasking step as in the pathwise
+    loop) on ``RLOO(objective) + lam * KL`` to the model at the masked cells, each drawing
+    ``n_samples`` completions of the masked cells (``n_samples`` evaluations of ``objective``,
+    no gradient through it); then the argmax is revealed at each masked cell with probability
+    ``1 / (t + 1)``. ``n_steps = 0`` is greedy decoding.
+
+    Returns ``tokens`` ``(C * B, L)`` (configuration-major) and ``info`` with per-row
+    ``kl_revealed`` and ``evaluations`` (penalty evaluations per row and unmasking step).
+    """
+    if not configs:
+        raise ValueError("configs must hold at least one (n_samples, n_steps, lr)")
+    for c, (n_samples, n_steps, lr) in enumerate(configs):
+        if n_samples < 2 or n_steps < 0 or not lr > 0:
+            raise ValueError(f"configs[{c}] = {(n_samples, n_steps, lr)}: need n_samples >= 2, "
+                             "n_steps >= 0, lr > 0")
+    dev = next(model.parameters()).device
+    x0 = model.check_tokens(init, "init").to(dev)
+    per, k = x0.shape[0], model.vocab_size
+    x = x0.repeat(len(configs), 1)
+    kl_revealed = torch.zeros(x.shape[0], device=dev)
+    model.eval()
+    for t in range(n_unmask_steps - 1, -1, -1):
+        masked = x == model.mask_id
+        with torch.no_grad():
+            prior = model(x, None).float()
+        revealed = torch.nn.functional.one_hot(x.clamp(max=k - 1), k).float()
+        blocks = [slice(c * per, (c + 1) * per) for c in range(len(configs))]
+        leaves = [prior[b].clone().requires_grad_(True) for b in blocks]
+        optimiser = torch.optim.Adam([{"params": [leaf], "lr": lr}
+                                      for leaf, (_, _, lr) in zip(leaves, configs, strict=True)])
+        for inner in range(1, max(n for _, n, _ in configs) + 1):
+            optimiser.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=dev)
+            for leaf, b, (n_samples, n_steps, _) in zip(leaves, blocks, configs, strict=True):
+                if inner > n_steps:
+                    continue   # its budget is spent: no gradient, Adam leaves it alone
+
+                def penalty_of(draws: torch.Tensor, keep: torch.Tensor = masked[b, :, None],
+                               given: torch.Tensor = revealed[b]) -> torch.Tensor:
+                    rows = torch.where(keep, draws, given)
+                    return objective(rows.flatten(0, 1)).view(draws.shape[:2])
+
+                surrogate = reinforce_loss(penalty_of, leaf, n_samples, generator=generator)
+                kl = (kl_to_prior(leaf, prior[b]) * masked[b]).sum(-1)
+                total = total + (surrogate + lam * kl).sum()
+            total.backward()
+            optimiser.step()
+        with torch.no_grad():
+            phi = torch.cat([leaf.detach() for leaf in leaves])
+            u = torch.rand(x.shape, generator=generator, device=dev)
+            reveal = masked & (u < 1.0 / (t + 1))
+            kl_revealed += (kl_to_prior(phi, prior) * reveal).sum(-1)
+            x = torch.where(reveal, phi.argmax(-1), x)
+    evaluations = torch.tensor([n * s for n, s, _ in configs]).repeat_interleave(per)
+    return x, {"kl_revealed": kl_revealed.cpu(), "evaluations": evaluations}
+
+
+def _rloo_config(config: dict[str, Any], n_inner: int) -> tuple[int, int, float]:
+    n_samples = int(config["n_samples"])
+    return n_samples, rloo_steps(n_inner, n_samples), float(config["lr"])
+
+
+def run_rloo_tuning(proto: Protocol, *, seed: int, device: torch.device) -> dict[str, Any]:
+    """RLOO's ``n_configs`` configurations in one batch on the tuning puzzles, at the tuning
+    budget of evaluations; chosen as the pathwise estimators' (solved, then violations)."""
+    model, _ = load_model(proto, device)
+    puzzle, solution = puzzles(proto, "tune")
+    configs = tuning_configs(proto, RLOO)
+    start = time.perf_counter()
+    with _plain_attention():
+        tokens, _ = guide_rloo(model, penalty, [_rloo_config(c, proto.tune_n_inner)
+                                                for c in configs],
+                               n_unmask_steps=proto.n_unmask_steps, lam=proto.lam,
+                               generator=torch.Generator(device=device).manual_seed(seed),
+                               init=grid_to_tokens(puzzle).to(device))
+    wall = time.perf_counter() - start
+    per = proto.n_tune
+    metrics = grid_metrics(tokens, puzzle.repeat(len(configs), 1),
+                           solution.repeat(len(configs), 1))
+    entry: dict[str, Any] = {"configs": configs, **{
+        m: [metrics[m][i * per:(i + 1) * per].tolist() for i in range(len(configs))]
+        for m in ("final_solved", "final_violations")}}
+    entry["chosen"] = _choose(entry["final_solved"], entry["final_violations"])
+    return {"stage": "tune_reinforce", "estimators": {RLOO: entry}, "wall_seconds": wall,
+            "device": str(device)}
+
+
+def run_rloo_eval(proto: Protocol, chosen: dict[str, Any], *, seed: int,
+                  device: torch.device, equal_steps: bool = False) -> dict[str, Any]:
+    """RLOO at its chosen configuration on the evaluation puzzles, at every budget ``N`` of
+    evaluations per unmasking step; per-puzzle values of every metric. With ``equal_steps``
+    (the sensitivity stage ``eval_reinforce_steps``, not judged): ``N`` inner steps of ``S``
+    samples each, ``S`` times the pathwise estimators' evaluations."""
+    model, _ = load_model(proto, device)
+    puzzle, solution = puzzles(proto, "eval")
+    configs = [_rloo_config(chosen, n * (int(chosen["n_samples"]) if equal_steps else 1))
+               for n in proto.n_inner]
+    start = time.perf_counter()
+    with _plain_attention():
+        tokens, info = guide_rloo(model, penalty, configs, n_unmask_steps=proto.n_unmask_steps,
+                                  lam=proto.lam, init=grid_to_tokens(puzzle).to(device),
+                                  generator=torch.Generator(device=device).manual_seed(seed + 1))
+    wall = time.perf_counter() - start
+    per = proto.n_eval
+    metrics = grid_metrics(tokens, puzzle.repeat(len(configs), 1),
+                           solution.repeat(len(configs), 1))
+    metrics["kl_to_prior"] = info["kl_revealed"]
+    series = []
+    for i, (n, (n_samples, n_steps, _)) in enumerate(zip(proto.n_inner, configs, strict=True)):
+        series.append({"estimator": RLOO, "knobs": chosen, "budget": n,
+                       "n_samples": n_samples, "n_steps": n_steps,
+                       "evaluations": n_samples * n_steps,
+                       "values": {m: v[i * per:(i + 1) * per].tolist()
+                                  for m, v in metrics.items()},
+                       "example": tokens_to_grid(tokens[i * per]).tolist()})
+    return {"stage": "eval_reinforce_steps" if equal_steps else "eval_reinforce",
+            "series": series, "wall_seconds": wall, "device": str(device)}
+
+
+def time_rloo_steps(proto: Protocol, chosen: dict[str, Any], device: torch.device, *,
+                    rounds: int = 5, block_s: float = 0.2) -> dict[str, float]:
+    """Milliseconds per inner step of RLOO at its chosen ``S`` (``S`` evaluations of the
+    penalty, KL, backward) and of Straight-Through (one evaluation, re-timed here as the
+    reference, key ``st_reference``), interleaved on the evaluation batch shape."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    prior = torch.log_softmax(torch.randn(proto.n_eval, 81, 9, generator=generator,
+                                          device=device), -1)
+    n_samples = int(chosen["n_samples"])
+    sampler = make_estimator("st")
+
+    def rloo() -> None:
+        phi = prior.detach().clone().requires_grad_(True)
+        loss = reinforce_loss(lambda d: penalty(d.flatten(0, 1)).view(d.shape[:2]), phi,
+                              n_samples, generator=generator)
+        (loss + kl_to_prior(phi, prior).sum(-1)).sum().backward()
+
+    def st() -> None:
+        phi = prior.detach().clone().requires_grad_(True)
+        hard = sampler(phi, generator=generator, hard=True)
+        (penalty(hard) + kl_to_prior(phi, prior).sum(-1)).sum().backward()
+
+    return median_ms(time_interleaved({RLOO: rloo, "st_reference": st}, device, rounds=rounds,
+                                      block_s=block_s))
+
+
 def time_inner_steps(proto: Protocol, knobs: dict[str, dict[str, Any]], device: torch.device, *,
                      rounds: int = 5, block_s: float = 0.2) -> dict[str, float]:
     """Milliseconds per inner step (sample, penalty, KL, backward) of each estimator at its
@@ -365,40 +564,100 @@ def run(proto: Protocol, estimators: list[str] | None = None, *, out: Path | Non
         seed: int = 0, device: torch.device | str | None = None,
         max_minutes: float | None = None, save: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) every stage; return the records found or made; when ``save`` and all
-    are done, write ``units.csv``, ``summary.csv``, ``verdicts.csv`` and ``tuning.csv``."""
-    estimators = list(ESTIMATOR_NAMES) if estimators is None else estimators
+    are done, write ``units.csv``, ``summary.csv``, ``verdicts.csv`` and ``tuning.csv``.
+
+    The pathwise estimators of ``estimators`` (default: all of :data:`ESTIMATOR_NAMES`) share
+    the stages ``tune``, ``eval`` (with the demo and the unguided baselines) and ``timing``;
+    RLOO, when listed, has its own ``tune_reinforce``, ``eval_reinforce`` and
+    ``timing_reinforce``, so stored pathwise records are reused as they are."""
+    estimators = list(ESTIMATOR_NAMES) if estimators is None else list(estimators)
+    unknown = [e for e in estimators if e not in ESTIMATOR_NAMES]
+    if unknown or not estimators:
+        raise ValueError(f"estimators must be a non-empty list of {list(ESTIMATOR_NAMES)}, "
+                         f"got {estimators}")
+    pathwise = [e for e in estimators if e != RLOO]
     dev = torch.device(device) if device is not None else runtime.device()
     folder = Path(out) if out is not None else runtime.results_dir(EXPERIMENT)
     stages = Stages(EXPERIMENT, folder, seed=seed, save=save, max_minutes=max_minutes,
                     device=dev)
-    tuned = stages.run(f"{proto.scale}_tune", proto.as_config("tune", estimators=estimators),
-                       lambda: run_tuning(proto, estimators, seed=seed, device=dev))
-    if tuned is None:
-        return stages.records
-    chosen = {name: e["configs"][e["chosen"]] for name, e in tuned["data"]["estimators"].items()}
-    done = stages.run(f"{proto.scale}_eval", proto.as_config("eval", chosen=chosen),
-                      lambda: run_eval(proto, chosen, seed=seed, device=dev))
     block = 0.2 if proto.scale == "full" else 0.01
-    timed = stages.run(f"{proto.scale}_timing", proto.as_config("timing", chosen=chosen),
-                       lambda: {"stage": "timing", "device": str(dev),
-                                "timing_ms": time_inner_steps(proto, chosen, dev,
-                                                              block_s=block)})
-    if save and done is not None and timed is not None:
-        write(stages.records, proto, folder)
+    finished = []
+    if pathwise:
+        tuned = stages.run(f"{proto.scale}_tune", proto.as_config("tune", estimators=pathwise),
+                           lambda: run_tuning(proto, pathwise, seed=seed, device=dev))
+        if tuned is None:
+            return stages.records
+        chosen = {name: e["configs"][e["chosen"]]
+                  for name, e in tuned["data"]["estimators"].items()}
+        finished.append(stages.run(f"{proto.scale}_eval", proto.as_config("eval", chosen=chosen),
+                                   lambda: run_eval(proto, chosen, seed=seed, device=dev)))
+        finished.append(stages.run(
+            f"{proto.scale}_timing", proto.as_config("timing", chosen=chosen),
+            lambda: {"stage": "timing", "device": str(dev),
+                     "timing_ms": time_inner_steps(proto, chosen, dev, block_s=block)}))
+    if RLOO in estimators:
+        budget = {"budget": "evaluations of the penalty per unmasking step: S samples x (N // S) "
+                            "inner steps", "n_samples_choices": list(rloo_sample_choices(proto))}
+        tuned = stages.run(f"{proto.scale}_tune_reinforce",
+                           proto.as_config("tune_reinforce", estimators=[RLOO], **budget),
+                           lambda: run_rloo_tuning(proto, seed=seed, device=dev))
+        if tuned is None:
+            return stages.records
+        entry = tuned["data"]["estimators"][RLOO]
+        best = entry["configs"][entry["chosen"]]
+        finished.append(stages.run(
+            f"{proto.scale}_eval_reinforce",
+            proto.as_config("eval_reinforce", chosen={RLOO: best}, **budget),
+            lambda: run_rloo_eval(proto, best, seed=seed, device=dev)))
+        finished.append(stages.run(
+            f"{proto.scale}_timing_reinforce",
+            proto.as_config("timing_reinforce", chosen={RLOO: best}),
+            lambda: {"stage": "timing_reinforce", "device": str(dev),
+                     "timing_ms": time_rloo_steps(proto, best, dev, block_s=block)}))
+        finished.append(stages.run(
+            f"{proto.scale}_eval_reinforce_steps",
+            proto.as_config("eval_reinforce_steps", chosen={RLOO: best},
+                            budget="sensitivity, not judged: N inner steps of S samples each "
+                                   "(S x N evaluations per unmasking step)"),
+            lambda: run_rloo_eval(proto, best, seed=seed, device=dev, equal_steps=True)))
+    if save and all(r is not None for r in finished):
+        # the tables cover every stored stage of this scale (e.g. the pathwise records when only
+        # RLOO was run now); they need the pathwise evaluation (the baselines)
+        every = {r["name"]: r for r in load_records(folder, proto.scale)}
+        every.update({r["name"]: r for r in stages.records})
+        if _stage(list(every.values()), "eval", optional=True) is not None:
+            write(list(every.values()), proto, folder)
     return stages.records
 
 
-def _stage(records: list[dict[str, Any]], stage: str) -> dict[str, Any]:
+def _stage(records: list[dict[str, Any]], stage: str, *,
+           optional: bool = False) -> dict[str, Any] | None:
     found = [r for r in records if r["data"].get("stage") == stage]
+    if optional and not found:
+        return None
     if len(found) != 1:
         raise ValueError(f"records must hold exactly one {stage!r} stage, got {len(found)}")
     return found[0]
 
 
+def _evaluations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation records present: the pathwise one (with the baselines) and RLOO's."""
+    found = [_stage(records, s, optional=True) for s in ("eval", "eval_reinforce")]
+    if not any(found):
+        raise ValueError("records hold no 'eval' or 'eval_reinforce' stage")
+    return [r for r in found if r is not None]
+
+
 def units_from_records(records: list[dict[str, Any]]) -> list[Unit]:
     """One unit per (series, metric, budget, puzzle) of the evaluation; greedy decoding appears
     at ``N = 0`` and again at every judged ``N`` (the same values), so that it is paired there."""
-    evaluation = _stage(records, "eval")
+    units: list[Unit] = []
+    for evaluation in _evaluations(records):
+        units += _units_of(evaluation)
+    return units
+
+
+def _units_of(evaluation: dict[str, Any]) -> list[Unit]:
     budgets = evaluation["config"]["n_inner"]
     setting = evaluation["config"]["checkpoint"]
     names = unit_names(evaluation["config"]["n_eval"])
@@ -417,44 +676,74 @@ def units_from_records(records: list[dict[str, Any]]) -> list[Unit]:
 
 
 def tuning_rows(records: list[dict[str, Any]]) -> list[TuningRow]:
-    """One ``tuning.csv`` row per estimator."""
-    tuned = _stage(records, "tune")
-    config = tuned["config"]
+    """One ``tuning.csv`` row per estimator (RLOO's from its own stage, when present)."""
     rows = []
-    for name, entry in tuned["data"]["estimators"].items():
-        space = search_space(name, LR_AXIS)
-        chosen = entry["configs"][entry["chosen"]]
-        rows.append(TuningRow(
-            EXPERIMENT, name, ";".join(sorted(space)), len(entry["configs"]), config["n_tune"],
-            f"{config['n_tune']} tuning puzzles (disjoint from the {config['n_eval']} "
-            f"evaluation puzzles), {config['checkpoint']} model, N = {config['tune_n_inner']}, "
-            f"T = {config['n_unmask_steps']}; criterion: solved, then violations",
-            knob_string(chosen), edge_of_space(chosen, space)))
+    for stage in ("tune", "tune_reinforce"):
+        tuned = _stage(records, stage, optional=True)
+        if tuned is None:
+            continue
+        config = tuned["config"]
+        proto = Protocol(**{k: (tuple(v) if k == "n_inner" else v) for k, v in config.items()
+                            if k in Protocol.__dataclass_fields__})
+        budget = (f"N = {config['tune_n_inner']} evaluations per unmasking step (S samples x "
+                  f"N // S inner steps)" if stage == "tune_reinforce"
+                  else f"N = {config['tune_n_inner']}")
+        for name, entry in tuned["data"]["estimators"].items():
+            space = space_of(proto, name)
+            chosen = entry["configs"][entry["chosen"]]
+            rows.append(TuningRow(
+                EXPERIMENT, name, ";".join(sorted(space)), len(entry["configs"]),
+                config["n_tune"],
+                f"{config['n_tune']} tuning puzzles (disjoint from the {config['n_eval']} "
+                f"evaluation puzzles), {config['checkpoint']} model, {budget}, "
+                f"T = {config['n_unmask_steps']}; criterion: solved, then violations",
+                knob_string(chosen), edge_of_space(chosen, space)))
+    if not rows:
+        raise ValueError("records hold no 'tune' or 'tune_reinforce' stage")
     return rows
+
+
+def _timing(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Milliseconds per inner step of every timed estimator, and their knobs."""
+    timing: dict[str, float] = {}
+    knobs: dict[str, Any] = {}
+    for stage in ("timing", "timing_reinforce"):
+        timed = _stage(records, stage, optional=True)
+        if timed is not None:
+            timing.update(timed["data"]["timing_ms"])
+            knobs.update(timed["config"]["chosen"])
+    return timing, knobs
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """What the chapter shows, from records of one scale: ``units``, ``verdicts`` (computed in
     memory by the one rule), ``tuning`` rows, ``chosen`` configurations, ``timing_ms``,
-    ``config``, ``scale``, ``device``, ``model`` (the prior's stored quality) and the example."""
+    ``config``, ``scale``, ``device``, ``model`` (the prior's stored quality) and the example;
+    ``rloo``: RLOO's evaluation data (its series with ``n_samples``, ``n_steps`` and
+    ``evaluations``) and ``rloo_config``, or None; ``rloo_steps``: the data of the sensitivity
+    stage (RLOO with ``N`` inner steps, ``S`` times the evaluations), or None."""
     evaluation = _stage(records, "eval")
+    rloo = _stage(records, "eval_reinforce", optional=True)
+    steps = _stage(records, "eval_reinforce_steps", optional=True)
     units = units_from_records(records)
     config = evaluation["config"]
-    timing = next((r["data"]["timing_ms"] for r in records
-                   if r["data"].get("stage") == "timing"), {})
+    timing, _ = _timing(records)
+    chosen = {**config["chosen"], **(rloo["config"]["chosen"] if rloo else {})}
     return {"units": units, "tuning": tuning_rows(records), "timing_ms": timing,
             "verdicts": verdicts_from_units(EXPERIMENT, units, JUDGED,
                                             budgets={m.name: config["n_inner"] for m in JUDGED}),
-            "chosen": config["chosen"], "config": config, "scale": config["scale"],
+            "chosen": chosen, "config": config, "scale": config["scale"],
             "device": evaluation["data"]["device"], "model": evaluation["data"]["model"],
-            "eval": evaluation["data"]}
+            "eval": evaluation["data"], "rloo": rloo["data"] if rloo else None,
+            "rloo_config": rloo["config"] if rloo else None,
+            "rloo_steps": steps["data"] if steps else None}
 
 
 def write(records: list[dict[str, Any]], proto: Protocol, folder: Path) -> list[Verdict]:
     """Write the four tables of the experiment from its records; return the verdicts."""
-    timed = _stage(records, "timing")
-    extra = timing_rows(EXPERIMENT, "timing", timed["data"]["timing_ms"],
-                        timed["config"]["chosen"])
+    timing, knobs = _timing(records)
+    extra = timing_rows(EXPERIMENT, "timing", {k: v for k, v in timing.items()
+                                               if k in ESTIMATOR_NAMES}, knobs)
     return write_results(EXPERIMENT, units_from_records(records), JUDGED, tuning_rows(records),
                          extra_rows=extra, budgets={m.name: list(proto.n_inner) for m in JUDGED},
                          root=folder)
@@ -469,9 +758,12 @@ def shown_summary(scale: str, *, device: torch.device | str | None = None) -> di
     full = protocol("full")
     records = load_records(folder, "full")
     by_stage = {r["config"].get("stage"): r for r in records}
-    current = ("tune" in by_stage and "eval" in by_stage and "timing" in by_stage
+    stages = ("tune", "eval", "timing", "tune_reinforce", "eval_reinforce", "timing_reinforce",
+              "eval_reinforce_steps")
+    current = (all(s in by_stage for s in stages)
                and by_stage["tune"]["config"] == full.as_config(
-                   "tune", estimators=list(ESTIMATOR_NAMES))
+                   "tune", estimators=list(PATHWISE))
+               and by_stage["tune_reinforce"]["config"]["estimators"] == [RLOO]
                and all((folder / f).is_file() for f in ("units.csv", "verdicts.csv",
                                                          "tuning.csv")))
     if current:
@@ -494,7 +786,7 @@ def measure_throughput(proto: Protocol, *, device: torch.device | str | None = N
     ``T * (t_0 + shrink * (t_1 - t_0))``. Nothing is saved."""
     dev = torch.device(device) if device is not None else runtime.device()
     out: dict[str, float] = {}
-    estimators = list(ESTIMATOR_NAMES)
+    estimators = list(PATHWISE)
     chosen = {name: tuning_configs(proto, name)[0] for name in estimators}
 
     def timed(p: Protocol, stage: str) -> float:
@@ -527,13 +819,14 @@ def main(argv: list[str] | None = None) -> int:
                       device=cli.device, max_minutes=cli.args.max_minutes)
     except ValueError as error:
         cli.fail(error)
-    done = [r for r in records if r["data"].get("stage") == "eval"]
-    if done:
+    done = [r for r in records if r["data"].get("stage") in ("eval", "eval_reinforce")]
+    expected = int(any(e != RLOO for e in cli.estimators)) + int(RLOO in cli.estimators)
+    if any(r["data"]["stage"] == "eval" for r in done):
         summary = summarise(records)
         for v in summary["verdicts"]:
             if v.headline and v.budget == max(summary["config"]["n_inner"]):
                 print(v.sentence())
-    return cli.finish(len(done), 1, "evaluation stages")
+    return cli.finish(len(done), expected, "evaluation stages")
 
 
 if __name__ == "__main__":
