@@ -14,7 +14,7 @@ shape that follow the generator, and that the gradients of a quick probe (modera
 logits) are finite; each failure stops with a :class:`BenchError` saying what is wrong. The
 estimator is then registered (:func:`redge_mini.register`) for the run.
 
-What runs is the toy suite of chapter 6 ("Many problems"): the same random problems
+First runs the toy suite of chapter 6 ("Many problems"): the same random problems
 (:func:`~redge_mini.book.toy.random_toy_problems`, seed 100) under the ``smooth``, ``logcosh``
 and ``nonsmooth`` losses, with exact gradients by enumeration; for every estimator setting the
 relative squared bias, the log relative variance and the log relative MSE at budgets of
@@ -25,23 +25,26 @@ estimators (paired), and the verdicts come from
 :func:`~redge_mini.book.experiments.verdicts.write_results`, the book's one rule, with the
 margins of chapter 6.
 
-Of the five experiments of part III, polynomial programming (chapter 7) runs too (unless
-``--experiments toy``): :func:`polyprog_units` tunes the new estimator with the book's budget,
-search and seeds and judges it against the book's estimators (rerun at the small scale, read from
-``book/results/polyprog`` at the full one). The discrete VAE, Sudoku and the two guidance
-experiments are **not** run by this command.
+Then the five experiments of part III (``--experiments`` picks among them): polynomial
+programming (chapter 7, :func:`polyprog_units`), the discrete VAE, Sudoku, masked-diffusion and
+image guidance (chapters 8-11, :mod:`.bench_experiments`). In each the new estimator is tuned with
+the book's budget, search and seeds and judged against the book's estimators by the experiment's
+own metrics, margins and budgets: at ``--scale small`` against the book's estimators rerun at the
+module's small protocol on the same units (into ``DIR/<experiment>_book/``, resumable, so a
+second bench run reads them back), at ``--scale full`` against the stored full results of
+``book/results/<experiment>`` (checked to be of the current protocol before anything runs).
 
-Written to ``DIR``: ``units.csv``, ``summary.csv``, ``verdicts.csv``, ``tuning.csv`` (the knobs
-used, nothing tuned) and ``report.html`` (the verdicts of the new estimator against each of the
-book's, and one figure, embedded; no network assets); ``DIR/polyprog/`` holds the same four
-tables for polynomial programming, ``DIR/polyprog_book/`` the book's small-scale reruns.
+Written to ``DIR``: ``units.csv``, ``summary.csv``, ``verdicts.csv``, ``tuning.csv`` of the toy
+suite (the knobs used, nothing tuned), the same four in ``DIR/<experiment>/`` per experiment
+(the verdicts issue's format, Holm over every row of the experiment) with the new estimator's
+records, and ``report.html`` (:mod:`.bench_report`: the synthesis chapter's tables and figures
+for the new estimator; embedded, no network assets).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import html
 import importlib
 import importlib.util
 import inspect
@@ -52,7 +55,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,6 +63,7 @@ import torch
 from .. import registry
 from ..exact import gradient_diagnostics
 from ..validation import Knob
+from .bench_experiments import LEARNING, axes_of, preflight, run_experiment, stored_seconds
 from .experiments.summary import knob_string
 from .experiments.verdicts import Metric, TuningRow, Unit, Verdict, units_from_values, write_results
 from .toy import random_toy_problems, reinforce_gradient_moments, stacked_gradients
@@ -74,6 +78,7 @@ __all__ = [
     "SCALES",
     "BenchResult",
     "against",
+    "full_seconds",
     "load_estimator",
     "main",
     "polyprog_units",
@@ -82,8 +87,12 @@ __all__ = [
 ]
 
 EXPERIMENT = "bench_toy"
-#: What the bench can run: the toy suite and, of the five experiments, polynomial programming.
-EXPERIMENTS = ("toy", "polyprog")
+#: What the bench can run: the toy suite and the five experiments of part III.
+EXPERIMENTS = ("toy", "polyprog", *LEARNING)
+#: How the report and the messages name each experiment.
+LONG_NAMES = {"polyprog": "polynomial programming", "vae": "the discrete VAE",
+              "sudoku": "Sudoku", "mdm_guidance": "masked-diffusion guidance",
+              "image_guidance": "image guidance"}
 LOSSES = ("smooth", "logcosh", "nonsmooth")
 BUDGETS = (1, 64)
 SUITE_SEED = 100  # chapter 6's suite
@@ -328,10 +337,73 @@ class BenchResult:
     draws: int
     polyprog: list[Verdict] | None = None  # None when the experiment was not run
     scale: str = "small"
+    #: experiment -> :class:`~.bench_experiments.ExperimentResult` of the four learning ones
+    experiments: dict = field(default_factory=dict)
+    polyprog_source: str = ""
+    provenance: str = ""
 
     def table(self) -> list[dict]:
         """The new estimator's rows, oriented (new - rival), see :func:`against`."""
         return against(self.verdicts, self.name)
+
+    def rows(self, experiment: str) -> list[dict]:
+        """The new estimator's verdict rows in ``experiment``, oriented (new - rival)."""
+        if experiment == "toy":
+            return self.table()
+        if experiment == "polyprog":
+            return against(self.polyprog or [], self.name)
+        return against(self.experiments[experiment].verdicts, self.name)
+
+    @property
+    def ran(self) -> list[str]:
+        """The parts that ran, in book order (``"toy"`` first)."""
+        done = {"toy", *self.experiments} | ({"polyprog"} if self.polyprog is not None else set())
+        return [e for e in EXPERIMENTS if e in done]
+
+    @property
+    def knob_text(self) -> str:
+        return knob_string(self.knobs)
+
+    def ran_text(self) -> str:
+        """What ran and what did not, in words."""
+        ran = [LONG_NAMES[e] for e in self.ran if e != "toy"]
+        missing = [LONG_NAMES[e] for e in EXPERIMENTS if e != "toy" and e not in self.ran]
+        text = "the toy suite" + (", " + ", ".join(ran) if ran else "")
+        if len(missing) == len(EXPERIMENTS) - 1:
+            return text + "; not run: the five experiments of part III"
+        return text + ("; not run: " + ", ".join(missing) if missing else
+                       "; all five experiments of part III")
+
+    def toy_text(self) -> str:
+        return (f"{self.n_problems} random problems per loss, {self.draws} gradient draws per "
+                "problem and estimator, exact gradients by enumeration; the book's settings at "
+                "knobs fixed in advance, the new estimator at its defaults (nobody is tuned "
+                "here, as in chapter 6); margins log 1.25 for log MSE and log variance, 0.1 "
+                "for the relative squared bias; lower is better.")
+
+    def experiment_info(self, experiment: str) -> str:
+        """Where the book's series of ``experiment`` came from, and the time it took."""
+        if experiment == "polyprog":
+            return f"Scale {self.scale}; the book's estimators: {self.polyprog_source}."
+        r = self.experiments[experiment]
+        fixed = (f" Knobs without a finite range, kept at their defaults: "
+                 f"{knob_string(r.fixed)}." if r.fixed else "")
+        return (f"Scale {r.scale}; the book's estimators: {r.book_source}; {r.seconds:.0f} s "
+                f"(the book's reruns included).{fixed}")
+
+    @property
+    def full_estimate(self) -> float:
+        """Seconds the full protocols of the experiments that ran would take for the new
+        estimator alone, from the stored full runs (their time / the number of series)."""
+        parts = [e for e in self.ran if e != "toy"]
+        return sum(full_seconds(e) for e in parts) if parts else math.nan
+
+    def full_text(self) -> str:
+        return ("At --scale full the new estimator runs the experiments' full protocols "
+                "against the stored full results; from book/results/manifest.json (each "
+                "stored run's seconds over its number of estimators, on the machine that made "
+                f"it) that is about {self.full_estimate / 60:.0f} minutes for the experiments "
+                "above.")
 
 
 _FLIP = {"better": "worse", "worse": "better"}
@@ -358,6 +430,56 @@ def against(verdicts: Sequence[Verdict], name: str) -> list[dict]:
     return rows
 
 
+def full_seconds(experiment: str) -> float:
+    """One estimator's share of the stored full run of ``experiment`` (seconds), or 0."""
+    seconds = stored_seconds(experiment)
+    if seconds is None:
+        return 0.0
+    from .experiments.verdicts import read_tuning
+
+    try:
+        n = len({t.estimator for t in read_tuning(experiment)})
+    except (OSError, ValueError):
+        return 0.0
+    return seconds / max(n, 1)
+
+
+def _polyprog_source(scale: str, smoke: bool, out: Path) -> str:
+    if scale == "full" and not smoke:
+        return "stored full results (book/results/polyprog)"
+    return f"the book's {scale} protocol, rerun into {out / 'polyprog_book'}"
+
+
+def _provenance() -> str:
+    """Commit, dirty flag and machine of this run, in words."""
+    from . import runtime
+
+    meta = runtime.run_metadata(None)
+    commit = str(meta.get("git_commit") or "unknown")[:10]
+    dirty = " (uncommitted changes)" if meta.get("git_dirty") else ""
+    return (f"Commit {commit}{dirty}; {meta.get('device_name') or 'machine not recorded'}; "
+            f"torch {meta.get('torch', torch.__version__)}.")
+
+
+def _write_run(result: BenchResult, stage_seconds: dict, cpu_seconds: float,
+               smoke: bool) -> Path:
+    """``bench.json``: what ran, its wall and CPU seconds, and the run's software, hardware
+    and commit (:func:`~.runtime.run_metadata`)."""
+    import json
+
+    from . import runtime
+
+    record = {"estimator": result.name, "knobs": result.knobs, "scale": result.scale,
+              "smoke": smoke, "experiments": result.ran, "toy_problems": result.n_problems,
+              "toy_draws": result.draws, "wall_seconds": round(result.seconds, 1),
+              "cpu_seconds": round(cpu_seconds, 1),
+              "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
+              "metadata": runtime.run_metadata(None)}
+    path = result.out / "bench.json"
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+    return path
+
+
 def run_bench(fn: Callable, name: str, knobs: Mapping | None = None, *, out: str | Path,
               scale: str = "small", n_problems: int | None = None, draws: int | None = None,
               progress: bool = True, label: str | None = None,
@@ -368,9 +490,10 @@ def run_bench(fn: Callable, name: str, knobs: Mapping | None = None, *, out: str
     ``knobs`` is name -> :class:`~redge_mini.Knob` as for :func:`redge_mini.register`
     (``load_estimator`` builds it from the signature). ``n_problems`` / ``draws`` override the
     scale's numbers (tests, the how-to page). ``experiments`` lists what runs: ``"toy"`` (always)
-    and ``"polyprog"`` (chapter 7 at the scale's protocol, written to ``out/polyprog``; the book's
-    estimators rerun into ``out/polyprog_book`` at the small scale; ``smoke`` shrinks it to
-    seconds, for tests)."""
+    and ``"polyprog"``, ``"vae"``, ``"sudoku"``, ``"mdm_guidance"``, ``"image_guidance"`` (each
+    at the scale's protocol, written to ``out/<experiment>``; the book's estimators rerun into
+    ``out/<experiment>_book`` at the small scale; ``smoke`` shrinks them to seconds, for
+    tests)."""
     unknown = sorted(set(experiments) - set(EXPERIMENTS))
     if unknown or "toy" not in experiments:
         raise BenchError(f"experiments must include 'toy' and be among {EXPERIMENTS}, got "
@@ -384,7 +507,9 @@ def run_bench(fn: Callable, name: str, knobs: Mapping | None = None, *, out: str
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise BenchError(f"{arg} must be an integer >= {low}, got {value!r}")
     out = Path(out)
-    start = time.perf_counter()
+    preflight(experiments, scale, smoke)  # stored full results of the current protocol
+    start, cpu_start = time.perf_counter(), time.process_time()
+    stage_seconds: dict[str, float] = {}
     spec = registry.register(name, fn, knobs or {}, label=label, summary="bench: user's")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny problems: one thread is faster (as in chapter 6)
@@ -396,20 +521,36 @@ def run_bench(fn: Callable, name: str, knobs: Mapping | None = None, *, out: str
                             knob_string(k), False)
                   for n, k in [*BOOK_SETTINGS, (name, values)]]
         verdicts = write_results(EXPERIMENT, units, METRICS, tuning, root=out)
+        stage_seconds["toy"] = time.perf_counter() - start
         pp_verdicts = None
         if "polyprog" in experiments:
             from .experiments import polyprog as pp
 
-            pp_units, pp_tuning, budget = polyprog_units(
+            pp_units, pp_tuning, budget, pp_cost = polyprog_units(
                 name, scale=scale, book_dir=out / "polyprog_book", progress=progress,
                 smoke=smoke)
             pp_verdicts = write_results(pp.EXPERIMENT, pp_units, pp.METRICS, pp_tuning,
                                         budgets={pp.HEADLINE.name: [budget]},
-                                        root=out / "polyprog")
+                                        root=out / "polyprog", extra_rows=pp_cost)
+            stage_seconds["polyprog"] = time.perf_counter() - start - sum(
+                stage_seconds.values())
+        learning = [e for e in LEARNING if e in experiments]
+        done = {}
+        from tqdm.auto import tqdm
+
+        bar = tqdm(learning, desc="experiments", disable=not progress or not learning)
+        for experiment in bar:
+            bar.set_postfix_str(experiment)
+            done[experiment] = run_experiment(experiment, name, scale=scale, out=out,
+                                              smoke=smoke)
+            stage_seconds[experiment] = done[experiment].seconds
+        bar.close()
         seconds = time.perf_counter() - start
         result = BenchResult(name, values, verdicts, out, seconds, n_problems, draws,
-                             pp_verdicts, scale)
+                             pp_verdicts, scale, done, _polyprog_source(scale, smoke, out),
+                             _provenance())
         write_report(result, units, spec.label)
+        _write_run(result, stage_seconds, time.process_time() - cpu_start, smoke)
     finally:
         torch.set_num_threads(threads)
         registry.unregister(name)
@@ -419,24 +560,7 @@ def run_bench(fn: Callable, name: str, knobs: Mapping | None = None, *, out: str
 # ------------------------------------------------------------------------ polynomial programming
 
 
-def _axes(knobs: Mapping[str, Knob | registry.Choice]) -> tuple[dict, dict]:
-    """Search axes of the knobs with a finite range (log scale when the range spans a factor of
-    10 or more above 0), and the knobs kept at their defaults (no finite range given)."""
-    from .experiments.tuning import Axis
-
-    axes, fixed = {}, {}
-    for key, knob in knobs.items():
-        if isinstance(knob, registry.Choice):
-            axes[key] = Axis(choices=tuple(knob.choices))
-        elif not (math.isfinite(knob.low) and math.isfinite(knob.high)) or knob.low == knob.high:
-            fixed[key] = knob.default
-        elif knob.integer:
-            axes[key] = Axis(choices=tuple(range(int(math.ceil(knob.low)),
-                                                 int(math.floor(knob.high)) + 1)))
-        else:
-            axes[key] = Axis(knob.low, knob.high,
-                             log=knob.low > 0 and knob.high >= 10 * knob.low)
-    return axes, fixed
+_axes = axes_of  # one implementation, shared with the four learning experiments
 
 
 def _valid(name: str, config: dict, defaults: Mapping) -> dict:
@@ -453,7 +577,7 @@ def _valid(name: str, config: dict, defaults: Mapping) -> dict:
 
 def polyprog_units(name: str, *, scale: str = "small", book_dir: str | Path,
                    progress: bool = True, smoke: bool = False,
-                   ) -> tuple[list[Unit], list[TuningRow], int]:
+                   ) -> tuple[list[Unit], list[TuningRow], int, list]:
     """Polynomial programming (chapter 7) for registered estimator ``name`` beside the book's.
 
     The new estimator gets the protocol of ``scale`` and the same tuning: as many random-search
@@ -463,7 +587,9 @@ def polyprog_units(name: str, *, scale: str = "small", book_dir: str | Path,
     final gap per exponent), then the evaluation seeds. The book's estimators come from their
     stored results when the protocol is the stored one (``full``), else they are rerun into
     ``book_dir`` (resumable; the stored results are never touched). Returns the evaluation
-    units (``final_gap`` at the last step), the tuning rows and that budget.
+    units (``final_gap`` at the last step), the tuning rows, that budget, and the
+    ``ms_per_step`` rows of the new estimator and Straight-Through (timed interleaved by the
+    experiment's :func:`~.experiments.polyprog.time_steps`, the new one at its first choice).
     """
     from dataclasses import replace
 
@@ -486,6 +612,12 @@ def polyprog_units(name: str, *, scale: str = "small", book_dir: str | Path,
         budget = table["budget"]
         book = [u for u in table["units"] if u.metric == "final_gap"]
         tuning_rows = list(table["tuning"])
+    # only the main comparison's settings (one per exponent): the module's ablations and
+    # sweeps, when it has them, are no comparison for the new estimator
+    settings = {f"p={p:g}" for p in proto.config.powers}
+    book = [u for u in book if u.setting in settings]
+    tuning_rows = [t for t in tuning_rows
+                   if ":" not in t.tuned_on or t.tuned_on.split(":", 1)[0] in settings]
     spec = registry.get_spec(name)
     axes, fixed = _axes(spec.knobs)
     space = {"lr": pp.LR_AXIS, **axes}
@@ -515,7 +647,12 @@ def polyprog_units(name: str, *, scale: str = "small", book_dir: str | Path,
             f"p={p:g}: the book's tuning seeds, {budget} steps, mean final gap"
             + (f"; fixed (no finite range): {knob_string(fixed)}" if fixed else ""),
             knob_string(knobs), edge_of_space(knobs, space)))
-    return units, tuning_rows, budget
+    from .bench_experiments import cost_rows
+
+    knobs = {"st": {}, name: {k: v for k, v in chosen[0].items() if k != "lr"}}
+    block = 0.2 if scale == "full" and not smoke else 0.01
+    cost = cost_rows(pp.EXPERIMENT, lambda: pp.time_steps(proto, knobs, block_s=block), knobs)
+    return units, tuning_rows, budget, cost
 
 
 # ------------------------------------------------------------------------ the report
@@ -555,69 +692,14 @@ def _figure(rows: list[dict], title: str) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _ran(result: BenchResult) -> str:
-    ran = "the toy suite"
-    if result.polyprog is not None:
-        return (ran + " and polynomial programming (chapter 7); not run: the discrete VAE, "
-                "Sudoku, masked-diffusion and image guidance experiments")
-    return ran + "; not run: the five experiments of part III"
-
-
 def write_report(result: BenchResult, units: Sequence[Unit], shown: str) -> Path:
-    """``report.html``: what ran, the new estimator's verdicts against each rival per metric,
-    and the figure; standard library and matplotlib only, no network assets."""
-    esc = html.escape
-    rows = result.table()
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>Bench: {esc(shown)}</title><style>body{{font-family:sans-serif;"
-        "max-width:70em;margin:auto}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}"
-        ".better{background:#d8f0d8}.worse{background:#f6d6d6}</style></head><body>",
-        f"<h1>Bench of <code>{esc(result.name)}</code> ({esc(shown)})</h1>",
-        f"<p>Knobs: <code>{esc(knob_string(result.knobs) or 'none')}</code>. Toy suite of "
-        f"chapter 6: {result.n_problems} random problems per loss, {result.draws} gradient "
-        f"draws per problem and estimator, exact gradients by enumeration; {len(units)} units; "
-        f"{result.seconds:.0f} s. Ran: {esc(_ran(result))}. Verdicts by the book's rule "
-        "(paired t-interval on shared problems, "
-        "Holm over every row of verdicts.csv, declared margins: log 1.25 for log MSE and log "
-        "variance, 0.1 for the relative squared bias). diff = new - rival; lower is better "
-        "for every metric.</p>",
-    ]
-    for metric in ("log_mse", "bias2", "log_variance"):
-        parts.append(f"<h2>{esc(metric)}</h2><table><tr><th>loss</th><th>budget</th>"
-                     "<th>rival</th><th>n</th><th>diff</th><th>95 % CI</th><th>Holm p</th>"
-                     "<th>verdict</th></tr>")
-        for r in sorted((r for r in rows if r["metric"] == metric),
-                        key=lambda r: (LOSSES.index(r["setting"]), r["budget"], r["rival"])):
-            parts.append(
-                f"<tr><td>{esc(r['setting'])}</td><td>{r['budget']}</td>"
-                f"<td>{esc(r['rival'])}</td><td>{r['n']}</td><td>{r['diff']:.3g}</td>"
-                f"<td>[{r['ci_low']:.3g}, {r['ci_high']:.3g}]</td><td>{r['p_holm']:.2g}</td>"
-                f"<td class='{r['verdict']}'>{r['verdict']}</td></tr>")
-        parts.append("</table>")
-    if result.polyprog is not None:
-        parts.append("<h2>Polynomial programming (chapter 7): final gap</h2><p>Scale "
-                     f"{esc(result.scale)}; the new estimator tuned like the book's (same number "
-                     "of configurations, seeds and rule; tuning.csv in polyprog/); verdicts on "
-                     "the evaluation seeds, Holm over every row of polyprog/verdicts.csv; lower "
-                     "is better.</p><table><tr><th>setting</th><th>rival</th><th>n</th>"
-                     "<th>diff</th><th>95 % CI</th><th>Holm p</th><th>verdict</th></tr>")
-        for r in sorted(against(result.polyprog, result.name),
-                        key=lambda r: (r["setting"], r["rival"])):
-            parts.append(
-                f"<tr><td>{esc(r['setting'])}</td><td>{esc(r['rival'])}</td><td>{r['n']}</td>"
-                f"<td>{r['diff']:.3g}</td><td>[{r['ci_low']:.3g}, {r['ci_high']:.3g}]</td>"
-                f"<td>{r['p_holm']:.2g}</td><td class='{r['verdict']}'>{r['verdict']}</td>"
-                "</tr>")
-        parts.append("</table>")
-    png = _figure(rows, f"{shown} against the book's estimators (log MSE, 95 % CI)")
-    parts.append(f"<h2>Figure</h2><img alt='log MSE differences' src='data:image/png;base64,"
-                 f"{png}'></body></html>")
-    path = result.out / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    """``report.html`` (:func:`.bench_report.write_report`): the synthesis chapter's tables and
+    figures for the new estimator, then the toy suite's; no network assets."""
+    from .bench_report import write_report as write
+
+    del units, shown  # kept for the signature; the report reads the written tables back
+    return write(result, _figure(result.table(), f"{result.name} against the book's settings "
+                                                 "(toy suite, log MSE, 95 % CI)"))
 
 
 # ------------------------------------------------------------------------ command line
@@ -627,8 +709,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (2 for bad input, with the reason)."""
     parser = argparse.ArgumentParser(
         prog="python -m redge_mini.book.bench",
-        description="Benchmark an estimator of your own against the book's on the toy suite "
-                    "of chapter 6 (exact gradients, paired verdicts).")
+        description="Benchmark an estimator of your own against the book's: the toy suite of "
+                    "chapter 6 (exact gradients) and the five experiments of part III, with "
+                    "the book's tuning and paired verdicts.")
     parser.add_argument("target", help="MODULE:FUNCTION (MODULE a .py path or a module name)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--out", default="bench_out", help="folder for the tables and report")
@@ -637,8 +720,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="problems per loss (default: the scale's)")
     parser.add_argument("--draws", type=int, default=None,
                         help="gradient draws per problem (default: the scale's)")
-    parser.add_argument("--experiments", default="toy,polyprog",
-                        help="comma-separated, among toy,polyprog (default: both)")
+    parser.add_argument("--experiments", default=",".join(EXPERIMENTS),
+                        help=f"comma-separated, among {','.join(EXPERIMENTS)} (default: all; "
+                             "toy always runs)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="shrink every experiment's protocol to seconds (checks that "
+                             "everything runs; the verdicts mean nothing)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     experiments = tuple(e.strip() for e in args.experiments.split(",") if e.strip())
@@ -649,30 +736,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         name, fn, knobs = load_estimator(args.target, args.name)
         print(f"bench: {args.target} passed the checks; registered as {name!r} with knobs "
               f"{ {k: v.default for k, v in knobs.items()} }", flush=True)
-        part = ("polynomial programming (chapter 7); not run: the other four experiments"
-                if "polyprog" in experiments else "not run: the five experiments")
+        parts = [LONG_NAMES[e] for e in EXPERIMENTS if e in experiments and e != "toy"]
+        missing = [LONG_NAMES[e] for e in EXPERIMENTS if e not in experiments]
+        part = ((", ".join(parts) + ("; not run: " + ", ".join(missing) if missing else ""))
+                if parts else "not run: the five experiments")
         print(f"bench: running the toy suite (chapter 6); {part}", flush=True)
+        if args.scale == "full" and parts and not args.smoke:
+            minutes = sum(full_seconds(e) for e in experiments if e != "toy") / 60
+            print(f"bench: --scale full: about {minutes:.0f} minutes of experiments for one "
+                  "estimator on the machine of the stored runs (book/results/manifest.json)",
+                  flush=True)
         result = run_bench(fn, name, knobs, out=args.out, scale=args.scale,
                            n_problems=args.problems, draws=args.draws,
-                           progress=not args.no_progress, experiments=experiments)
+                           progress=not args.no_progress, experiments=experiments,
+                           smoke=args.smoke)
     except BenchError as error:
         print(f"bench: error: {error}", file=sys.stderr)
         return 2
-    counts: dict[str, int] = defaultdict(int)
-    for row in result.table():
-        counts[row["verdict"]] += 1
-    print(f"bench: done in {result.seconds:.0f} s; ran {_ran(result)}")
-    print(f"bench: toy suite, verdicts of {name} against the book's settings: "
-          f"{dict(sorted(counts.items()))}")
-    if result.polyprog is not None:
-        pp_counts: dict[str, int] = defaultdict(int)
-        for row in against(result.polyprog, name):
-            pp_counts[row["verdict"]] += 1
-        print(f"bench: polynomial programming, verdicts of {name}: "
-              f"{dict(sorted(pp_counts.items()))} (tables in {args.out}/polyprog)")
-    print(f"bench: wrote {args.out}/units.csv, summary.csv, verdicts.csv, tuning.csv, "
-          "report.html")
+    print(f"bench: done in {result.seconds:.0f} s; ran {result.ran_text()}")
+    for experiment in result.ran:
+        counts: dict[str, int] = defaultdict(int)
+        for row in result.rows(experiment):
+            counts[row["verdict"]] += 1
+        where = args.out if experiment == "toy" else f"{args.out}/{experiment}"
+        print(f"bench: {experiment}, verdicts of {name} against the book's series: "
+              f"{dict(sorted(counts.items()))} (tables in {where})")
+    _add_command(Path(args.out) / "bench.json", argv)
+    print(f"bench: wrote {args.out}/report.html and bench.json (times, commit, machine)")
     return 0
+
+
+def _add_command(path: Path, argv: Sequence[str] | None) -> None:
+    import json
+
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["command"] = ["python", "-m", "redge_mini.book.bench",
+                         *(sys.argv[1:] if argv is None else argv)]
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
