@@ -41,6 +41,7 @@ import redge_mini
 from redge_mini import estimators
 from redge_mini.book.runtime import device_name
 from redge_mini.book.timing import count_ops, make_call, time_interleaved
+from redge_mini.book.timing import peak_extra_bytes as measure_peak
 
 SMALL = ((64, 100), (200, 48, 2), (256, 128, 2), (1, 81, 9))
 LARGE = {"cpu": ((8, 128, 16384),), "cuda": ((8, 128, 16384), (64, 576, 16384))}
@@ -78,29 +79,15 @@ def _problem(shape: tuple[int, ...], device: torch.device, seed: int = 0):
     return logits, torch.randn(shape, generator=gen).to(device)
 
 
-def _status_kib(key: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{key}:\s+(\d+)", text).group(1))
-
-
 def peak_extra_bytes(who: str, name: str, shape: tuple[int, ...], device: str) -> int:
     """Peak memory of one call beyond the inputs, in this (fresh) process."""
     device = torch.device(device)
     logits, weights = _problem(shape, device)
     sampler = _sampler(who, name)
     make_call(sampler, logits[..., :1, :], weights[..., :1, :])()  # load code paths, tiny
-    call = make_call(sampler, logits, weights)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        call()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    base = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
-    call()
-    return (_status_kib("VmHWM") - base) * 1024
+    # VmHWM reset to VmRSS, one call, VmHWM - VmRSS (CUDA: the allocator's peak)
+    return int(measure_peak(make_call(sampler, logits, weights), device,
+                              release_freed=False))
 
 
 def _measure_memory(who: str, name: str, shape: tuple[int, ...], device: str, threads: int):

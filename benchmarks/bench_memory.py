@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
@@ -34,15 +32,11 @@ BOUND = 1.2
 """Issue 22: peak extra memory at most this multiple of gumbel_softmax's."""
 
 
-def _status_kib(key: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{key}:\s+(\d+)", text).group(1))
-
-
 def peak_extra_bytes(name: str, shape: tuple[int, ...], n_steps: int, store_bytes: int | None):
     """Peak RSS of one call beyond its inputs, in this (fresh) process."""
     import redge_mini
     from redge_mini import _cpp_sampler
+    from redge_mini.book.timing import peak_extra_bytes
 
     if store_bytes is not None and _cpp_sampler.available():
         _cpp_sampler.set_store_bytes(store_bytes)
@@ -63,10 +57,7 @@ def peak_extra_bytes(name: str, shape: tuple[int, ...], n_steps: int, store_byte
         (sampler(leaf) * w).sum().backward()
 
     call(logits[..., :1, :], weights[..., :1, :])
-    base = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    call(logits, weights)
-    return (_status_kib("VmHWM") - base) * 1024
+    return int(peak_extra_bytes(lambda: call(logits, weights), release_freed=False))
 
 
 def measure(name, shape, n_steps, threads, store_bytes=None) -> int:

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import math
 import re
 import statistics
 import timeit
@@ -32,8 +34,8 @@ from ..registry import ESTIMATORS, make_estimator
 from ..validation import check_int, check_real
 
 __all__ = [
-    "REFERENCE", "BenchmarkTable", "TimingRow", "count_ops", "make_call", "read_benchmark",
-    "stored_benchmarks", "median_ms", "time_estimators", "time_interleaved",
+    "REFERENCE", "BenchmarkTable", "TimingRow", "count_ops", "make_call", "peak_extra_bytes",
+    "read_benchmark", "stored_benchmarks", "median_ms", "time_estimators", "time_interleaved",
 ]
 
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -293,3 +295,67 @@ def stored_benchmarks(directory: str | Path | None = None) -> list[BenchmarkTabl
         except ValueError:
             continue
     return tables
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+_MALLOC_FIXED = False
+
+
+def _fix_mmap_threshold() -> bool:
+    """Make glibc serve every allocation above 128 KiB by ``mmap`` and return it to the system
+    when freed (``mallopt(M_MMAP_THRESHOLD)``, which also stops the threshold from growing), so
+    that the resident set follows the live tensors. False where there is no glibc."""
+    global _MALLOC_FIXED
+    if not _MALLOC_FIXED:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            _MALLOC_FIXED = bool(libc.mallopt(-3, 128 * 1024))  # -3: M_MMAP_THRESHOLD
+        except (OSError, AttributeError):
+            return False
+    return _MALLOC_FIXED
+
+
+def _status_kib(key: str) -> int:
+    text = Path("/proc/self/status").read_text(encoding="utf-8")
+    found = re.search(rf"^{key}:\s+(\d+)", text, re.MULTILINE)
+    if found is None:
+        raise OSError(f"no {key} in /proc/self/status")
+    return int(found.group(1))
+
+
+def peak_extra_bytes(call: Callable[[], object], device: torch.device | str | None = None, *,
+                     release_freed: bool = True) -> float:
+    """Peak memory of one ``call()`` beyond what was allocated before it, in bytes.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
+    memory allocated before. CPU (Linux): the process's resident-set high-water mark ``VmHWM``,
+    reset to the current ``VmRSS`` through ``/proc/self/clear_refs`` before the call, minus that
+    ``VmRSS``. With ``release_freed`` (the default), glibc's mmap threshold is first fixed at
+    128 KiB (:func:`_fix_mmap_threshold`) and ``call`` run once, so that every tensor buffer is
+    mapped when allocated and unmapped when freed: this counts everything the call allocates,
+    the compiled sampler's own buffers included (to a page), even in a process that has run
+    other work. Without it (the benchmarks, which measure in a fresh process after a tiny
+    warm-up call of their own) the call is measured as it comes. NaN where neither is
+    available.
+    """
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        call()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    if release_freed and not _fix_mmap_threshold():
+        return math.nan
+    try:
+        if release_freed:
+            call()  # the first call after the threshold change maps its buffers afresh
+        base = _status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")  # VmHWM := VmRSS
+        call()
+        return float(max(_status_kib("VmHWM") - base, 0) * 1024)
+    except OSError:
+        return math.nan

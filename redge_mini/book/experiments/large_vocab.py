@@ -55,7 +55,6 @@ disjoint from evaluation problems. ``units.csv``, ``summary.csv``, ``verdicts.cs
 
 from __future__ import annotations
 
-import ctypes
 import math
 import re
 import time
@@ -78,7 +77,7 @@ from ..ablations import (
     sweep_setting,
 )
 from ..ablations import write_results as write_with_ablations
-from ..timing import make_call, time_interleaved
+from ..timing import make_call, peak_extra_bytes, time_interleaved
 from ..toy import ToyObjective, make_toy_problem
 from . import Stages, add_summarise_option, check_seed_split, load_records, parse_cli
 from .summary import Row, knob_string, summary_row
@@ -495,62 +494,6 @@ def _ablation_units(records: list[dict[str, Any]], found: dict[tuple[str, int, s
 
 
 # --------------------------------------------------------------------------------- the cost
-
-
-_MALLOC_FIXED = False
-
-
-def _fix_mmap_threshold() -> bool:
-    """Make glibc serve every allocation above 128 KiB by ``mmap`` and return it to the system
-    when freed (``mallopt(M_MMAP_THRESHOLD)``, which also stops the threshold from growing), so
-    that the resident set follows the live tensors. False where there is no glibc."""
-    global _MALLOC_FIXED
-    if not _MALLOC_FIXED:
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            _MALLOC_FIXED = bool(libc.mallopt(-3, 128 * 1024))  # -3: M_MMAP_THRESHOLD
-        except (OSError, AttributeError):
-            return False
-    return _MALLOC_FIXED
-
-
-def _status_kib(key: str) -> int:
-    text = Path("/proc/self/status").read_text(encoding="utf-8")
-    found = re.search(rf"^{key}:\s+(\d+)", text, re.MULTILINE)
-    if found is None:
-        raise OSError(f"no {key} in /proc/self/status")
-    return int(found.group(1))
-
-
-def peak_extra_bytes(call: Any, device: torch.device | str | None = None) -> float:
-    """Peak memory of one ``call()`` beyond what was allocated before it, in bytes.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
-    memory allocated before. CPU (Linux): the process's resident-set high-water mark ``VmHWM``,
-    reset to the current ``VmRSS`` through ``/proc/self/clear_refs`` before the call, minus that
-    ``VmRSS``; with glibc's mmap threshold fixed at 128 KiB (:func:`_fix_mmap_threshold`) every
-    tensor buffer is mapped when allocated and unmapped when freed, so this counts everything
-    the call allocates, the compiled sampler's own buffers included (to a page). NaN where
-    neither is available.
-    """
-    device = torch.device("cpu" if device is None else device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        call()
-        torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - base)
-    if not _fix_mmap_threshold():
-        return math.nan
-    try:
-        call()  # the first call after the threshold change maps its buffers afresh
-        base = _status_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")  # VmHWM := VmRSS
-        call()
-        return float(max(_status_kib("VmHWM") - base, 0) * 1024)
-    except OSError:
-        return math.nan
 
 
 def memory_mib(proto: Protocol) -> int:
