@@ -19,24 +19,9 @@ from redge_mini.book.experiments import tuning as tuning_module
 from redge_mini.book.experiments.summary import read_summary
 from redge_mini.book.experiments.verdicts import read_tuning, read_units
 
-TEMPERED = '''
-import torch
-
-
-def st_tempered(logits, tau=2.0, hard=False, dim=-1, *, generator=None):
-    soft = torch.softmax(logits / tau, dim)
-    if not hard:
-        return soft
-    probs = torch.softmax(logits, dim).movedim(dim, -1)
-    rows = probs.reshape(-1, probs.shape[-1])
-    index = torch.multinomial(rows, 1, generator=generator)
-    one_hot = torch.zeros_like(rows).scatter(-1, index, 1.0)
-    one_hot = one_hot.reshape(probs.shape).movedim(-1, dim)
-    return (one_hot - soft).detach() + soft
-
-
-st_tempered.knobs = {"tau": (0.05, 20.0)}
-'''
+# the how-to page's example estimator (book/results/bench_example), as a user's own module
+TEMPERED = (Path(__file__).resolve().parents[1] / "book" / "results" / "bench_example"
+            / "my_estimators.py").read_text(encoding="utf-8")
 
 
 @pytest.fixture

@@ -4,23 +4,12 @@ own stages beside the pathwise ones, and the pinned set of pathwise estimators."
 from __future__ import annotations
 
 import torch
+from test_mdm_guidance import K, N, count_not_zero, tiny
 
-from redge_mini.book import masked_diffusion as md
 from redge_mini.book.experiments import mdm_guidance as e4
 from redge_mini.book.experiments.verdicts import read_tuning, read_units, read_verdicts
 from redge_mini.book.guidance import GuidanceConfig, guide_with_rates
 from redge_mini.registry import ESTIMATORS, register, unregister
-
-K, N = 4, 6
-
-
-def tiny() -> md.MaskedDenoiser:
-    torch.manual_seed(0)
-    return md.MaskedDenoiser(K, N, width=16, depth=1, heads=2).eval()
-
-
-def count_not_zero(x: torch.Tensor) -> torch.Tensor:
-    return (1.0 - x[..., 0]).sum(-1)
 
 
 def test_rloo_spends_exactly_the_pathwise_number_of_evaluations() -> None:
