@@ -11,9 +11,14 @@ The source is compiled with :func:`torch.utils.cpp_extension.load` the first tim
 reaches :func:`redge_mini._op.fused_sample` (about 30 s on 2 cores; it needs a C++
 compiler and ``ninja``, from the system or ``pip install ninja``) and cached in torch's
 extension folder (:func:`build_directory`) under a name that holds the torch version and a hash
-of the source, so a later process only imports it. If the build fails, one warning says why and
-the PyTorch path is used. Set the environment variable ``REDGE_MINI_CPP=0`` to never build or
-use it.
+of the source (and of the compiler flags), so a later process only imports it, and a changed
+source is built afresh under a new name: a cached build of another source is never loaded. Once
+loaded, the extension also registers the CPU and AutogradCPU kernels of the operators
+``torch.ops.redge_mini.sample`` and ``adjoint`` (defined in :mod:`redge_mini._op`; the dispatcher
+refuses a kernel whose signature does not match an operator's schema, which then counts as a
+failed build). If the build fails, one warning says why and the PyTorch path is used. Set the
+environment variable ``REDGE_MINI_CPP=0`` to never build or use it (the C++ kernels read it at
+every call too).
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ call, so it can be switched within a process."""
 FLAGS = ["-O3", "-fopenmp-simd"]
 """Compiler flags: ``-fopenmp-simd`` lets the row loops' reductions vectorise (no OpenMP
 runtime); the float32 kernels also carry an AVX2/FMA copy picked at load time on x86-64."""
+
+KERNEL_MODULE = "redge_mini._op"
+"""The module with the operators' Python kernels, which the C++ kernels call for what they do
+not run (``REDGE_MINI_CPP=0`` at the time of a call, dtypes other than float32/float64)."""
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -117,7 +126,12 @@ def load() -> ModuleType | None:
     with _lock:
         if _module is None and _failure is None:
             try:
-                _module = _build()
+                module = _build()
+                # the CPU kernels of torch.ops.redge_mini.sample/adjoint (defined by _op)
+                from .schedule import ALPHA_END
+
+                module.register_kernels(KERNEL_MODULE, ALPHA_END)
+                _module = module
             except Exception as error:  # no compiler, no ninja, a failed build
                 lines = str(error).strip().splitlines() or [""]
                 _failure = f"{type(error).__name__}: {lines[-1]}"

@@ -21,14 +21,26 @@ are :func:`torch.library.custom_op` operators; each call picks its kernel from t
 * the PyTorch reference of :mod:`redge_mini.diffusion` otherwise (its backward pass recomputes
   the trajectory, chunk by chunk).
 
+The C++ extension, when it loads (the first call on CPU builds or imports it), registers its own
+kernels for the operators with the dispatcher: CPU kernels (which compute the time grid in C++
+and hand back to the Python kernels :func:`_sample_kernel` and :func:`_adjoint_kernel` what they
+do not run: ``REDGE_MINI_CPP=0`` at the time of the call, dtypes other than float32/float64) and
+AutogradCPU kernels, which go straight on to the CPU kernels when no gradient is asked for (as in
+a compiled graph, whose forward and backward run without autograd) and otherwise hand over to
+:class:`_SampleFunction`, the registered derivative below as an autograd Function. A compiled
+graph on CPU thus calls C++ without a Python frame (measured by ``benchmarks/bench_compile.py``).
+
 ``register_autograd`` wires the adjoint in as the gradient (a ``create_graph=True`` backward
 differentiates :func:`redge_mini.diffusion.ddim_sample` instead, so double backward works),
 ``register_fake`` gives the output shapes to ``torch.compile`` (which then keeps the operator in
 its graph, with static or dynamic shapes), and ``register_vmap`` runs a batch as more rows of one
-call (the sampler is row-wise). :func:`fused_sample` calls the operator
-while ``torch.compile`` traces; eager calls keep the cheaper ``autograd.Function`` dispatch
-(several microseconds less per call) with the same kernels. Importing :mod:`redge_mini`
-registers the operators.
+call (the sampler is row-wise). :func:`fused_sample` calls the operator while ``torch.compile``
+traces and, eagerly, wherever the C++ kernels run (CPU float32/float64 tensors that no
+``torch.func`` transform has wrapped: the same values as :class:`_FusedSampler` on the ``"cpp"``
+backend, with less Python per call). Elsewhere it keeps :class:`_FusedSampler` (the PyTorch and
+Triton paths, whose PyTorch path may store the trajectory) and, for tensors wrapped by
+``torch.vmap``/``torch.func``, :class:`_FusedSamplerTransformable` on the PyTorch path; both
+through the public ``Function.apply``. Importing :mod:`redge_mini` registers the operators.
 """
 
 from typing import Literal
@@ -39,7 +51,7 @@ from torch import Tensor
 from . import _cpp_sampler
 from .diffusion import (
     _reinmax_step,
-    _transforms_active,
+    _wrapped,
     ddim_sample,
     inverse_cdf_sample,
 )
@@ -350,7 +362,7 @@ def _backend(logits: torch.Tensor) -> str:
     * ``"torch"`` otherwise, and always under ``torch.vmap`` (batched tensors have no data
       pointer a kernel could read) and while ``torch.compile`` traces (it sees torch operations).
     """
-    if torch._C._functorch.is_functorch_wrapped_tensor(logits):
+    if _wrapped(logits):
         return "torch"
     if logits.device.type == "cpu":
         if logits.dtype not in (torch.float32, torch.float64):
@@ -415,7 +427,7 @@ def check_sampler_inputs(
         if value.device != logits.device:
             raise ValueError(f"{name} must be on the device of logits ({logits.device}), got "
                              f"{value.device}")
-    tracing = torch.compiler.is_compiling() or _transforms_active()
+    tracing = torch.compiler.is_compiling() or _wrapped(uniform)
     if values and uniform.numel() and not tracing:
         if not bool(((uniform >= 0) & (uniform < 1)).all()):
             raise ValueError("uniform must hold values in [0, 1)")
@@ -448,8 +460,8 @@ def fused_sample(
     The arguments are checked by :func:`check_sampler_inputs` before any kernel runs. Non-finite
     logits (NaN, ``+inf``) and slices whose every entry is ``-inf``, which the estimators refuse
     while validation is on, give on every backend a NaN soft row and a NaN hard row. Under
-    ``torch.compile`` the sampler is the operator ``torch.ops.redge_mini.sample``
-    (:mod:`redge_mini._op`), which the compiled graph keeps whole.
+    ``torch.compile``, and eagerly where the C++ kernels run, the sampler is the operator
+    ``torch.ops.redge_mini.sample`` (:mod:`redge_mini._op`), which a compiled graph keeps whole.
     """
     check_sampler_inputs(logits, noise, uniform, get_validate_args())
     return _fused_sample(logits, noise, uniform, n_steps, t_1, variant)
@@ -464,8 +476,16 @@ def _fused_sample(logits, noise, uniform, n_steps, t_1, variant="plain"):
         hard, soft, _ = torch.ops.redge_mini.sample(logits, noise, uniform, n_steps, t_1,
                                                     variant)
         return hard, soft
-    # n_steps and t_1 are checked by time_grid (cached per valid pair)
-    backend = _backend(logits)
+    _cached(time_grid, n_steps, t_1)  # checks n_steps and t_1 (cached per valid pair)
+    # tensors wrapped by torch.vmap/torch.func (diffusion._wrapped) take the PyTorch path
+    transformed = _wrapped(logits) or _wrapped(noise) or _wrapped(uniform)
+    if not transformed and _cpp_runs(logits):
+        # the operator: the dispatcher goes to the extension's C++ kernels, and with a gradient
+        # asked for to _SampleFunction (whose forward calls them too)
+        hard, soft, _ = torch.ops.redge_mini.sample(logits, noise, uniform, n_steps, t_1,
+                                                    variant)
+        return hard, soft
+    backend = "torch" if transformed else _backend(logits)
     args = (logits, noise, uniform, n_steps, t_1, backend)
     if variant == "cov" and backend != "cpp":  # no PyTorch (or Triton) adjoint for ReDGE-cov
         soft = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, variant="cov").soft
@@ -476,15 +496,17 @@ def _fused_sample(logits, noise, uniform, n_steps, t_1, variant="plain"):
         return hard + _reinmax_surrogate(logits, hard, soft), soft
     if variant != "plain":
         args = (*args, variant)
-    if _transforms_active():
+    if transformed:
         hard, soft, *_ = _FusedSamplerTransformable.apply(*args)
         return hard, soft
-    # outside transforms and compilation, Function.apply only forwards to this (after ~5 us of
-    # checks for functorch wrappers, which cannot be present here)
-    return _BASE_APPLY(*args)
+    return _FusedSampler.apply(*args)
 
 
-_BASE_APPLY = super(torch.autograd.Function, _FusedSampler).apply
+def _cpp_runs(logits: torch.Tensor) -> bool:
+    """Whether the extension's kernels run for these (unwrapped) logits: float32 or float64 CPU
+    tensors, the extension switched on and built (which registers its kernels)."""
+    return (logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64)
+            and _cpp_sampler.available())
 
 
 VARIANTS = ("plain", "cov", "reindge")
@@ -515,6 +537,12 @@ def sample(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(hard, soft, drawn)`` of the fused sampler for ``(..., K)`` logits and noise and
     ``(..., 1)`` uniforms; ``drawn`` holds the categories, shape ``(...)``, int64."""
+    return _sample_kernel(logits, noise, uniform, n_steps, t_1, variant)
+
+
+def _sample_kernel(logits, noise, uniform, n_steps, t_1, variant):
+    """The Python kernel of :func:`sample` (every device; on CPU, until the C++ extension has
+    registered its own kernel, and after that for what it does not run)."""
     _check_variant(variant)
     shape, k = logits.shape, logits.shape[-1]
     which = kernel(logits, variant)
@@ -555,6 +583,12 @@ def adjoint(
     """Gradients of ``<grad, S(logits, noise)>`` in the logits and (``want_noise``; else an empty
     tensor) the noise. ReinDGE (``grad_hard`` and ``drawn`` given): plus ReinMax's step
     ``[(g . d) d - J(S)^T g] / 2``, ``g = grad_hard``, ``d = H - S``, at the drawn categories."""
+    return _adjoint_kernel(logits, noise, grad, grad_hard, drawn, n_steps, t_1, variant,
+                           want_noise)
+
+
+def _adjoint_kernel(logits, noise, grad, grad_hard, drawn, n_steps, t_1, variant, want_noise):
+    """The Python kernel of :func:`adjoint` (as :func:`_sample_kernel`)."""
     _check_variant(variant)
     shape, k = logits.shape, logits.shape[-1]
     rows, noise_rows, grad_rows = _rows(logits, k), _rows(noise, k), _rows(grad, k)
@@ -631,6 +665,31 @@ def _backward(ctx, grad_hard, grad_soft, _grad_drawn):
 
 
 sample.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _SampleFunction(torch.autograd.Function):
+    """:func:`sample` with the derivative registered above, as an autograd Function: the C++
+    extension's AutogradCPU kernel of the operator calls it (through :func:`_sample_autograd`)
+    when a gradient is asked for, and otherwise goes on to its CPU kernel without Python. (As
+    with custom_op's own autograd kernel, ``torch.func.grad`` of the operator itself is not
+    supported; the estimators are, through :class:`_FusedSamplerTransformable`.)"""
+
+    @staticmethod
+    def forward(ctx, logits, noise, uniform, n_steps, t_1, variant):
+        # (the combined form: Function.apply binds the arguments of a setup_context form with
+        # inspect.signature at every call, which costs more than the kernel on small problems)
+        output = sample(logits, noise, uniform, n_steps, t_1, variant)
+        _setup_context(ctx, (logits, noise, uniform, n_steps, t_1, variant), output)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_hard, grad_soft, grad_drawn):
+        return _backward(ctx, grad_hard, grad_soft, grad_drawn)
+
+
+def _sample_autograd(logits, noise, uniform, n_steps, t_1, variant):
+    return _SampleFunction.apply(logits, noise, uniform, n_steps, t_1, variant)
 
 
 def _front(tensor: Tensor | None, dim: int | None, size: int) -> Tensor | None:

@@ -219,10 +219,12 @@ def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, dim: int = -1
         index = (cdf < level).sum(dim=dim, keepdim=True)
     index = index.clamp(max=cdf.shape[dim] - 1)
     hard = torch.zeros_like(probs)
-    # out of place under functorch transforms (vmap has no batching rule for scatter_)
-    hard = hard.scatter(dim, index, 1.0) if _transforms_active() else hard.scatter_(dim, index, 1.0)
+    # out of place under torch.vmap (no batching rule for scatter_; in place, an unbatched hard
+    # cannot take a batched level): the same values
+    if _wrapped(probs) or _wrapped(uniform):
+        return hard.scatter(dim, index, 1.0) + level * 0.0
     # + 0 on a finite level (the values are unchanged), NaN on a NaN one
-    return hard + level * 0.0 if _transforms_active() else hard.add_(level * 0.0)
+    return hard.scatter_(dim, index, 1.0).add_(level * 0.0)
 
 
 def _softmax_vjp(probs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -240,10 +242,11 @@ def _reinmax_step(soft: torch.Tensor, hard: torch.Tensor, grad_hard: torch.Tenso
     return 0.5 * (along * direction - _softmax_vjp(soft, grad_hard))
 
 
-def _transforms_active() -> bool:
-    """Whether a functorch transform (vmap, grad, ...) is tracing this call."""
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return True if active is None else active()
+def _wrapped(tensor: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ...) has wrapped ``tensor`` (its
+    values cannot be read, in-place updates may not batch). The public
+    ``torch.func.debug_unwrap`` is only compared with its argument; its result is never used."""
+    return torch.func.debug_unwrap(tensor, recurse=False) is not tensor
 
 
 _MOVED = ("fused_sample", "check_sampler_inputs", "_backend", "_FusedSampler")

@@ -151,13 +151,13 @@ def test_public_calls_take_the_cpp_path_on_cpu():
         assert diffusion._backend(torch.zeros(2, 3, dtype=dtype)) == "cpp"
     # float16 and bfloat16 reach the sampler in float32 through the estimators
     assert diffusion._backend(torch.zeros(2, 3, dtype=torch.float16)) == "torch"
-    for fn, saved in ((estimators.redge, 3), (estimators.redge_cov, 3), (estimators.reindge, 4)):
+    for fn in (estimators.redge, estimators.redge_cov, estimators.reindge):
         logits = torch.randn(4, 6, requires_grad=True)
         y = fn(logits, 5, 0.5, hard=True, generator=torch.Generator().manual_seed(0))
-        # the C++ path: one node that keeps logits, noise and soft only (no trajectory; ReinDGE
-        # also its uniforms)
-        assert type(y.grad_fn).__name__ == "_FusedSamplerBackward"
-        assert len(y.grad_fn.saved_tensors) == saved
+        # the C++ path: the operator, one node that keeps logits, noise, soft and the drawn
+        # categories only (no trajectory)
+        assert type(y.grad_fn).__name__ == "_SampleFunctionBackward"
+        assert len(y.grad_fn.saved_tensors) == 4
 
 
 def test_switch_off_uses_the_torch_path(monkeypatch):
@@ -264,3 +264,116 @@ def test_checkpointed_adjoint_gives_the_same_bits(variant, n_steps):
         _cpp_sampler.set_store_bytes(previous)
     for checkpointed, stored in zip(*grads, strict=True):
         assert torch.equal(checkpointed, stored)
+
+
+# ---- the operators' C++ kernels (registered with the dispatcher by the extension) ----
+
+
+def test_the_kernels_time_grid_is_the_python_one_bit_for_bit():
+    from redge_mini.schedule import time_grid
+
+    module = _cpp_sampler.load()
+    gen = torch.Generator().manual_seed(8)
+    t_1s = [1.0, 0.5, 0.3, 1e-6, 0.9999, *torch.rand(30, generator=gen, dtype=F64).tolist()]
+    for n_steps in [*range(2, 40), 100, 257, 1000]:
+        for t_1 in t_1s:
+            alphas, sigmas = module.time_grid(n_steps, t_1)
+            assert (tuple(alphas), tuple(sigmas)) == time_grid(n_steps, t_1), (n_steps, t_1)
+
+
+def _python_calls_during(fn):
+    """Names of the Python functions of redge_mini and torch.library that run inside ``fn()``."""
+    import sys
+
+    seen = []
+
+    def profile(frame, event, arg):
+        name = frame.f_code.co_filename
+        if event == "call" and ("redge_mini" in name or "_library" in name):
+            seen.append(f"{name}:{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_the_operators_run_in_cpp_without_python_frames(dtype):
+    """What a torch.compile graph calls: the operators with no gradient asked for. The
+    dispatcher goes to the extension's AutogradCPU and CPU kernels, with no Python kernel."""
+    logits, noise, uniform, weights = _inputs((6, 2, 5), seed=9, dtype=dtype)
+    leaf = logits.clone().requires_grad_(True)  # grad mode off below: no gradient asked for
+    sample, adjoint = torch.ops.redge_mini.sample.default, torch.ops.redge_mini.adjoint.default
+    sample(logits, noise, uniform, 5, 0.5, "reindge")  # (registers the kernels if not yet)
+    out = {}
+    with torch.no_grad():
+        assert _python_calls_during(
+            lambda: out.update(s=sample(leaf, noise, uniform, 5, 0.5, "reindge"))) == []
+        hard, soft, drawn = out["s"]
+        assert _python_calls_during(lambda: out.update(a=adjoint(
+            logits, noise, weights, weights, drawn, 5, 0.5, "reindge", True))) == []
+    # the values of the extension's Python entry points
+    ref = _cpp_sampler.sample(logits.reshape(-1, 5), noise.reshape(-1, 5), uniform.reshape(-1),
+                              5, 0.5)
+    assert torch.equal(hard, ref[0].view(6, 2, 5)) and torch.equal(soft, ref[1].view(6, 2, 5))
+    assert torch.equal(drawn, ref[2].view(6, 2))
+    grads = _cpp_sampler.adjoint(logits.reshape(-1, 5), noise.reshape(-1, 5),
+                                 weights.reshape(-1, 5), 5, 0.5, True,
+                                 grad_hard=weights.reshape(-1, 5), drawn=drawn)
+    assert torch.equal(out["a"][0], grads[0].view(6, 2, 5))
+    assert torch.equal(out["a"][1], grads[1].view(6, 2, 5))
+
+
+def test_the_operators_cpu_kernels_hand_back_what_they_do_not_run(monkeypatch):
+    """REDGE_MINI_CPP=0 at the time of a call and float16 go to the Python kernel: the values
+    of the PyTorch path, bit for bit; errors name the argument."""
+    from redge_mini import _op
+
+    logits, noise, uniform, weights = _inputs((5, 7), seed=10)
+    sample = torch.ops.redge_mini.sample.default
+    sample(logits, noise, uniform, 5, 0.5, "plain")  # (registers the kernels if not yet)
+    monkeypatch.setenv("REDGE_MINI_CPP", "0")
+    for variant in ("plain", "cov", "reindge"):
+        ours = sample(logits, noise, uniform, 5, 0.5, variant)
+        ref = _op._sample_kernel(logits, noise, uniform, 5, 0.5, variant)
+        for a, b in zip(ours, ref, strict=True):
+            assert torch.equal(a, b)
+    monkeypatch.setenv("REDGE_MINI_CPP", "1")
+    half = sample(logits.half(), noise.half(), uniform.half(), 5, 0.5, "plain")
+    assert half[1].dtype == torch.float16 and torch.isfinite(half[1]).all()
+    for args, match in [((1, 0.5, "plain"), "n_steps must lie in"),
+                        ((5, 0.0, "plain"), "t_1 must lie in"),
+                        ((5, float("nan"), "plain"), "t_1 must lie in"),
+                        ((5, 0.5, "other"), "variant must be one of")]:
+        with pytest.raises(ValueError, match=match):
+            sample(logits, noise, uniform, *args)
+    leaf = logits.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="adjoint is not differentiable"):
+        torch.ops.redge_mini.adjoint(leaf, noise, weights, None, None, 5, 0.5, "plain", False)
+
+
+@pytest.mark.parametrize("variant", ["plain", "cov", "reindge"])
+def test_the_operators_gradient_on_cpu_is_the_fused_samplers(variant):
+    """With a gradient asked for, the AutogradCPU kernel hands over to the operator's registered
+    derivative: the same values as the eager autograd Function (and double backward works)."""
+    logits, noise, uniform, weights = _inputs((4, 3, 6), seed=11)
+    leaves = [t.clone().requires_grad_(True) for t in (logits, noise)]
+    hard, soft, _ = torch.ops.redge_mini.sample(*leaves, uniform, 5, 0.5, variant)
+    ours = torch.autograd.grad((hard * weights).sum() + (soft * weights.flip(-1)).sum(), leaves)
+    ref_leaves = [t.clone().requires_grad_(True) for t in (logits, noise)]
+    extra = (variant,) if variant != "plain" else ()
+    hard_r, soft_r = diffusion._FusedSampler.apply(*ref_leaves, uniform, 5, 0.5, "cpp", *extra)
+    ref = torch.autograd.grad((hard_r * weights).sum() + (soft_r * weights.flip(-1)).sum(),
+                              ref_leaves)
+    assert torch.equal(hard, hard_r) and torch.equal(soft, soft_r)
+    for a, b in zip(ours, ref, strict=True):
+        assert torch.equal(a, b)
+    leaf = logits.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda lg: torch.autograd.grad(
+            (torch.ops.redge_mini.sample(lg, noise, uniform, 5, 0.5, variant)[1] * weights).sum(),
+            lg, create_graph=True)[0],
+        (leaf,))

@@ -13,6 +13,7 @@
 //   g_{D_j} = b_j g_{x_{j-1}},  g_w = J(D_j)^T g_{D_j},  g_logits += g_w,
 //   g_{x_j} = r_j g_{x_{j-1}} + c_j g_w.
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include <ATen/Parallel.h>
 
@@ -20,7 +21,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <limits>
 #include <optional>
 #include <type_traits>
@@ -614,6 +618,195 @@ int64_t set_store_bytes(int64_t bytes) {
   return store_bytes.exchange(bytes);
 }
 
+// ---- The operators torch.ops.redge_mini.sample and .adjoint on CPU tensors ----
+//
+// redge_mini._op defines both operators (schema, fake tensors, autograd, vmap) and a Python
+// kernel for every device. register_kernels() adds the two functions below as their CPU
+// kernels, so that a call on CPU tensors (in eager code or from a torch.compile graph) goes from
+// the dispatcher to C++ with no Python frame: the time grid is computed here, with the same
+// floating-point operations as redge_mini.schedule.time_grid. What this file does not run
+// (REDGE_MINI_CPP=0 at the time of the call, a dtype other than float32/float64) goes back to
+// the Python kernel, named by register_kernels.
+
+double alpha_end = 0.0;             // redge_mini.schedule.ALPHA_END, set by register_kernels
+std::string fallback_module;        // the module holding the Python kernels
+torch::Library* library = nullptr;  // the registration (kept for the life of the process)
+
+// REDGE_MINI_CPP, read at every call as redge_mini._cpp_sampler.enabled() does: anything but
+// "0" (surrounding white space ignored) leaves the extension on.
+bool enabled() {
+  const char* value = std::getenv("REDGE_MINI_CPP");
+  if (value == nullptr) return true;
+  std::string s(value);
+  const char* space = " \t\n\r\f\v";
+  const auto first = s.find_first_not_of(space);
+  if (first == std::string::npos) return true;
+  s = s.substr(first, s.find_last_not_of(space) - first + 1);
+  return s != "0";
+}
+
+// alpha_0 = 1, alpha_1..alpha_{n-1} = linspace(1 - t_1, ALPHA_END, n - 1), sigma = 1 - alpha: the
+// operations of schedule.time_grid in its order (start + j * step, each product rounded before
+// the sum: the volatile keeps a compiler from fusing them into one FMA), so the same doubles.
+std::pair<std::vector<double>, std::vector<double>> time_grid(int64_t n_steps, double t_1) {
+  TORCH_CHECK_VALUE(n_steps >= 2, "n_steps must lie in [2, inf), got ", n_steps);
+  TORCH_CHECK_VALUE(std::isfinite(t_1) && t_1 > 0.0 && t_1 <= 1.0,
+                    "t_1 must lie in (0, 1], got ", t_1);
+  TORCH_CHECK(alpha_end > 0.0, "the time grid's end is not set (register_kernels)");
+  const double start = 1.0 - t_1;
+  std::vector<double> alphas{1.0};
+  if (n_steps == 2) {
+    alphas.push_back(start);
+  } else {
+    const double step = (alpha_end - start) / static_cast<double>(n_steps - 2);
+    for (int64_t j = 0; j < n_steps - 2; ++j) {
+      volatile double move = static_cast<double>(j) * step;
+      alphas.push_back(start + move);
+    }
+    alphas.push_back(alpha_end);
+  }
+  std::vector<double> sigmas;
+  for (double a : alphas) sigmas.push_back(1.0 - a);
+  return {alphas, sigmas};
+}
+
+int variant_code(c10::string_view variant) {  // 0 plain, 1 cov, 2 reindge
+  if (variant == "plain") return 0;
+  if (variant == "cov") return 1;
+  if (variant == "reindge") return 2;
+  TORCH_CHECK_VALUE(false, "variant must be one of ('plain', 'cov', 'reindge'), got '",
+                    std::string(variant), "'");
+  return -1;
+}
+
+bool runs_here(const at::Tensor& logits) {
+  const auto dtype = logits.scalar_type();
+  return (dtype == at::kFloat || dtype == at::kDouble) && enabled();
+}
+
+// Calls the Python kernel ``name`` of fallback_module (with the GIL); its errors travel back to
+// Python unchanged.
+template <typename Result, typename... Args>
+Result python_kernel(const char* name, Args&&... args) {
+  py::gil_scoped_acquire gil;
+  py::object kernel = py::module_::import(fallback_module.c_str()).attr(name);
+  return kernel(std::forward<Args>(args)...).template cast<Result>();
+}
+
+at::Tensor as_rows(const at::Tensor& t, int64_t k) {
+  return (t.dim() == 2 ? t : t.reshape({-1, k})).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_op(
+    const at::Tensor& logits, const at::Tensor& noise, const at::Tensor& uniform,
+    int64_t n_steps, double t_1, c10::string_view variant) {
+  const int code = variant_code(variant);
+  if (!runs_here(logits)) {
+    return python_kernel<std::tuple<at::Tensor, at::Tensor, at::Tensor>>(
+        "_sample_kernel", logits, noise, uniform, n_steps, t_1, std::string(variant));
+  }
+  TORCH_CHECK_VALUE(logits.dim() >= 1, "logits must have at least one dimension");
+  const auto grid = time_grid(n_steps, t_1);
+  const auto shape = logits.sizes();
+  const int64_t k = shape.back();
+  auto out = sample(as_rows(logits, k), as_rows(noise, k), uniform.reshape({-1}).contiguous(),
+                    grid.first, grid.second, code == 1, true);
+  return {out[0].view(shape), out[1].view(shape), out[2].view(shape.slice(0, shape.size() - 1))};
+}
+
+std::tuple<at::Tensor, at::Tensor> adjoint_op(
+    const at::Tensor& logits, const at::Tensor& noise, const at::Tensor& grad,
+    const std::optional<at::Tensor>& grad_hard, const std::optional<at::Tensor>& drawn,
+    int64_t n_steps, double t_1, c10::string_view variant, bool want_noise) {
+  const int code = variant_code(variant);
+  if (!runs_here(logits)) {
+    return python_kernel<std::tuple<at::Tensor, at::Tensor>>(
+        "_adjoint_kernel", logits, noise, grad, grad_hard, drawn, n_steps, t_1,
+        std::string(variant), want_noise);
+  }
+  TORCH_CHECK_VALUE(logits.dim() >= 1, "logits must have at least one dimension");
+  const auto grid = time_grid(n_steps, t_1);
+  const auto shape = logits.sizes();
+  const int64_t k = shape.back();
+  const bool reinmax = grad_hard.has_value() && drawn.has_value();
+  std::optional<at::Tensor> hard_rows, drawn_rows;
+  if (reinmax) {
+    hard_rows = as_rows(*grad_hard, k);
+    drawn_rows = drawn->reshape({-1}).contiguous();
+  }
+  auto out = adjoint(as_rows(logits, k), as_rows(noise, k), as_rows(grad, k), grid.first,
+                     grid.second, code == 1 && !reinmax, want_noise, hard_rows, drawn_rows);
+  at::Tensor grad_noise = want_noise ? out[1].view(shape) : at::empty({0}, logits.options());
+  return {out[0].view(shape), grad_noise};
+}
+
+// The AutogradCPU kernels. When no gradient is asked for (grad mode off, or no input requires
+// grad: always the case inside a compiled graph, whose forward and backward run without autograd)
+// they go straight on to the CPU kernels above, as custom_op's Python autograd kernel would, but
+// without its Python frames. Otherwise sample hands over to the Python autograd.Function that
+// carries the operator's registered derivative (_op._SampleFunction); adjoint has no derivative
+// (a create_graph=True backward differentiates the reference sampler instead).
+bool needs_grad(std::initializer_list<const at::Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : tensors) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_autograd(
+    c10::DispatchKeySet keys, const at::Tensor& logits, const at::Tensor& noise,
+    const at::Tensor& uniform, int64_t n_steps, double t_1, c10::string_view variant) {
+  if (needs_grad({&logits, &noise, &uniform})) {
+    return python_kernel<std::tuple<at::Tensor, at::Tensor, at::Tensor>>(
+        "_sample_autograd", logits, noise, uniform, n_steps, t_1, std::string(variant));
+  }
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("redge_mini::sample", "")
+                             .typed<decltype(sample_op)>();
+  at::AutoDispatchBelowAutograd guard;
+  return op.redispatch(keys & c10::after_autograd_keyset, logits, noise, uniform, n_steps, t_1,
+                       variant);
+}
+
+std::tuple<at::Tensor, at::Tensor> adjoint_autograd(
+    c10::DispatchKeySet keys, const at::Tensor& logits, const at::Tensor& noise,
+    const at::Tensor& grad, const std::optional<at::Tensor>& grad_hard,
+    const std::optional<at::Tensor>& drawn, int64_t n_steps, double t_1,
+    c10::string_view variant, bool want_noise) {
+  const at::Tensor none;
+  TORCH_CHECK(!needs_grad({&logits, &noise, &grad, grad_hard ? &*grad_hard : &none}),
+              "redge_mini::adjoint is not differentiable (a create_graph=True backward of "
+              "redge_mini::sample differentiates the reference sampler instead)");
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("redge_mini::adjoint", "")
+                             .typed<decltype(adjoint_op)>();
+  at::AutoDispatchBelowAutograd guard;
+  return op.redispatch(keys & c10::after_autograd_keyset, logits, noise, grad, grad_hard, drawn,
+                       n_steps, t_1, variant, want_noise);
+}
+
+// Registers sample_op and adjoint_op as the CPU kernels of redge_mini::sample and
+// redge_mini::adjoint, and the two functions above as their AutogradCPU kernels (once per
+// process; the operators must be defined by then).
+bool register_kernels(const std::string& module, double end) {
+  if (library != nullptr) return false;
+  TORCH_CHECK(end > 0.0 && end < 1.0, "alpha_end must lie in (0, 1)");
+  fallback_module = module;
+  alpha_end = end;
+  auto cpu = std::make_unique<torch::Library>(torch::Library::IMPL, "redge_mini",
+                                              c10::DispatchKey::CPU, __FILE__, __LINE__);
+  cpu->impl("sample", TORCH_FN(sample_op));
+  cpu->impl("adjoint", TORCH_FN(adjoint_op));
+  auto autograd = std::make_unique<torch::Library>(
+      torch::Library::IMPL, "redge_mini", c10::DispatchKey::AutogradCPU, __FILE__, __LINE__);
+  autograd->impl("sample", TORCH_FN(sample_autograd));
+  autograd->impl("adjoint", TORCH_FN(adjoint_autograd));
+  library = cpu.release();
+  autograd.release();
+  return true;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -623,6 +816,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adjoint", &adjoint,
         "Gradients of <grad, S> in the logits (and the noise); with grad_hard and the drawn "
         "categories, plus ReinDGE's ReinMax step for the hard sample's part");
+  m.def("register_kernels", &register_kernels,
+        "Register the CPU kernels of redge_mini::sample and ::adjoint (Python kernels in the "
+        "given module for what they do not run; the time grid's last alpha); False if done");
+  m.def("time_grid", &time_grid, "The (alphas, sigmas) the CPU kernels use (for tests)");
   m.def("set_store_bytes", &set_store_bytes,
         "Bytes of denoiser outputs per thread above which the adjoint checkpoints; returns the "
         "previous value");
