@@ -51,6 +51,10 @@ KERNEL_MODULE = "redge_mini._op"
 """The module with the operators' Python kernels, which the C++ kernels call for what they do
 not run (``REDGE_MINI_CPP=0`` at the time of a call, dtypes other than float32/float64)."""
 
+TABLE_MODULE = "redge_mini.schedule"
+"""The module with :func:`~redge_mini.schedule.step_tensor`, the step coefficients that the C++
+kernels read (the operators' kernels fetch each ``(n_steps, t_1)``'s table from it once)."""
+
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _failure: str | None = None
@@ -128,9 +132,7 @@ def load() -> ModuleType | None:
             try:
                 module = _build()
                 # the CPU kernels of torch.ops.redge_mini.sample/adjoint (defined by _op)
-                from .schedule import ALPHA_END
-
-                module.register_kernels(KERNEL_MODULE, ALPHA_END)
+                module.register_kernels(KERNEL_MODULE, TABLE_MODULE)
                 _module = module
             except Exception as error:  # no compiler, no ninja, a failed build
                 lines = str(error).strip().splitlines() or [""]
@@ -154,10 +156,10 @@ def failure() -> str | None:
     return _failure
 
 
-def _grid(n_steps: int, t_1: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from .schedule import cached, time_grid
+def _table(n_steps: int, t_1: float) -> torch.Tensor:
+    from .schedule import cached, step_tensor
 
-    return cached(time_grid, n_steps, t_1)
+    return cached(step_tensor, n_steps, t_1)
 
 
 def _extension() -> ModuleType:
@@ -189,9 +191,8 @@ def sample(
     soft sample (or uniform) is NaN (non-finite logits, or every category masked) gets a NaN hard
     row (and category 0 in ``drawn``)."""
     cov = _is_cov(variant)
-    alphas, sigmas = _grid(n_steps, t_1)
     out = _extension().sample(
-        logits.contiguous(), noise.contiguous(), uniform.contiguous(), alphas, sigmas, cov,
+        logits.contiguous(), noise.contiguous(), uniform.contiguous(), _table(n_steps, t_1), cov,
         want_drawn,
     )
     return out[0], out[1], (out[2] if want_drawn else None)
@@ -216,11 +217,10 @@ def adjoint(
     ``d = H - S`` (plain sampler only).
     """
     cov = _is_cov(variant)
-    alphas, sigmas = _grid(n_steps, t_1)
     reinmax = (None, None) if grad_hard is None else (grad_hard.contiguous(),
                                                       drawn.reshape(-1).contiguous())
     out = _extension().adjoint(
-        logits.contiguous(), noise.contiguous(), grad.contiguous(), alphas, sigmas, cov,
+        logits.contiguous(), noise.contiguous(), grad.contiguous(), _table(n_steps, t_1), cov,
         want_noise, *reinmax,
     )
     return out[0], (out[1] if want_noise else None)

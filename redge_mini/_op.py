@@ -22,9 +22,10 @@ are :func:`torch.library.custom_op` operators; each call picks its kernel from t
   the trajectory, chunk by chunk).
 
 The C++ extension, when it loads (the first call on CPU builds or imports it), registers its own
-kernels for the operators with the dispatcher: CPU kernels (which compute the time grid in C++
-and hand back to the Python kernels :func:`_sample_kernel` and :func:`_adjoint_kernel` what they
-do not run: ``REDGE_MINI_CPP=0`` at the time of the call, dtypes other than float32/float64) and
+kernels for the operators with the dispatcher: CPU kernels (which read the step coefficients of
+:func:`redge_mini.schedule.step_tensor`, fetched once per ``(n_steps, t_1)``, and hand back to
+the Python kernels :func:`_sample_kernel` and :func:`_adjoint_kernel` what they do not run:
+``REDGE_MINI_CPP=0`` at the time of the call, dtypes other than float32/float64) and
 AutogradCPU kernels, which go straight on to the CPU kernels when no gradient is asked for (as in
 a compiled graph, whose forward and backward run without autograd) and otherwise hand over to
 :class:`_SampleFunction`, the registered derivative below as an autograd Function. A compiled

@@ -40,16 +40,14 @@ MAX_K = 16384
 
 @functools.lru_cache(maxsize=64)
 def _coefficients(n_steps: int, t_1: float, device: torch.device) -> torch.Tensor:
-    """``(3, n_steps)`` float32 table of ``c_j = alpha_j / sigma_j^2``,
-    ``r_j = sigma_{j-1} / sigma_j`` and ``b_j = alpha_{j-1} - r_j alpha_j`` (``r_1 = b_1 = 0``),
-    cached per device: no host-to-device copy per call."""
-    from .schedule import time_grid
+    """``(3, n_steps)`` float32 copy of the rows ``c_j = alpha_j / sigma_j^2``,
+    ``r_j = sigma_{j-1} / sigma_j`` and ``b_j = alpha_{j-1} - r_j alpha_j`` (``r_1 = b_1 = 0``) of
+    :func:`redge_mini.schedule.step_table`, the step coefficients every backend reads; cached per
+    device: no host-to-device copy per call."""
+    from .schedule import step_table
 
-    alphas, sigmas = time_grid(n_steps, t_1)
-    c = [0.0] + [alphas[j] / sigmas[j] ** 2 for j in range(1, n_steps)]
-    r = [0.0, 0.0] + [sigmas[j - 1] / sigmas[j] for j in range(2, n_steps)]
-    b = [0.0, 0.0] + [alphas[j - 1] - r[j] * alphas[j] for j in range(2, n_steps)]
-    return torch.tensor([c, r, b], dtype=torch.float32, device=device)
+    table = step_table(n_steps, t_1)
+    return torch.tensor([table.c, table.r, table.b], dtype=torch.float32, device=device)
 
 
 if AVAILABLE:

@@ -9,7 +9,8 @@ stopping time ``t_1`` and returns the soft sample ``S = D_{t_1}(x)`` that ReDGE 
 :func:`inverse_cdf_sample` draws the hard sample ``H ~ Cat(S)``. This is the reference
 mathematics; the fast fused sampler built on it (C++, Triton and PyTorch backends, a torch
 operator) is :func:`redge_mini._op.fused_sample`, also reachable as ``diffusion.fused_sample``.
-The time grid is in :mod:`redge_mini.schedule`.
+The time grid and the one table of step coefficients that every backend reads are in
+:mod:`redge_mini.schedule`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from .schedule import ALPHA_END, adjoint_coefficients, time_grid  # noqa: F401 (public)
+from .schedule import (  # noqa: F401 (public)
+    ALPHA_END,
+    adjoint_coefficients,
+    step_table,
+    time_grid,
+)
 from .schedule import cached as _cached
 
 MIN_VARIANCE = 0.1
@@ -144,18 +150,20 @@ def ddim_sample(
         )
     if trajectory not in (False, True, "denoised"):
         raise ValueError(f"trajectory must be True, False or 'denoised', got {trajectory!r}")
-    alphas, sigmas = _cached(time_grid, n_steps, t_1)
+    table = _cached(step_table, n_steps, t_1)
+    alphas, sigmas, scale = table.alpha, table.sigma, table.scale
     last = n_steps - 1
     # The state is carried as x_j = scale_j u_j with scale_j = sigma_j / sigma_last, so that the
     # DDIM move x_{j-1} = (sigma_{j-1} / sigma_j) x_j + b_j D_j (ddim_step, with
     # b_j = alpha_{j-1} - alpha_j sigma_{j-1} / sigma_j) is one in-place update
-    # u += (b_j / scale_{j-1}) D_j, and scale_j folds into the denoiser's coefficient.
-    scale = [sigma / sigmas[last] for sigma in sigmas]
+    # u += (b_j / scale_{j-1}) D_j (table.move), and scale_j folds into the denoiser's weight
+    # alpha_j scale_j / sigma_j^2 (table.weight): the coefficients of schedule.step_table, which
+    # the C++ and Triton kernels read too.
     if variant == "plain":
         u = noise
 
         def log_weights_at(u: torch.Tensor, j: int) -> torch.Tensor:
-            return posterior_logits(u, logits, alphas[j] * scale[j], sigmas[j])
+            return torch.add(logits, u, alpha=table.weight[j])  # posterior_logits of x_j
 
     elif variant == "cov":
         probs, var = reference_moments(logits, dim)
@@ -176,7 +184,7 @@ def ddim_sample(
             denoised.append(x0_hat)
             if trajectory is True:
                 states.append(u if j == last else u * scale[j])
-        step = (alphas[j - 1] - sigmas[j - 1] / sigmas[j] * alphas[j]) / scale[j - 1]
+        step = table.move[j]
         if j == last:  # out of place: u is still the caller's noise (or the cov start)
             u = torch.add(u, x0_hat, alpha=step)
         else:

@@ -269,16 +269,22 @@ def test_checkpointed_adjoint_gives_the_same_bits(variant, n_steps):
 # ---- the operators' C++ kernels (registered with the dispatcher by the extension) ----
 
 
-def test_the_kernels_time_grid_is_the_python_one_bit_for_bit():
-    from redge_mini.schedule import time_grid
+def test_the_operators_kernels_read_the_schedules_step_table():
+    """The CPU kernels take their coefficients from schedule.step_tensor (fetched once per
+    (n_steps, t_1)), and check n_steps and t_1 themselves."""
+    from redge_mini.schedule import step_tensor
 
     module = _cpp_sampler.load()
-    gen = torch.Generator().manual_seed(8)
-    t_1s = [1.0, 0.5, 0.3, 1e-6, 0.9999, *torch.rand(30, generator=gen, dtype=F64).tolist()]
-    for n_steps in [*range(2, 40), 100, 257, 1000]:
-        for t_1 in t_1s:
-            alphas, sigmas = module.time_grid(n_steps, t_1)
-            assert (tuple(alphas), tuple(sigmas)) == time_grid(n_steps, t_1), (n_steps, t_1)
+    for n_steps, t_1 in [(2, 1.0), (5, 0.5), (257, 0.3), (1000, 1e-6)]:
+        assert torch.equal(module.step_tensor(n_steps, t_1), step_tensor(n_steps, t_1))
+    for n_steps, t_1, match in [(1, 0.5, "n_steps"), (5, 0.0, "t_1"), (5, float("nan"), "t_1")]:
+        with pytest.raises(ValueError, match=match):
+            module.step_tensor(n_steps, t_1)
+    # the operator with a fresh (n_steps, t_1) equals the extension's Python entry point
+    logits, noise, uniform, _ = _inputs((4, 6), seed=3, dtype=F32)
+    hard, soft, _ = torch.ops.redge_mini.sample(logits, noise, uniform, 7, 0.4321, "plain")
+    ref = _cpp_sampler.sample(logits, noise, uniform.reshape(-1), 7, 0.4321)
+    assert torch.equal(hard, ref[0]) and torch.equal(soft, ref[1])
 
 
 def _python_calls_during(fn):

@@ -186,3 +186,56 @@ def test_bad_shapes_are_refused_by_name():
         fused_sample(logits, noise, uniform[:, 0], n_steps=5, t_1=0.5)
     with pytest.raises(ValueError, match="n_steps"):
         fused_sample(logits, noise, uniform, n_steps=1, t_1=0.5)
+
+
+@pytest.mark.parametrize("n_steps,t_1", [(2, 0.5), (3, 1.0), (9, 0.05), (50, 0.3)])
+def test_step_table_is_its_definition_in_exact_arithmetic(n_steps, t_1):
+    """Every coefficient of schedule.step_table (the one table all backends read) against its
+    definition from the time grid, evaluated with exact rationals."""
+    from fractions import Fraction
+
+    from redge_mini.schedule import STEP_COLUMNS, step_table, step_tensor, time_grid
+
+    alphas, sigmas = (list(map(Fraction, v)) for v in time_grid(n_steps, t_1))
+    table, last = step_table(n_steps, t_1), n_steps - 1
+    scale = [s / sigmas[last] for s in sigmas]
+    c = [Fraction(0)] + [alphas[j] / sigmas[j] ** 2 for j in range(1, n_steps)]
+    r = [Fraction(0)] * 2 + [sigmas[j - 1] / sigmas[j] for j in range(2, n_steps)]
+    b = [Fraction(0)] * 2 + [alphas[j - 1] - r[j] * alphas[j] for j in range(2, n_steps)]
+    k = [Fraction(0)] + [c[1] * sigmas[1] / sigmas[j] for j in range(1, n_steps)]
+    exact = dict(
+        alpha=alphas, sigma=sigmas, c=c, r=r, b=b, scale=scale,
+        weight=[c[j] * scale[j] for j in range(n_steps)],
+        move=[Fraction(0)] * 2 + [b[j] / scale[j - 1] for j in range(2, n_steps)],
+        k=k, to_logits=[Fraction(0), Fraction(1)] + [b[j] * k[j - 1] for j in range(2, n_steps)],
+        to_state=[Fraction(0)] * 2 + [c[j] * b[j] / r[j] for j in range(2, n_steps)],
+    )
+    assert set(exact) == set(STEP_COLUMNS)
+    for name in STEP_COLUMNS:
+        for ours, truth in zip(getattr(table, name), exact[name], strict=True):
+            assert abs(Fraction(ours) - truth) <= 1e-14 * max(abs(truth), 1), (name, ours)
+    assert torch.equal(step_tensor(n_steps, t_1), torch.tensor(table, dtype=F64))
+
+
+@pytest.mark.parametrize("variant", ["plain", "cov"])
+def test_ddim_sample_equals_the_textbook_ddim_loop(variant):
+    """ddim_sample (the table's coefficients, rescaled state) against the DDIM move written
+    with the grid's alpha and sigma (diffusion.ddim_step and the denoisers), float64."""
+    from redge_mini.diffusion import ddim_step, denoise, denoise_cov, reference_moments
+    from redge_mini.schedule import time_grid
+
+    logits, noise, _, _ = _inputs((6, 7), seed=4)
+    n_steps, t_1 = 12, 0.2
+    alphas, sigmas = time_grid(n_steps, t_1)
+    probs, var = reference_moments(logits)
+    x = noise if variant == "plain" else probs + var.sqrt() * noise
+
+    def d(x, j):
+        if variant == "plain":
+            return denoise(x, logits, alphas[j], sigmas[j])
+        return denoise_cov(x, logits, probs, var, alphas[j], sigmas[j])
+
+    for j in range(n_steps - 1, 1, -1):
+        x = ddim_step(x, d(x, j), alphas[j - 1], sigmas[j - 1], alphas[j], sigmas[j])
+    soft = ddim_sample(logits, noise, n_steps=n_steps, t_1=t_1, variant=variant).soft
+    torch.testing.assert_close(soft, d(x, 1), rtol=1e-12, atol=1e-14)

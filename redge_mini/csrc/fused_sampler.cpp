@@ -12,6 +12,7 @@
 // stored between the passes) and walks back:
 //   g_{D_j} = b_j g_{x_{j-1}},  g_w = J(D_j)^T g_{D_j},  g_logits += g_w,
 //   g_{x_j} = r_j g_{x_{j-1}} + c_j g_w.
+// The coefficients are read from redge_mini.schedule.step_table (see Grid).
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -23,6 +24,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <limits>
@@ -139,23 +142,32 @@ REDGE_INLINE void softmax_vjp(const T* d, const T* g, T scale, T* out, int64_t k
   for (int64_t i = 0; i < k; ++i) at(out, i) -= at(d, i) * dot;
 }
 
+// The step coefficients of one call, j = 0, ..., n_steps - 1: alpha_j, sigma_j,
+// c_j = alpha_j / sigma_j^2, r_j = sigma_{j-1} / sigma_j, b_j = alpha_{j-1} - r_j alpha_j
+// (r_1 = b_1 = 0). Nothing is derived here: every number is a row of
+// redge_mini.schedule.step_tensor, the one table of step coefficients (float64), which the
+// PyTorch and Triton backends read too.
+enum Column : int64_t {  // the rows of step_tensor (redge_mini.schedule.STEP_COLUMNS)
+  ALPHA, SIGMA, C, R, B, SCALE, WEIGHT, MOVE, K, TO_LOGITS, TO_STATE, COLUMNS
+};
+
 struct Grid {
-  // alpha_j, sigma_j; c_j = alpha_j / sigma_j^2, r_j = sigma_{j-1} / sigma_j,
-  // b_j = alpha_{j-1} - r_j alpha_j (r_1 = b_1 = 0)
   std::vector<double> alpha, sigma, c, r, b;
   int64_t last() const { return static_cast<int64_t>(c.size()) - 1; }
 };
 
-Grid make_grid(const std::vector<double>& alphas, const std::vector<double>& sigmas) {
-  const int64_t n = static_cast<int64_t>(alphas.size());
-  std::vector<double> zeros(n, 0.0);
-  Grid g{alphas, sigmas, zeros, zeros, zeros};
-  for (int64_t j = 1; j < n; ++j) g.c[j] = alphas[j] / (sigmas[j] * sigmas[j]);
-  for (int64_t j = 2; j < n; ++j) {
-    g.r[j] = sigmas[j - 1] / sigmas[j];
-    g.b[j] = alphas[j - 1] - g.r[j] * alphas[j];
-  }
-  return g;
+Grid make_grid(const at::Tensor& table) {
+  TORCH_CHECK(table.device().is_cpu() && table.scalar_type() == at::kDouble &&
+                  table.dim() == 2 && table.size(0) == COLUMNS && table.size(1) >= 2 &&
+                  table.is_contiguous(),
+              "table must be redge_mini.schedule.step_tensor(n_steps, t_1): a contiguous "
+              "float64 CPU tensor of shape (", int64_t(COLUMNS), ", n_steps)");
+  const int64_t n = table.size(1);
+  const double* data = table.const_data_ptr<double>();
+  auto row = [&](Column column) {
+    return std::vector<double>(data + column * n, data + (column + 1) * n);
+  };
+  return Grid{row(ALPHA), row(SIGMA), row(C), row(R), row(B)};
 }
 
 // The denoiser's inputs of one block. ReDGE: w_j = logits + c_j x. ReDGE-cov (p given): the
@@ -533,8 +545,8 @@ int64_t grain(int64_t k) {
 }
 
 std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& noise,
-                               const at::Tensor& uniform, const std::vector<double>& alphas,
-                               const std::vector<double>& sigmas, bool cov, bool want_drawn) {
+                               const at::Tensor& uniform, const at::Tensor& table, bool cov,
+                               bool want_drawn) {
   TORCH_CHECK(logits.dim() == 2, "logits must be (rows, K)");
   check_rows(logits, "logits", logits);
   check_rows(noise, "noise", logits);
@@ -543,8 +555,7 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& noise
   const int64_t rows = logits.size(0), k = logits.size(1);
   TORCH_CHECK(k >= 1, "logits must have at least one category");
   TORCH_CHECK(uniform.numel() == rows, "uniform must hold one number per row");
-  TORCH_CHECK(alphas.size() >= 2 && alphas.size() == sigmas.size(), "bad time grid");
-  const Grid g = make_grid(alphas, sigmas);
+  const Grid g = make_grid(table);
   at::Tensor hard = at::empty_like(logits), soft = at::empty_like(logits);
   at::Tensor index = want_drawn ? at::empty({rows}, logits.options().dtype(at::kLong))
                                 : at::Tensor();
@@ -564,8 +575,8 @@ std::vector<at::Tensor> sample(const at::Tensor& logits, const at::Tensor& noise
 }
 
 std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& noise,
-                                const at::Tensor& grad, const std::vector<double>& alphas,
-                                const std::vector<double>& sigmas, bool cov, bool want_noise,
+                                const at::Tensor& grad, const at::Tensor& table, bool cov,
+                                bool want_noise,
                                 const std::optional<at::Tensor>& grad_hard,
                                 const std::optional<at::Tensor>& drawn) {
   TORCH_CHECK(logits.dim() == 2, "logits must be (rows, K)");
@@ -574,7 +585,6 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
   check_rows(grad, "grad", logits);
   TORCH_CHECK(noise.sizes() == logits.sizes(), "noise must have the shape of logits");
   TORCH_CHECK(grad.sizes() == logits.sizes(), "grad must have the shape of logits");
-  TORCH_CHECK(alphas.size() >= 2 && alphas.size() == sigmas.size(), "bad time grid");
   const int64_t rows = logits.size(0), k = logits.size(1);
   TORCH_CHECK(k >= 1, "logits must have at least one category");
   const bool reinmax = grad_hard.has_value();
@@ -591,7 +601,7 @@ std::vector<at::Tensor> adjoint(const at::Tensor& logits, const at::Tensor& nois
       TORCH_CHECK(0 <= d[r] && d[r] < k, "drawn categories must lie in [0, K - 1]");
     }
   }
-  const Grid g = make_grid(alphas, sigmas);
+  const Grid g = make_grid(table);
   at::Tensor grad_logits = at::empty_like(logits);
   at::Tensor grad_noise = want_noise ? at::empty_like(logits) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "redge_adjoint", [&] {
@@ -623,13 +633,14 @@ int64_t set_store_bytes(int64_t bytes) {
 // redge_mini._op defines both operators (schema, fake tensors, autograd, vmap) and a Python
 // kernel for every device. register_kernels() adds the two functions below as their CPU
 // kernels, so that a call on CPU tensors (in eager code or from a torch.compile graph) goes from
-// the dispatcher to C++ with no Python frame: the time grid is computed here, with the same
-// floating-point operations as redge_mini.schedule.time_grid. What this file does not run
-// (REDGE_MINI_CPP=0 at the time of the call, a dtype other than float32/float64) goes back to
-// the Python kernel, named by register_kernels.
+// the dispatcher to C++ with no Python frame. The step coefficients are those of
+// redge_mini.schedule.step_tensor, fetched from Python (with the GIL) the first time a
+// (n_steps, t_1) is seen and kept here. What this file does not run (REDGE_MINI_CPP=0 at the time
+// of the call, a dtype other than float32/float64) goes back to the Python kernel, named by
+// register_kernels.
 
-double alpha_end = 0.0;             // redge_mini.schedule.ALPHA_END, set by register_kernels
 std::string fallback_module;        // the module holding the Python kernels
+std::string table_module;           // the module holding step_tensor (redge_mini.schedule)
 torch::Library* library = nullptr;  // the registration (kept for the life of the process)
 
 // REDGE_MINI_CPP, read at every call as redge_mini._cpp_sampler.enabled() does: anything but
@@ -645,29 +656,35 @@ bool enabled() {
   return s != "0";
 }
 
-// alpha_0 = 1, alpha_1..alpha_{n-1} = linspace(1 - t_1, ALPHA_END, n - 1), sigma = 1 - alpha: the
-// operations of schedule.time_grid in its order (start + j * step, each product rounded before
-// the sum: the volatile keeps a compiler from fusing them into one FMA), so the same doubles.
-std::pair<std::vector<double>, std::vector<double>> time_grid(int64_t n_steps, double t_1) {
+// The tables already fetched, per (n_steps, t_1); at most MAX_TABLES (then emptied).
+constexpr size_t MAX_TABLES = 256;
+std::mutex tables_mutex;
+std::map<std::pair<int64_t, double>, at::Tensor> tables;
+
+// redge_mini.schedule.step_tensor(n_steps, t_1), after checking the arguments here (as
+// schedule.time_grid does: ValueError in Python). The mutex is not held during the Python call
+// (another thread may hold the GIL and wait for the mutex).
+at::Tensor step_tensor(int64_t n_steps, double t_1) {
   TORCH_CHECK_VALUE(n_steps >= 2, "n_steps must lie in [2, inf), got ", n_steps);
   TORCH_CHECK_VALUE(std::isfinite(t_1) && t_1 > 0.0 && t_1 <= 1.0,
                     "t_1 must lie in (0, 1], got ", t_1);
-  TORCH_CHECK(alpha_end > 0.0, "the time grid's end is not set (register_kernels)");
-  const double start = 1.0 - t_1;
-  std::vector<double> alphas{1.0};
-  if (n_steps == 2) {
-    alphas.push_back(start);
-  } else {
-    const double step = (alpha_end - start) / static_cast<double>(n_steps - 2);
-    for (int64_t j = 0; j < n_steps - 2; ++j) {
-      volatile double move = static_cast<double>(j) * step;
-      alphas.push_back(start + move);
-    }
-    alphas.push_back(alpha_end);
+  const auto key = std::make_pair(n_steps, t_1);
+  {
+    std::lock_guard<std::mutex> lock(tables_mutex);
+    const auto found = tables.find(key);
+    if (found != tables.end()) return found->second;
   }
-  std::vector<double> sigmas;
-  for (double a : alphas) sigmas.push_back(1.0 - a);
-  return {alphas, sigmas};
+  TORCH_CHECK(!table_module.empty(), "the step table's module is not set (register_kernels)");
+  at::Tensor table;
+  {
+    py::gil_scoped_acquire gil;
+    table = py::module_::import(table_module.c_str())
+                .attr("step_tensor")(n_steps, t_1)
+                .cast<at::Tensor>();
+  }
+  std::lock_guard<std::mutex> lock(tables_mutex);
+  if (tables.size() >= MAX_TABLES) tables.clear();
+  return tables.emplace(key, table).first->second;
 }
 
 int variant_code(c10::string_view variant) {  // 0 plain, 1 cov, 2 reindge
@@ -706,11 +723,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_op(
         "_sample_kernel", logits, noise, uniform, n_steps, t_1, std::string(variant));
   }
   TORCH_CHECK_VALUE(logits.dim() >= 1, "logits must have at least one dimension");
-  const auto grid = time_grid(n_steps, t_1);
+  const at::Tensor table = step_tensor(n_steps, t_1);
   const auto shape = logits.sizes();
   const int64_t k = shape.back();
   auto out = sample(as_rows(logits, k), as_rows(noise, k), uniform.reshape({-1}).contiguous(),
-                    grid.first, grid.second, code == 1, true);
+                    table, code == 1, true);
   return {out[0].view(shape), out[1].view(shape), out[2].view(shape.slice(0, shape.size() - 1))};
 }
 
@@ -725,7 +742,7 @@ std::tuple<at::Tensor, at::Tensor> adjoint_op(
         std::string(variant), want_noise);
   }
   TORCH_CHECK_VALUE(logits.dim() >= 1, "logits must have at least one dimension");
-  const auto grid = time_grid(n_steps, t_1);
+  const at::Tensor table = step_tensor(n_steps, t_1);
   const auto shape = logits.sizes();
   const int64_t k = shape.back();
   const bool reinmax = grad_hard.has_value() && drawn.has_value();
@@ -734,8 +751,8 @@ std::tuple<at::Tensor, at::Tensor> adjoint_op(
     hard_rows = as_rows(*grad_hard, k);
     drawn_rows = drawn->reshape({-1}).contiguous();
   }
-  auto out = adjoint(as_rows(logits, k), as_rows(noise, k), as_rows(grad, k), grid.first,
-                     grid.second, code == 1 && !reinmax, want_noise, hard_rows, drawn_rows);
+  auto out = adjoint(as_rows(logits, k), as_rows(noise, k), as_rows(grad, k), table,
+                     code == 1 && !reinmax, want_noise, hard_rows, drawn_rows);
   at::Tensor grad_noise = want_noise ? out[1].view(shape) : at::empty({0}, logits.options());
   return {out[0].view(shape), grad_noise};
 }
@@ -789,11 +806,10 @@ std::tuple<at::Tensor, at::Tensor> adjoint_autograd(
 // Registers sample_op and adjoint_op as the CPU kernels of redge_mini::sample and
 // redge_mini::adjoint, and the two functions above as their AutogradCPU kernels (once per
 // process; the operators must be defined by then).
-bool register_kernels(const std::string& module, double end) {
+bool register_kernels(const std::string& module, const std::string& schedule) {
   if (library != nullptr) return false;
-  TORCH_CHECK(end > 0.0 && end < 1.0, "alpha_end must lie in (0, 1)");
   fallback_module = module;
-  alpha_end = end;
+  table_module = schedule;
   auto cpu = std::make_unique<torch::Library>(torch::Library::IMPL, "redge_mini",
                                               c10::DispatchKey::CPU, __FILE__, __LINE__);
   cpu->impl("sample", TORCH_FN(sample_op));
@@ -818,8 +834,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "categories, plus ReinDGE's ReinMax step for the hard sample's part");
   m.def("register_kernels", &register_kernels,
         "Register the CPU kernels of redge_mini::sample and ::adjoint (Python kernels in the "
-        "given module for what they do not run; the time grid's last alpha); False if done");
-  m.def("time_grid", &time_grid, "The (alphas, sigmas) the CPU kernels use (for tests)");
+        "given module for what they do not run; the module with step_tensor); False if done");
+  m.def("step_tensor", &step_tensor,
+        "The step table the CPU kernels use for (n_steps, t_1) (fetched from Python once)");
   m.def("set_store_bytes", &set_store_bytes,
         "Bytes of denoiser outputs per thread above which the adjoint checkpoints; returns the "
         "previous value");
