@@ -676,11 +676,12 @@ at::Tensor step_tensor(int64_t n_steps, double t_1) {
   }
   TORCH_CHECK(!table_module.empty(), "the step table's module is not set (register_kernels)");
   at::Tensor table;
-  {
+  {  // (a copy: the cache owns its tensors, whatever becomes of the Python object)
     py::gil_scoped_acquire gil;
     table = py::module_::import(table_module.c_str())
                 .attr("step_tensor")(n_steps, t_1)
-                .cast<at::Tensor>();
+                .cast<at::Tensor>()
+                .clone();
   }
   std::lock_guard<std::mutex> lock(tables_mutex);
   if (tables.size() >= MAX_TABLES) tables.clear();
