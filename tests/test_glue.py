@@ -55,3 +55,19 @@ def test_in_the_build_only_the_glue(monkeypatch, shown) -> None:
 def test_bad_name() -> None:
     with pytest.raises(ValueError, match="name"):
         glue_module.glue("", 1.0)
+
+
+def test_numpy_scalars_are_glued_as_python_numbers(monkeypatch, shown) -> None:
+    """myst-nb stores a value's repr as text/plain and the roles' format specs parse it: the
+    repr of a NumPy scalar (``np.float64(0.5)``) fails that parse and breaks a strict build."""
+    import numpy as np
+
+    monkeypatch.setenv(glue_module.BUILD_ENV, "1")
+    glue_module.glue("mean", np.float64(0.143138), display=False)
+    glue_module.glue("count", np.int64(7), display=False)
+    glue_module.glue("array", np.array([1.0, 2.0]), display=False)
+    plain = {m["scrapbook"]["name"]: d[GLUE_PREFIX + "text/plain"]
+             for d, m in shown if "scrapbook" in m}
+    assert plain["mean"] == "0.143138" and float(plain["mean"]) == 0.143138
+    assert plain["count"] == "7"
+    assert plain["array"].startswith("array(")  # arrays stay what they are

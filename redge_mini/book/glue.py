@@ -61,6 +61,12 @@ def glue(name: str, variable: Any, display: bool = True) -> None:
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
+    # a NumPy scalar's repr (np.float64(0.5)) is what myst-nb stores as text/plain, which the
+    # roles' format specs ({glue:text}`x:.2f`) cannot read: glue the Python number instead
+    item = getattr(variable, "item", None)
+    if callable(item) and type(variable).__module__ == "numpy" and getattr(
+            variable, "ndim", None) == 0:
+        variable = item()
     from IPython.display import Markdown
     from IPython.display import display as show
 
