@@ -231,25 +231,16 @@ def test_a_compiled_step_runs_no_python_of_the_operator(validation_off, name):
     """Inside a compiled graph the operators go from the dispatcher to the extension's C++
     kernels: no Python frame of redge_mini or torch.library in a compiled forward and backward
     (what made a compiled step cost more than the eager one, issue 22)."""
-    import sys
+    from test_cpp_sampler import _python_calls_during
 
     compiled = torch.compile(_step(name), fullgraph=True)
     logits, weights = torch.randn(8, 5, requires_grad=True), torch.randn(8, 5)
     for _ in range(2):  # compiles, and loads the extension
         torch.autograd.grad(compiled(logits, weights)[1], logits)
-    seen = []
-
-    def profile(frame, event, arg):
-        name = frame.f_code.co_filename
-        if event == "call" and ("redge_mini" in name or "_library" in name):
-            seen.append(f"{name}:{frame.f_code.co_name}")
-
-    sys.setprofile(profile)
-    try:
-        (grad,) = torch.autograd.grad(compiled(logits, weights)[1], logits)
-    finally:
-        sys.setprofile(None)
-    assert seen == [] and torch.isfinite(grad).all()
+    grads = []
+    seen = _python_calls_during(
+        lambda: grads.extend(torch.autograd.grad(compiled(logits, weights)[1], logits)))
+    assert seen == [] and torch.isfinite(grads[0]).all()
 
 
 def test_compile_with_validation_on_says_what_to_do():
