@@ -204,6 +204,17 @@ def _without_lr(config: Mapping[str, Any]) -> dict:
     return {k: v for k, v in config.items() if k != "lr"}
 
 
+def _book_side(m: Any, proto: Any, name: str, scale: str, smoke: bool, book_dir: Path,
+               **run_kwargs: Any) -> tuple[list[dict], str]:
+    """The book's records to judge against, and where they come from: the stored full results
+    at ``--scale full``, else the book's estimators rerun at ``proto`` into ``book_dir``."""
+    if scale == "full" and not smoke:
+        return (stored_records(m.EXPERIMENT, proto),
+                f"stored full results (book/results/{m.EXPERIMENT})")
+    return (m.run(proto, _book_names(m, name), out=book_dir, **run_kwargs),
+            f"the book's {proto.scale} protocol, rerun into {book_dir}")
+
+
 # ----------------------------------------------------------------------------- experiments
 
 
@@ -214,12 +225,7 @@ def _vae(name: str, scale: str, book_dir: Path, smoke: bool, out: Path) -> tuple
     from .experiments.verdicts import write_results
 
     proto = m.protocol(scale, smoke=smoke)
-    if scale == "full" and not smoke:
-        book_records = stored_records(m.EXPERIMENT, proto)
-        source = "stored full results (book/results/vae)"
-    else:
-        book_records = m.run(proto, _book_names(m, name), out=book_dir, cost=False)
-        source = f"the book's {proto.scale} protocol, rerun into {book_dir}"
+    book_records, source = _book_side(m, proto, name, scale, smoke, book_dir, cost=False)
     book_records = [r for r in book_records if _stage_of(r) != "cost"]  # timed here, below
     series = sum(_stage_of(r).startswith("eval") for r in book_records)
     with known_to_experiments(name, [m]) as fixed:
@@ -251,12 +257,7 @@ def _sudoku(name: str, scale: str, book_dir: Path, smoke: bool, out: Path) -> tu
     from .experiments.verdicts import write_results
 
     proto = m.protocol(scale, smoke=smoke)
-    if scale == "full" and not smoke:
-        book_records = stored_records(m.EXPERIMENT, proto)
-        source = "stored full results (book/results/sudoku)"
-    else:
-        book_records = m.run(proto, _book_names(m, name), out=book_dir)
-        source = f"the book's {proto.scale} protocol, rerun into {book_dir}"
+    book_records, source = _book_side(m, proto, name, scale, smoke, book_dir)
     with known_to_experiments(name, [m]) as fixed:
         user = [r for r in m.run(proto, [name], save=False)
                 if r["data"].get("stage") in ("tune", "eval")]
@@ -301,12 +302,7 @@ def _mdm(name: str, scale: str, book_dir: Path, smoke: bool, out: Path) -> tuple
     from .experiments.verdicts import write_results
 
     proto = m.protocol(scale, smoke=smoke)
-    if scale == "full" and not smoke:
-        book_records = stored_records(m.EXPERIMENT, proto)
-        source = "stored full results (book/results/mdm_guidance)"
-    else:
-        book_records = m.run(proto, _book_names(m, name), out=book_dir)
-        source = f"the book's {proto.scale} protocol, rerun into {book_dir}"
+    book_records, source = _book_side(m, proto, name, scale, smoke, book_dir)
     with known_to_experiments(name, [m]) as fixed:
         user = [r for r in m.run(proto, [name], save=False)
                 if r["data"].get("stage") in ("tune", "eval")]
@@ -329,12 +325,7 @@ def _image(name: str, scale: str, book_dir: Path, smoke: bool, out: Path) -> tup
 
     proto = m.protocol(scale, smoke=smoke)
     models = m.load_image_models()
-    if scale == "full" and not smoke:
-        book_records = stored_records(m.EXPERIMENT, proto)
-        source = "stored full results (book/results/image_guidance)"
-    else:
-        book_records = m.run(proto, _book_names(m, name), models=models, out=book_dir)
-        source = f"the book's {proto.scale} protocol, rerun into {book_dir}"
+    book_records, source = _book_side(m, proto, name, scale, smoke, book_dir, models=models)
     book_records = [r for r in book_records if _stage_of(r) != "timing"]  # timed below
     seed = book_records[0]["seed"]  # the unit key holds the seed: the book's, to pair
     with known_to_experiments(name, [m]) as fixed:
