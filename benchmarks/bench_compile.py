@@ -59,6 +59,22 @@ def as_step(forward):
     return step
 
 
+def interleaved_medians(contenders: dict, x: torch.Tensor, rounds: int, clock,
+                        warmup: int = 3, min_run_time: float = 0.2) -> dict[str, float]:
+    """Seconds per call of each ``fn(x)`` in ``contenders``: the median over ``rounds`` of
+    ``blocked_autorange`` medians, the contenders interleaved within each round (so a change in
+    the machine's load hits all of them), after ``warmup`` calls of each."""
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn(x)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            timer = benchmark.Timer("fn(x)", globals={"fn": fn, "x": x}, timer=clock)
+            times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[256])
@@ -90,15 +106,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     print("\n".join(lines), flush=True)
     for batch in args.batch:
         x = torch.randn(batch, 64, generator=torch.Generator().manual_seed(1))
-        for _ in range(3):
-            step(x)
-            compiled(x)
-        times = {"eager": [], "compiled": []}
-        for _ in range(args.rounds):
-            for name, fn in (("eager", step), ("compiled", compiled)):
-                timer = benchmark.Timer("fn(x)", globals={"fn": fn, "x": x}, timer=clock)
-                times[name].append(timer.blocked_autorange(min_run_time=0.2).median)
-        eager, comp = (statistics.median(times[k]) * 1e3 for k in ("eager", "compiled"))
+        medians = interleaved_medians({"eager": step, "compiled": compiled}, x, args.rounds,
+                                      clock)
+        eager, comp = (medians[k] * 1e3 for k in ("eager", "compiled"))
         line = f"{batch:>6} {eager:9.3f} {comp:12.3f} {comp / eager:15.2f}"
         lines.append(line)
         print(line, flush=True)

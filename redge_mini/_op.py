@@ -270,7 +270,9 @@ class _FusedSampler(torch.autograd.Function):
     :data:`STORE_LIMIT` only the noise is kept and the backward pass recomputes the trajectory
     chunk by chunk. ``"cpp"`` (CPU float32/float64; :mod:`redge_mini._cpp_sampler`) and
     ``"triton"`` (CUDA float32; :mod:`redge_mini._triton_sampler`) run each pass as one
-    compiled kernel, which always recomputes: they keep only the noise. A
+    compiled kernel, which always recomputes: they keep only the noise. All three carry the
+    same scaled variables (``u_j = x_j / scale_j`` forward, ``v_j`` backward) with the same
+    float32 coefficients, so their float32 roundings match closely. A
     ``create_graph=True`` backward differentiates :func:`ddim_sample` with autograd instead, so
     higher derivatives are those of the reference sampler. Under functorch transforms
     (``torch.vmap``, ``torch.func``) :class:`_FusedSamplerTransformable` runs the same passes.

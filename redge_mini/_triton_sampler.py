@@ -4,14 +4,16 @@
 noise to ``t_1`` and draws the hard sample by inversion with the given uniform numbers, in one
 kernel that reads the logits, the noise and one uniform per row and writes ``(hard, soft)``.
 :func:`adjoint` is the backward pass: it recomputes the trajectory in registers (no stored
-states: the only memory beyond the inputs is the gradients it writes) and walks it back,
+states: the only memory beyond the inputs is the gradients it writes) and walks it back. Both
+carry the scaled forms of :class:`redge_mini.schedule.StepTable`, as the PyTorch path and the C++
+kernel do: the state ``u_j = x_j / scale_j``, with ``D_j = softmax(logits + weight_j u_j)`` and
+``u_{j-1} = u_j + move_j D_j``, and the adjoint ``v_j = g_{x_j} / k_j``,
 
-    g_{D_j} = b_j g_{x_{j-1}},  g_w = J(D_j)^T g_{D_j},  g_logits += g_w,
-    g_{x_j} = r_j g_{x_{j-1}} + c_j g_w,
+    t_j = J(D_j)^T v_{j-1},  g_logits += to_logits_j t_j,  v_j = v_{j-1} + to_state_j t_j,
 
-with ``w_j = logits + c_j x_j``, ``D_j = softmax(w_j)``, ``x_{j-1} = r_j x_j + b_j D_j`` (the
-derivation is in :class:`redge_mini._op._FusedSampler`). State ``x_j`` is recomputed from the
-noise for each ``j``, ``(n_steps - 1) n_steps / 2`` softmaxes per row in all, which stays on chip.
+from ``v_1 = g_logits = J(S)^T g``; the noise's gradient is ``k_{n_steps - 1} v`` (the derivation
+is in :class:`redge_mini._op._FusedSampler`). State ``u_j`` is recomputed from the noise for each
+``j``, ``(n_steps - 1) n_steps / 2`` softmaxes per row in all, which stays on chip.
 
 Used by :func:`redge_mini._op.fused_sample` for float32 CUDA tensors; the PyTorch path is the
 reference and the fallback. With ``TRITON_INTERPRET=1`` set before Triton is imported the kernels
@@ -40,14 +42,14 @@ MAX_K = 16384
 
 @functools.lru_cache(maxsize=64)
 def _coefficients(n_steps: int, t_1: float, device: torch.device) -> torch.Tensor:
-    """``(3, n_steps)`` float32 copy of the rows ``c_j = alpha_j / sigma_j^2``,
-    ``r_j = sigma_{j-1} / sigma_j`` and ``b_j = alpha_{j-1} - r_j alpha_j`` (``r_1 = b_1 = 0``) of
-    :func:`redge_mini.schedule.step_table`, the step coefficients every backend reads; cached per
-    device: no host-to-device copy per call."""
+    """``(5, n_steps)`` float32 copy of the rows ``weight``, ``move``, ``to_logits``, ``to_state``
+    and ``k`` of :func:`redge_mini.schedule.step_table`, the step coefficients every backend
+    reads; cached per device: no host-to-device copy per call."""
     from .schedule import step_table
 
     table = step_table(n_steps, t_1)
-    return torch.tensor([table.c, table.r, table.b], dtype=torch.float32, device=device)
+    rows = [table.weight, table.move, table.to_logits, table.to_state, table.k]
+    return torch.tensor(rows, dtype=torch.float32, device=device)
 
 
 if AVAILABLE:
@@ -59,17 +61,20 @@ if AVAILABLE:
         return e / tl.sum(e, 0)
 
     @triton.jit
-    def _state(logits, noise, coef_ptr, n_steps, j):
-        """``x_j``: the DDIM trajectory from ``x_{n_steps - 1} = noise`` down to index ``j``."""
-        x = noise
+    def _denoise(logits, noise, coef_ptr, n_steps, j):
+        """``D_j``: the DDIM trajectory from ``u_{n_steps - 1} = noise`` down to index ``j``
+        (rows 0 and 1 of the coefficients: ``weight``, ``move``), then its denoiser."""
+        u = noise
         last = n_steps - 1
         for i in range(0, last - j):
             m = last - i
-            c = tl.load(coef_ptr + m)
-            r = tl.load(coef_ptr + n_steps + m)
-            b = tl.load(coef_ptr + 2 * n_steps + m)
-            x = r * x + b * _softmax(logits + c * x)
-        return x
+            u = u + tl.load(coef_ptr + n_steps + m) * _softmax(logits + tl.load(coef_ptr + m) * u)
+        return _softmax(logits + tl.load(coef_ptr + j) * u)
+
+    @triton.jit
+    def _softmax_vjp(d, g):
+        """``J(d)^T g = d (g - d . g)`` (torch's softmax backward, in its order)."""
+        return d * (g - tl.sum(d * g, 0))
 
     @triton.jit
     def _sample_kernel(
@@ -82,8 +87,7 @@ if AVAILABLE:
         base = row * K
         logits = tl.load(logits_ptr + base + offsets, mask=inside, other=float("-inf"))
         noise = tl.load(noise_ptr + base + offsets, mask=inside, other=0.0)
-        x = _state(logits, noise, coef_ptr, n_steps, 1)
-        soft = _softmax(logits + tl.load(coef_ptr + 1) * x)
+        soft = _denoise(logits, noise, coef_ptr, n_steps, 1)
         tl.store(soft_ptr + base + offsets, soft, mask=inside)
         # inversion: the first k whose cumulative sum reaches (1 - u) times the total
         cdf = tl.cumsum(soft, 0)
@@ -109,25 +113,17 @@ if AVAILABLE:
         logits = tl.load(logits_ptr + base + offsets, mask=inside, other=float("-inf"))
         noise = tl.load(noise_ptr + base + offsets, mask=inside, other=0.0)
         grad = tl.load(grad_ptr + base + offsets, mask=inside, other=0.0)
-        # j = 1: g_w = J(S)^T g, g_x1 = c_1 g_w
-        c = tl.load(coef_ptr + 1)
-        d = _softmax(logits + c * _state(logits, noise, coef_ptr, n_steps, 1))
-        g_w = d * grad
-        g_w = g_w - d * tl.sum(g_w, 0)
-        g_logits = g_w
-        g_x = c * g_w
+        # j = 1: v_1 = g_logits = J(S)^T g; rows 2, 3 and 4: to_logits, to_state, k
+        v = _softmax_vjp(_denoise(logits, noise, coef_ptr, n_steps, 1), grad)
+        g_logits = v
         for j in range(2, n_steps):
-            c = tl.load(coef_ptr + j)
-            r = tl.load(coef_ptr + n_steps + j)
-            b = tl.load(coef_ptr + 2 * n_steps + j)
-            d = _softmax(logits + c * _state(logits, noise, coef_ptr, n_steps, j))
-            g_w = d * (b * g_x)
-            g_w = g_w - d * tl.sum(g_w, 0)
-            g_logits += g_w
-            g_x = r * g_x + c * g_w
+            t = _softmax_vjp(_denoise(logits, noise, coef_ptr, n_steps, j), v)
+            g_logits += tl.load(coef_ptr + 2 * n_steps + j) * t
+            v = v + tl.load(coef_ptr + 3 * n_steps + j) * t
         tl.store(grad_logits_ptr + base + offsets, g_logits, mask=inside)
         if WANT_NOISE:
-            tl.store(grad_noise_ptr + base + offsets, g_x, mask=inside)
+            g_noise = tl.load(coef_ptr + 5 * n_steps - 1) * v
+            tl.store(grad_noise_ptr + base + offsets, g_noise, mask=inside)
 
 
 def _launch_shape(k: int) -> tuple[int, int]:

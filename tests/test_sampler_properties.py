@@ -322,25 +322,58 @@ def test_cpp_equals_the_reference_in_float64(problem):
     _assert_close_to_reference(cpp, ref, uniform, rtol=1e-9, atol=1e-11)
 
 
+def _nudged(inputs, seed):
+    """The problem with its finite logits and noise moved by one float32 step, up or down at
+    random: as near to the original as float32 allows, rounded along other paths."""
+    gen = torch.Generator().manual_seed(seed)
+    out = list(inputs)
+    for i in (0, 1):
+        t = inputs[i]
+        up = torch.rand(t.shape, generator=gen) < 0.5
+        target = torch.where(up, float("inf"), -float("inf")).to(t.dtype)
+        out[i] = torch.where(torch.isfinite(t), torch.nextafter(t, target), t)
+    return out
+
+
+def _float32_errors(problem, inputs):
+    """The float32 results of both paths on ``inputs`` and their errors against float64 on the
+    same (float32) numbers: ``(cpp, torch, exact, cpp errors, torch errors)``, one error per
+    output (soft sample, logits' gradient, noise's gradient)."""
+    cpp, ref, _ = _both_paths(problem, torch.float32, inputs)
+    _, exact, _ = _both_paths(problem, torch.float64, [t.double() for t in inputs])
+
+    def errors(result):
+        pairs = zip(result[1:], exact[1:], strict=True)
+        return [(a.double() - b).abs().max().item() for a, b in pairs]
+
+    return cpp, ref, exact, errors(cpp), errors(ref)
+
+
 @needs_cpp
 @given(problems())
 def test_cpp_float32_is_as_accurate_as_torch_float32(problem):
-    """Both float32 paths against float64 on the same (float32-rounded) inputs: the C++ kernel's
-    error is at most twice the PyTorch path's plus 2e-6 relative (its exp is a polynomial of
-    relative error ~1e-7). The two paths agree to about 1e-6 relative where the sampler is well
-    conditioned (t_1 >= 0.9); at small t_1 the coefficients c_j = alpha_j / sigma_j^2 (380 at
-    t_1 = 0.05) amplify every rounding error, in both paths alike."""
+    """Both float32 paths against float64 on the same (float32-rounded) inputs. Where the sampler
+    is well conditioned (t_1 >= 0.5 for ReDGE and ReinDGE, >= 0.7 for ReDGE-cov) the two paths
+    agree to 1e-6 relative (measured: 3.6e-7 and 8.1e-7 at most on a 2,520-problem grid). At
+    small t_1 the coefficients c_j = alpha_j / sigma_j^2 (380 at t_1 = 0.05) amplify every
+    rounding, in both paths alike (PyTorch's own float32 error reaches 5e-4 there): the C++
+    kernel's error is then at most 4 times the PyTorch path's float32 error on this problem or
+    on three neighbours one float32 step away (the scale of float32 rounding here, which a lucky
+    problem can hide), plus 2e-6 relative. Measured on the grid: at most 1.9 times."""
     rows, k, n_steps, t_1, variant, seed, scale, masked, threads = problem
     inputs = _problem(rows, k, seed, scale, masked, torch.float32)
-    cpp, ref, _ = _both_paths(problem, torch.float32, inputs)
-    _, exact, _ = _both_paths(problem, torch.float64, [t.double() for t in inputs])
-    for ours, theirs, truth in zip(cpp[1:], ref[1:], exact[1:], strict=True):
+    cpp, ref, exact, cpp_errors, ref_errors = _float32_errors(problem, inputs)
+    float32_scale = list(ref_errors)
+    for neighbour in range(3):
+        *_, errors = _float32_errors(problem, _nudged(inputs, seed + neighbour))
+        float32_scale = [max(a, b) for a, b in zip(float32_scale, errors, strict=True)]
+    conditioned = t_1 >= (0.7 if variant == "cov" else 0.5)
+    for ours, theirs, truth, error, bound in zip(cpp[1:], ref[1:], exact[1:], cpp_errors,
+                                                 float32_scale, strict=True):
         size = max(truth.abs().max().item(), 1.0)
-        error = (ours.double() - truth).abs().max().item()
-        reference_error = (theirs.double() - truth).abs().max().item()
-        assert error <= 2 * reference_error + 2e-6 * size
-        if t_1 >= 0.9:
-            assert (ours - theirs).abs().max().item() <= 2e-6 * size
+        assert error <= 4 * bound + 2e-6 * size
+        if conditioned:
+            assert (ours - theirs).abs().max().item() <= 1e-6 * size
 
 
 def test_kernel_choice():

@@ -6,13 +6,17 @@
 // arithmetic, is the cost. Here a block of rows runs its whole trajectory in loops that stay in
 // the cache.
 //
-// Notation (as in redge_mini.diffusion._FusedSampler): w_j = logits + c_j x_j,
-// D_j = softmax(w_j), x_{j-1} = r_j x_j + b_j D_j, from x_{n-1} = noise down to the soft sample
-// S = D_1. The adjoint recomputes D_{n-1}, ..., D_1 of the block into scratch (nothing is
-// stored between the passes) and walks back:
-//   g_{D_j} = b_j g_{x_{j-1}},  g_w = J(D_j)^T g_{D_j},  g_logits += g_w,
-//   g_{x_j} = r_j g_{x_{j-1}} + c_j g_w.
-// The coefficients are read from redge_mini.schedule.step_table (see Grid).
+// Notation (as in redge_mini._op._FusedSampler): w_j = logits + c_j x_j, D_j = softmax(w_j),
+// x_{j-1} = r_j x_j + b_j D_j, from x_{n-1} = noise down to the soft sample S = D_1. The
+// adjoint recomputes D_{n-1}, ..., D_1 of the block into scratch (nothing is stored between the
+// passes) and walks back. Both passes carry the scaled variables of
+// redge_mini.schedule.StepTable, as the PyTorch path and the Triton kernels do (the same
+// arithmetic in float32 on all three): the state u_j = x_j / scale_j,
+//   w_j = logits + weight_j u_j,  u_{j-1} = u_j + move_j D_j,
+// and the adjoint v_j = g_{x_j} / k_j, from v_1 = g_logits = J(S)^T g:
+//   t_j = J(D_j)^T v_{j-1},  g_logits += to_logits_j t_j,  v_j = v_{j-1} + to_state_j t_j,
+// with the noise's gradient k_{n-1} v_{n-1}. The coefficients are read from
+// redge_mini.schedule.step_table (see Grid).
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -129,22 +133,24 @@ REDGE_INLINE void softmax(Weights weights, T* out, int64_t k) {
   for (int64_t i = 0; i < k; ++i) at(out, i) *= inverse;
 }
 
-// out = J(d)^T (scale g) = d * (scale g) - d (d . scale g), J the softmax Jacobian at d
+// out = J(d)^T (scale g) = d * (scale g - d . scale g), J the softmax Jacobian at d (in this
+// form, torch's softmax backward: the difference of two nearly equal numbers is taken before
+// the product, not after, which loses less when d is nearly one-hot)
 template <typename T>
 REDGE_INLINE void softmax_vjp(const T* d, const T* g, T scale, T* out, int64_t k) {
   using V = typename Vec<T>::type;
   V dot = V{};
   for (int64_t i = 0; i < k; ++i) {
-    const V t = at(d, i) * (scale * at(g, i));
+    const V t = scale * at(g, i);
     at(out, i) = t;
-    dot += t;
+    dot += at(d, i) * t;
   }
-  for (int64_t i = 0; i < k; ++i) at(out, i) -= at(d, i) * dot;
+  for (int64_t i = 0; i < k; ++i) at(out, i) = at(d, i) * (at(out, i) - dot);
 }
 
-// The step coefficients of one call, j = 0, ..., n_steps - 1: alpha_j, sigma_j,
-// c_j = alpha_j / sigma_j^2, r_j = sigma_{j-1} / sigma_j, b_j = alpha_{j-1} - r_j alpha_j
-// (r_1 = b_1 = 0). Nothing is derived here: every number is a row of
+// The step coefficients of one call, j = 0, ..., n_steps - 1 (alpha_j, sigma_j,
+// c_j = alpha_j / sigma_j^2 and the scaled forms' scale, weight, move, k, to_logits, to_state;
+// see redge_mini.schedule.StepTable). Nothing is derived here: every number is a row of
 // redge_mini.schedule.step_tensor, the one table of step coefficients (float64), which the
 // PyTorch and Triton backends read too.
 enum Column : int64_t {  // the rows of step_tensor (redge_mini.schedule.STEP_COLUMNS)
@@ -152,7 +158,7 @@ enum Column : int64_t {  // the rows of step_tensor (redge_mini.schedule.STEP_CO
 };
 
 struct Grid {
-  std::vector<double> alpha, sigma, c, r, b;
+  std::vector<double> alpha, sigma, c, scale, weight, move, k, to_logits, to_state;
   int64_t last() const { return static_cast<int64_t>(c.size()) - 1; }
 };
 
@@ -167,7 +173,8 @@ Grid make_grid(const at::Tensor& table) {
   auto row = [&](Column column) {
     return std::vector<double>(data + column * n, data + (column + 1) * n);
   };
-  return Grid{row(ALPHA), row(SIGMA), row(C), row(R), row(B)};
+  return Grid{row(ALPHA), row(SIGMA),  row(C),         row(SCALE),   row(WEIGHT),
+              row(MOVE),  row(Column::K), row(TO_LOGITS), row(TO_STATE)};
 }
 
 // The denoiser's inputs of one block. ReDGE: w_j = logits + c_j x. ReDGE-cov (p given): the
@@ -180,33 +187,38 @@ struct Block {
   const T* inv_v = nullptr;  // 1 / v, ReDGE-cov only
 };
 
-// out = D_j(x) = softmax(w_j)
+// out = D_j(x_j) = softmax(w_j), from the scaled state u = u_j (x_j = scale_j u_j): ReDGE's
+// w_j = logits + weight_j u with weight_j = c_j scale_j, as the PyTorch path computes it
 template <typename T>
-REDGE_INLINE void denoise(const Block<T>& blk, const Grid& g, int64_t j, const T* x, T* out,
+REDGE_INLINE void denoise(const Block<T>& blk, const Grid& g, int64_t j, const T* u, T* out,
                           int64_t k) {
-  const T c = T(g.c[j]);
   if (!blk.p) {
-    softmax([&](int64_t i) { return at(blk.logits, i) + c * at(x, i); }, out, k);
+    const T weight = T(g.weight[j]);
+    softmax([&](int64_t i) { return at(blk.logits, i) + weight * at(u, i); }, out, k);
     return;
   }
+  const T c = T(g.c[j]), scale = T(g.scale[j]);
   const T sigma = T(g.sigma[j]), half_alpha = T(g.alpha[j] / 2);
   softmax(
       [&](int64_t i) {
         return at(blk.logits, i) +
-               c * (at(x, i) - sigma * at(blk.p, i) - half_alpha) * at(blk.inv_v, i);
+               c * (scale * at(u, i) - sigma * at(blk.p, i) - half_alpha) * at(blk.inv_v, i);
       },
       out, k);
 }
 
-// x <- r x + b d over a block
+// The DDIM move x_{j-1} = r_j x_j + b_j d on the scaled state: u <- u + move_j d. (On x
+// itself, the float32 roundings of the n_steps - 2 factors r_j would multiply up; their
+// product sigma_1 / sigma_{n-1} is one float64 number, scale_1, in the table.)
 template <typename T>
-REDGE_INLINE void move(T* x, const T* d, T r, T b, int64_t k) {
-  for (int64_t i = 0; i < k; ++i) at(x, i) = r * at(x, i) + b * at(d, i);
+REDGE_INLINE void move(T* u, const T* d, T step, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) at(u, i) += step * at(d, i);
 }
 
-// The forward pass of a block from the starting state in `x` (overwritten): D_j goes to
-// `denoised + (j - 1) * m` for j = n-1, ..., 2 when `denoised` is given (else to `d`), and
-// the state x_j to `states + (j - 1) * m` for j = n-1, ..., 1 when `states` is given;
+// The forward pass of a block from the starting state in `x` (overwritten; the scaled state
+// u_j from here on): D_j goes to `denoised + (j - 1) * m` for j = n-1, ..., 2 when `denoised`
+// is given (else to `d`), and u_j to `states + (j - 1) * m` for j = n-1, ..., 1 when `states`
+// is given;
 // S = D_1 goes to `soft`.
 template <typename T>
 REDGE_INLINE void trajectory(const Block<T>& blk, const Grid& g, int64_t k, T* x, T* d,
@@ -216,7 +228,7 @@ REDGE_INLINE void trajectory(const Block<T>& blk, const Grid& g, int64_t k, T* x
     if (states) std::memcpy(states + (j - 1) * m, x, sizeof(T) * m);
     T* dj = denoised ? denoised + (j - 1) * m : d;
     denoise(blk, g, j, x, dj, k);
-    move(x, dj, T(g.r[j]), T(g.b[j]), k);
+    move(x, dj, T(g.move[j]), k);
   }
   if (states) std::memcpy(states, x, sizeof(T) * m);
   denoise(blk, g, 1, x, soft, k);
@@ -295,33 +307,33 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
     std::memset(gp, 0, sizeof(T) * m);
     std::memset(gv, 0, sizeof(T) * m);
   }
-  // j = 1: g_w = J(S)^T g; then for every j: g_logits += g_w and, through w_j's c_j term,
-  // g_x += c_j g_w (ReDGE) or c_j g_w / v, with g_p -= c_j sigma_j g_w / v and
-  // g_v -= c_j q_j g_w / v (ReDGE-cov)
-  auto step = [&](int64_t j, const T* dj, const T* xj) {
-    if (j > 1) {
-      softmax_vjp(dj, gx, T(g.b[j]), gw, k);
-    } else {
-      softmax_vjp(dj, grad, T(1), gw, k);
-    }
-    const T r = T(g.r[j]), c = T(g.c[j]);
+  // The adjoint in the scaled form of schedule.StepTable: `gx` holds v_j = g_{x_j} / k_j
+  // (as the PyTorch path's _op._adjoint), so no product of rounded factors r_j builds up.
+  // j = 1: t = J(S)^T g, g_logits = t, v_1 = t (ReDGE; k_1 = c_1); then for j >= 2:
+  // t = J(D_j)^T v_{j-1}, g_logits += to_logits_j t (= g_{w_j}), v_j = v_{j-1} + to_state_j t
+  // (ReDGE) or + to_state_j t / v; ReDGE-cov also collects g_p -= c_j sigma_j g_{w_j} / v and
+  // g_v -= c_j q_j g_{w_j} / v with q_j = (x_j - sigma_j p - alpha_j / 2) / v.
+  auto step = [&](int64_t j, const T* dj, const T* uj) {
+    softmax_vjp(dj, j > 1 ? gx : grad, T(1), gw, k);
+    const T to_logits = T(g.to_logits[j]), to_state = T(j > 1 ? g.to_state[j] : 1.0);
     if (!cov) {
       for (int64_t i = 0; i < k; ++i) {
-        const V w = at(gw, i);
-        at(gl, i) = j > 1 ? at(gl, i) + w : w;
-        at(gx, i) = j > 1 ? r * at(gx, i) + c * w : c * w;
+        const V t = at(gw, i);
+        at(gl, i) = j > 1 ? at(gl, i) + to_logits * t : t;
+        at(gx, i) = j > 1 ? at(gx, i) + to_state * t : t;
       }
       return;
     }
-    const T sigma = T(g.sigma[j]), half_alpha = T(g.alpha[j] / 2);
+    const T sigma = T(g.sigma[j]), half_alpha = T(g.alpha[j] / 2), scale = T(g.scale[j]);
+    const T weight = T(g.c[j] * g.to_logits[j]);
     for (int64_t i = 0; i < k; ++i) {
-      const V w = at(gw, i), iv = at(inv_v, i);
-      const V t = c * w * iv;
-      const V q = (at(xj, i) - sigma * at(p, i) - half_alpha) * iv;
-      at(gl, i) = j > 1 ? at(gl, i) + w : w;
-      at(gx, i) = r * at(gx, i) + t;
-      at(gp, i) -= sigma * t;
-      at(gv, i) -= q * t;
+      const V t = at(gw, i), iv = at(inv_v, i);
+      const V tv = t * iv, cw = weight * tv;  // c_j g_{w_j} / v
+      const V q = (scale * at(uj, i) - sigma * at(p, i) - half_alpha) * iv;
+      at(gl, i) = j > 1 ? at(gl, i) + to_logits * t : t;
+      at(gx, i) += to_state * tv;
+      at(gp, i) -= sigma * cw;
+      at(gv, i) -= q * cw;
     }
   };
   if (seg >= n - 1) {  // every denoiser output fits: one forward pass
@@ -333,7 +345,7 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
       if (j == n - 1 || j % seg == 0) std::memcpy(marks + ((j - 1) / seg) * m, x, sizeof(T) * m);
       if (j == 1) break;
       denoise(blk, g, j, x, gw, k);
-      move(x, gw, T(g.r[j]), T(g.b[j]), k);
+      move(x, gw, T(g.move[j]), k);
     }
     for (int64_t a = 1; a < n; a += seg) {
       const int64_t b = std::min(a + seg - 1, n - 1);
@@ -343,16 +355,20 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
       for (int64_t j = b; j >= a; --j) {
         if (cov) std::memcpy(states + (j - a) * m, x, sizeof(T) * m);
         denoise(blk, g, j, x, slots + (j - a) * m, k);
-        if (j > a) move(x, slots + (j - a) * m, T(g.r[j]), T(g.b[j]), k);
+        if (j > a) move(x, slots + (j - a) * m, T(g.move[j]), k);
       }
       for (int64_t j = a; j <= b; ++j) step(j, slots + (j - a) * m, states + (j - a) * m);
     }
   }
-  if (!cov) return;
+  const T k_last = T(g.k[n - 1]);  // g_{x_{n-1}} = k_{n-1} v_{n-1}
+  if (!cov) {
+    for (int64_t i = 0; i < k; ++i) at(gx, i) *= k_last;
+    return;
+  }
   // x_{n-1} = p + sqrt(v) noise, v = max(p (1 - p), 0.1), p = softmax(logits)
   const V floor = splat<V>(T(0.1));
   for (int64_t i = 0; i < k; ++i) {
-    const V q = at(p, i), root = at(s, i), gxi = at(gx, i);
+    const V q = at(p, i), root = at(s, i), gxi = k_last * at(gx, i);
     const V gvi = at(gv, i) + gxi * at(noise, i) / (T(2) * root);
     const V raw = q * (T(1) - q);
     const V zero = V{};
@@ -384,7 +400,7 @@ REDGE_INLINE void reinmax_step(const T* soft, const T* gh, const int64_t* index,
   for (int64_t i = 0; i < k; ++i) {
     const V sv = at(soft, i), g = at(gh, i);
     const V d = (drawn == splat<I>(i) ? one : zero) - sv;
-    at(gl, i) += T(0.5) * (along * d - (sv * g - sv * dot));
+    at(gl, i) += T(0.5) * (along * d - sv * (g - dot));
   }
 }
 
