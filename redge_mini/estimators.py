@@ -175,7 +175,9 @@ def _reinmax(work, generator, tau):
     return hard, torch.softmax(work, dim=-1)
 
 
-def _diffusion(work, generator, n_steps, t_1, variant, reinmax_step):
+def _draws(work, generator):
+    """The fused sampler's random inputs for ``work`` (categories last): standard normal noise
+    of its shape, then one uniform number per row, in this order from ``generator``."""
     uniform_shape = work.shape[:-1] + (1,)
     if torch.compiler.is_compiling():
         # the same draws as below (torch.randn and torch.rand fill with normal_ and uniform_),
@@ -188,6 +190,11 @@ def _diffusion(work, generator, n_steps, t_1, variant, reinmax_step):
                             dtype=work.dtype)
         uniform = torch.rand(uniform_shape, generator=generator, device=work.device,
                              dtype=work.dtype)
+    return noise, uniform
+
+
+def _diffusion(work, generator, n_steps, t_1, variant, reinmax_step):
+    noise, uniform = _draws(work, generator)
     # ReinDGE: the trajectory's gradient plus ReinMax's step at t_1 (see fused_sample)
     variant = "reindge" if reinmax_step else variant
     return _fused_sample(work, noise, uniform, n_steps, t_1, variant)
@@ -206,10 +213,7 @@ def _reindge(work, generator, n_steps, t_1):
 
 
 def _reindge_detach(work, generator, n_steps, t_1):
-    # ReinDGE's draws (as _diffusion: the noise, then the uniforms), so the values are ReinDGE's
-    noise = torch.randn(work.shape, generator=generator, device=work.device, dtype=work.dtype)
-    uniform = torch.rand(work.shape[:-1] + (1,), generator=generator, device=work.device,
-                         dtype=work.dtype)
+    noise, uniform = _draws(work, generator)  # ReinDGE's draws, so the values are ReinDGE's
     hard, soft = _fused_sample(work.detach(), noise, uniform, n_steps, t_1)
     hard, soft = hard.detach(), soft.detach()
     # a zero with the logits' gradient (masked -inf logits count as 0: -inf - -inf is NaN); the
