@@ -279,7 +279,7 @@ def _problem(rows, k, seed, scale, masked, dtype):
     return [t.to(dtype) for t in (logits, noise, uniform, weights)]
 
 
-def _both_paths(problem, dtype, inputs=None):
+def _both_paths(problem, dtype, inputs=None, switches=("1", "0")):
     rows, k, n_steps, t_1, variant, seed, scale, masked, threads = problem
     if inputs is None:
         inputs = _problem(rows, k, seed, scale, masked, dtype)
@@ -288,7 +288,7 @@ def _both_paths(problem, dtype, inputs=None):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for switch in ("1", "0"):
+        for switch in switches:  # "1": the C++ kernel, "0": the PyTorch path
             os.environ[_cpp_sampler.ENV_SWITCH] = switch
             leaves = [logits.clone().requires_grad_(), noise.clone().requires_grad_()]
             hard, soft = fused_sample(*leaves, uniform, n_steps=n_steps, t_1=t_1,
@@ -298,7 +298,7 @@ def _both_paths(problem, dtype, inputs=None):
     finally:
         os.environ.pop(_cpp_sampler.ENV_SWITCH)
         torch.set_num_threads(previous)
-    return out["1"], out["0"], uniform
+    return out.get("1"), out.get("0"), uniform
 
 
 def _assert_close_to_reference(cpp, ref, uniform, rtol, atol):
@@ -335,14 +335,17 @@ def _nudged(inputs, seed):
     return out
 
 
-def _float32_errors(problem, inputs):
-    """The float32 results of both paths on ``inputs`` and their errors against float64 on the
-    same (float32) numbers: ``(cpp, torch, exact, cpp errors, torch errors)``, one error per
-    output (soft sample, logits' gradient, noise's gradient)."""
-    cpp, ref, _ = _both_paths(problem, torch.float32, inputs)
-    _, exact, _ = _both_paths(problem, torch.float64, [t.double() for t in inputs])
+def _float32_errors(problem, inputs, switches=("1", "0")):
+    """The float32 results of the paths in ``switches`` on ``inputs`` and their errors against
+    the PyTorch path in float64 on the same (float32) numbers: ``(cpp, torch, exact, cpp errors,
+    torch errors)``, one error per output (soft sample, logits' gradient, noise's gradient);
+    None for a path not run."""
+    cpp, ref, _ = _both_paths(problem, torch.float32, inputs, switches)
+    _, exact, _ = _both_paths(problem, torch.float64, [t.double() for t in inputs], ("0",))
 
     def errors(result):
+        if result is None:
+            return None
         pairs = zip(result[1:], exact[1:], strict=True)
         return [(a.double() - b).abs().max().item() for a, b in pairs]
 
@@ -354,18 +357,19 @@ def _float32_errors(problem, inputs):
 def test_cpp_float32_is_as_accurate_as_torch_float32(problem):
     """Both float32 paths against float64 on the same (float32-rounded) inputs. Where the sampler
     is well conditioned (t_1 >= 0.5 for ReDGE and ReinDGE, >= 0.7 for ReDGE-cov) the two paths
-    agree to 1e-6 relative (measured: 3.6e-7 and 8.1e-7 at most on a 2,520-problem grid). At
+    agree to 1e-6 relative (measured: 3.6e-7 and 8.1e-7 at most on a 1,134-problem grid). At
     small t_1 the coefficients c_j = alpha_j / sigma_j^2 (380 at t_1 = 0.05) amplify every
     rounding, in both paths alike (PyTorch's own float32 error reaches 5e-4 there): the C++
     kernel's error is then at most 4 times the PyTorch path's float32 error on this problem or
     on three neighbours one float32 step away (the scale of float32 rounding here, which a lucky
-    problem can hide), plus 2e-6 relative. Measured on the grid: at most 1.9 times."""
+    problem can hide), plus 2e-6 relative. Measured on a 2,520-problem grid with masks: at most
+    1.9 times."""
     rows, k, n_steps, t_1, variant, seed, scale, masked, threads = problem
     inputs = _problem(rows, k, seed, scale, masked, torch.float32)
     cpp, ref, exact, cpp_errors, ref_errors = _float32_errors(problem, inputs)
     float32_scale = list(ref_errors)
     for neighbour in range(3):
-        *_, errors = _float32_errors(problem, _nudged(inputs, seed + neighbour))
+        *_, errors = _float32_errors(problem, _nudged(inputs, seed + neighbour), ("0",))
         float32_scale = [max(a, b) for a, b in zip(float32_scale, errors, strict=True)]
     conditioned = t_1 >= (0.7 if variant == "cov" else 0.5)
     for ours, theirs, truth, error, bound in zip(cpp[1:], ref[1:], exact[1:], cpp_errors,

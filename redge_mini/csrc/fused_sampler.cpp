@@ -133,19 +133,15 @@ REDGE_INLINE void softmax(Weights weights, T* out, int64_t k) {
   for (int64_t i = 0; i < k; ++i) at(out, i) *= inverse;
 }
 
-// out = J(d)^T (scale g) = d * (scale g - d . scale g), J the softmax Jacobian at d (in this
-// form, torch's softmax backward: the difference of two nearly equal numbers is taken before
-// the product, not after, which loses less when d is nearly one-hot)
+// out = J(d)^T g = d * (g - d . g), J the softmax Jacobian at d (in this form, torch's softmax
+// backward: the difference of two nearly equal numbers is taken before the product, not after,
+// which loses less when d is nearly one-hot)
 template <typename T>
-REDGE_INLINE void softmax_vjp(const T* d, const T* g, T scale, T* out, int64_t k) {
+REDGE_INLINE void softmax_vjp(const T* d, const T* g, T* out, int64_t k) {
   using V = typename Vec<T>::type;
   V dot = V{};
-  for (int64_t i = 0; i < k; ++i) {
-    const V t = scale * at(g, i);
-    at(out, i) = t;
-    dot += at(d, i) * t;
-  }
-  for (int64_t i = 0; i < k; ++i) at(out, i) = at(d, i) * (at(out, i) - dot);
+  for (int64_t i = 0; i < k; ++i) dot += at(d, i) * at(g, i);
+  for (int64_t i = 0; i < k; ++i) at(out, i) = at(d, i) * (at(g, i) - dot);
 }
 
 // The step coefficients of one call, j = 0, ..., n_steps - 1 (alpha_j, sigma_j,
@@ -314,7 +310,7 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
   // (ReDGE) or + to_state_j t / v; ReDGE-cov also collects g_p -= c_j sigma_j g_{w_j} / v and
   // g_v -= c_j q_j g_{w_j} / v with q_j = (x_j - sigma_j p - alpha_j / 2) / v.
   auto step = [&](int64_t j, const T* dj, const T* uj) {
-    softmax_vjp(dj, j > 1 ? gx : grad, T(1), gw, k);
+    softmax_vjp(dj, j > 1 ? gx : grad, gw, k);
     const T to_logits = T(g.to_logits[j]), to_state = T(j > 1 ? g.to_state[j] : 1.0);
     if (!cov) {
       for (int64_t i = 0; i < k; ++i) {
@@ -325,10 +321,10 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
       return;
     }
     const T sigma = T(g.sigma[j]), half_alpha = T(g.alpha[j] / 2), scale = T(g.scale[j]);
-    const T weight = T(g.c[j] * g.to_logits[j]);
+    const T c_to_logits = T(g.c[j] * g.to_logits[j]);
     for (int64_t i = 0; i < k; ++i) {
       const V t = at(gw, i), iv = at(inv_v, i);
-      const V tv = t * iv, cw = weight * tv;  // c_j g_{w_j} / v
+      const V tv = t * iv, cw = c_to_logits * tv;  // c_j g_{w_j} / v
       const V q = (scale * at(uj, i) - sigma * at(p, i) - half_alpha) * iv;
       at(gl, i) = j > 1 ? at(gl, i) + to_logits * t : t;
       at(gx, i) += to_state * tv;
@@ -375,7 +371,7 @@ REDGE_INLINE void adjoint_block(const T* logits, const T* noise, const T* grad, 
     at(gp, i) += gxi + (raw >= floor ? gvi * (T(1) - T(2) * q) : zero);
     at(gx, i) = gxi * root;  // the noise's gradient
   }
-  softmax_vjp(p, gp, T(1), gw, k);
+  softmax_vjp(p, gp, gw, k);
   for (int64_t i = 0; i < k; ++i) at(gl, i) += at(gw, i);
 }
 
